@@ -1,0 +1,158 @@
+//! One upgraded connection: its shared handle (`Conn`) and its reader task, which parses
+//! frames, answers control frames, hands system messages to the engine and the rest to Python.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::auth::acl::TopicAcl;
+use crate::drain::Event;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::protocol::frame::{self, Decoder, Event as FrameEvent};
+use crate::protocol::message::{classify, Inbound};
+use crate::protocol::time::now_ms;
+
+pub struct Conn {
+    pub id: u64,
+    pub user_id: Option<String>,
+    /// Topic ACL from the token's claim, on top of the configured one.
+    pub acl: Option<TopicAcl>,
+    pub out: Arc<Outbound>,
+    pub topics: Mutex<HashSet<Arc<str>>>,
+    /// Sequence for envelopes sent to this connection alone.
+    pub seq: AtomicU64,
+    pub last_rx_ms: AtomicU64,
+    pub last_ping_ms: AtomicU64,
+}
+
+impl Conn {
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Relaxed) + 1
+    }
+}
+
+/// Where the reader stopped, and the code Python is told.
+enum End {
+    /// The peer sent Close (code, or 1005 if none).
+    PeerClose(u16),
+    /// We found a violation and sent Close with this code.
+    Violation(u16),
+    /// TCP ended without a close handshake.
+    Abrupt,
+    /// The server closed it (disconnect, slow consumer, idle, shutdown).
+    ServerClose,
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// Runs a connection until it ends, then unregisters it and tells Python.
+pub async fn run(engine: Arc<Engine>, conn: Arc<Conn>, stream: TcpStream, mut buf: BytesMut) {
+    let (mut rd, wr) = stream.into_split();
+    let writer = tokio::spawn(conn.out.clone().run_writer(
+        wr,
+        engine.cfg.max_frames_per_write,
+        engine.metrics.clone(),
+    ));
+    let mut decoder = Decoder::new(engine.cfg.max_message_bytes);
+    let m = &engine.metrics;
+    let end = 'outer: loop {
+        // Parse everything buffered first: the handshake may have read the first frames.
+        loop {
+            match decoder.next(&mut buf) {
+                Ok(Some(ev)) => match ev {
+                    FrameEvent::Text(d) => on_message(&engine, &conn, d, true).await,
+                    FrameEvent::Binary(d) => on_message(&engine, &conn, d, false).await,
+                    FrameEvent::Ping(p) => conn.out.push_control(frame::build(frame::OP_PONG, &p)),
+                    FrameEvent::Pong => {}
+                    FrameEvent::Close(code) => {
+                        conn.out.close(code.unwrap_or(1000), "");
+                        break 'outer End::PeerClose(code.unwrap_or(1005));
+                    }
+                },
+                Ok(None) => break,
+                Err(v) => {
+                    Metrics::inc(&m.protocol_errors);
+                    match v.code {
+                        1009 => Metrics::inc(&m.oversized_messages),
+                        1007 => Metrics::inc(&m.invalid_utf8),
+                        _ => {}
+                    }
+                    conn.out.close(v.code, v.reason);
+                    break 'outer End::Violation(v.code);
+                }
+            }
+        }
+        if conn.out.is_closing() {
+            break End::ServerClose;
+        }
+        if buf.capacity() - buf.len() < 512 {
+            if buf.is_empty() {
+                // Start afresh rather than grow: an idle connection keeps one small buffer.
+                buf = BytesMut::with_capacity(READ_CHUNK);
+            } else {
+                buf.reserve(READ_CHUNK);
+            }
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break End::Abrupt,
+                Ok(_) => conn.last_rx_ms.store(now_ms(), Relaxed),
+            },
+            _ = conn.out.closing() => break End::ServerClose,
+        }
+    };
+    let code = match end {
+        End::PeerClose(c) => c,
+        End::Violation(c) => c,
+        End::Abrupt => {
+            Metrics::inc(&m.abrupt_disconnects);
+            conn.out.abort();
+            1006
+        }
+        End::ServerClose => conn.out.close_code(),
+    };
+    // Let the close frame go out, and give the peer a moment to answer it.
+    if !matches!(end, End::Abrupt) {
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+            conn.out.abort();
+            writer.abort();
+        }
+        if !matches!(end, End::PeerClose(_)) {
+            let mut sink = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(n) = rd.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+    engine.unregister(&conn, code);
+}
+
+async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) {
+    let m = &engine.metrics;
+    Metrics::inc(&m.messages_in);
+    Metrics::add(&m.bytes_in, data.len() as u64);
+    match classify(&data) {
+        Inbound::System { msg_type, payload } => engine.on_system(conn, &msg_type, payload),
+        Inbound::App(json) => {
+            let off = json.as_ptr() as usize - data.as_ptr() as usize;
+            let data = data.slice(off..);
+            engine.inbound.push_data(Event::Msg { conn: conn.id, data }).await
+        }
+        Inbound::Other if text => engine.inbound.push_data(Event::Raw { conn: conn.id, data }).await,
+        Inbound::Other => engine.inbound.push_data(Event::Bin { conn: conn.id, data }).await,
+    }
+}

@@ -1,0 +1,196 @@
+//! Drain mode: events for Python wait in one queue; Python takes them in batches when an
+//! eventfd says there are some. Lifecycle events are never dropped; data events that find the
+//! queue full make their reader wait (so the socket stops being read: TCP backpressure).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Connect { conn: u64, user: Option<String>, claims: Option<Bytes>, addr: String },
+    Disconnect { conn: u64, code: u16 },
+    /// A JSON application message.
+    Msg { conn: u64, data: Bytes },
+    /// A text message that is not JSON.
+    Raw { conn: u64, data: Bytes },
+    /// A binary message that is not JSON.
+    Bin { conn: u64, data: Bytes },
+    /// Topics waiting for the Python authorization hook.
+    SubRequest { conn: u64, req: u64, topics: Vec<String> },
+}
+
+impl Event {
+    fn data_len(&self) -> Option<usize> {
+        match self {
+            Event::Msg { data, .. } | Event::Raw { data, .. } | Event::Bin { data, .. } => Some(data.len()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    data_events: usize,
+    data_bytes: usize,
+}
+
+pub struct Inbound {
+    q: Mutex<Queue>,
+    space: Notify,
+    fd: OwnedFd,
+    cap: usize,
+    cap_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Inbound {
+    pub fn new(cap: usize, cap_bytes: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        // SAFETY: eventfd returns a new descriptor or -1; we own it from here on.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { q: Mutex::new(Queue::default()), space: Notify::new(), fd, cap, cap_bytes, metrics })
+    }
+
+    /// The descriptor Python's event loop watches.
+    pub fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local u64 to our own eventfd.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear_signal(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a local u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    fn push_locked(&self, q: &mut Queue, ev: Event) {
+        let was_empty = q.events.is_empty();
+        if let Some(n) = ev.data_len() {
+            q.data_events += 1;
+            q.data_bytes += n;
+        }
+        q.events.push_back(ev);
+        self.metrics.inbound_queue_depth.store(q.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if was_empty {
+            self.signal();
+        }
+    }
+
+    /// Connect, disconnect and hook requests: always queued.
+    pub fn push_lifecycle(&self, ev: Event) {
+        let mut q = self.q.lock();
+        self.push_locked(&mut q, ev);
+    }
+
+    /// A data event: waits while the queue is full.
+    pub async fn push_data(&self, ev: Event) {
+        let n = ev.data_len().unwrap_or(0);
+        let mut waited: Option<Instant> = None;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut q = self.q.lock();
+                let fits = q.data_events < self.cap && q.data_bytes + n <= self.cap_bytes;
+                if fits || q.data_events == 0 {
+                    self.push_locked(&mut q, ev);
+                    if let Some(t) = waited {
+                        Metrics::add(&self.metrics.backpressure_ns, t.elapsed().as_nanos() as u64);
+                    }
+                    return;
+                }
+            }
+            if waited.is_none() {
+                waited = Some(Instant::now());
+                Metrics::inc(&self.metrics.backpressure_waits);
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes up to `max` events, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Event> {
+        self.clear_signal();
+        let out: Vec<Event>;
+        {
+            let mut q = self.q.lock();
+            let n = q.events.len().min(max);
+            out = q.events.drain(..n).collect();
+            for ev in &out {
+                if let Some(len) = ev.data_len() {
+                    q.data_events -= 1;
+                    q.data_bytes -= len;
+                }
+            }
+            if !q.events.is_empty() {
+                self.signal();
+            }
+            self.metrics.inbound_queue_depth.store(q.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Metrics::inc(&self.metrics.drain_calls);
+        Metrics::add(&self.metrics.drain_events, out.len() as u64);
+        self.space.notify_waiters();
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.lock().events.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u64) -> Event {
+        Event::Msg { conn: i, data: Bytes::from_static(b"{}") }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_never_blocks_and_data_waits_for_space() {
+        let m = Arc::new(Metrics::default());
+        let q = Arc::new(Inbound::new(2, 1 << 20, m.clone()).unwrap());
+        q.push_data(msg(1)).await;
+        q.push_data(msg(2)).await;
+        q.push_lifecycle(Event::Disconnect { conn: 9, code: 1000 });
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.push_data(msg(3)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(q.take(2).len(), 2);
+        waiter.await.unwrap();
+        let rest = q.take(10);
+        assert!(matches!(rest[0], Event::Disconnect { conn: 9, .. }));
+        assert!(matches!(rest[1], Event::Msg { conn: 3, .. }));
+        assert_eq!(m.backpressure_waits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn eventfd_signals_on_first_event() {
+        let q = Inbound::new(8, 1 << 20, Arc::new(Metrics::default())).unwrap();
+        let mut v: u64 = 0;
+        let r = unsafe { libc::read(q.fd(), (&mut v as *mut u64).cast(), 8) };
+        assert_eq!(r, -1, "no signal while empty");
+        q.push_lifecycle(Event::Disconnect { conn: 1, code: 1000 });
+        let r = unsafe { libc::read(q.fd(), (&mut v as *mut u64).cast(), 8) };
+        assert_eq!(r, 8);
+    }
+}

@@ -1,0 +1,163 @@
+//! The HTTP upgrade: read the request (bounded, under a timeout), check path and Origin, let
+//! tungstenite validate the upgrade and build the 101 response, and check the JWT before the
+//! connection exists for Python. A refused token gets an error message and close code 4401.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tungstenite::handshake::server::create_response;
+use tungstenite::http;
+
+use crate::auth::jwt::AuthError;
+use crate::auth::token;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::protocol::{envelope, frame};
+
+/// A connection that passed the upgrade and the token check.
+pub struct Accepted {
+    pub stream: TcpStream,
+    /// Bytes the client sent after its request (its first frames, if it did not wait).
+    pub leftover: BytesMut,
+    pub user_id: Option<String>,
+    pub claims: Option<Map<String, Value>>,
+}
+
+fn find_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+async fn reply(stream: &mut TcpStream, status: &str, body: &str) {
+    let msg = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(msg.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Runs the handshake. `None` means the client was answered and the socket is done.
+pub async fn accept(engine: &Arc<Engine>, mut stream: TcpStream, _addr: SocketAddr) -> Option<Accepted> {
+    let cfg = &engine.cfg;
+    let m = &engine.metrics;
+    let mut buf = BytesMut::with_capacity(1024);
+    let end = loop {
+        if let Some(e) = find_end(&buf) {
+            break e;
+        }
+        if buf.len() >= cfg.max_request_bytes {
+            Metrics::inc(&m.handshake_bad_request);
+            reply(&mut stream, "431 Request Header Fields Too Large", "request too large\n").await;
+            return None;
+        }
+        buf.reserve(1024);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    };
+    let head = buf.split_to(end);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        Metrics::inc(&m.handshake_bad_request);
+        reply(&mut stream, "400 Bad Request", "malformed request\n").await;
+        return None;
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if path != cfg.path {
+        Metrics::inc(&m.handshake_bad_path);
+        reply(&mut stream, "404 Not Found", "no WebSocket endpoint here\n").await;
+        return None;
+    }
+    let mut builder = http::Request::builder().method(req.method.unwrap_or("GET")).uri(target);
+    builder = builder.version(if req.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 });
+    let mut origin = None;
+    let mut cookie = None;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+        let v = std::str::from_utf8(h.value).ok();
+        if h.name.eq_ignore_ascii_case("origin") {
+            origin = v;
+        } else if h.name.eq_ignore_ascii_case("cookie") {
+            cookie = v;
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = v;
+        }
+    }
+    if !cfg.allowed_origins.is_empty() && !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o)) {
+        Metrics::inc(&m.handshake_bad_origin);
+        reply(&mut stream, "403 Forbidden", "origin not allowed\n").await;
+        return None;
+    }
+    let Ok(request) = builder.body(()) else {
+        Metrics::inc(&m.handshake_bad_request);
+        reply(&mut stream, "400 Bad Request", "malformed request\n").await;
+        return None;
+    };
+    let response = match create_response(&request) {
+        Ok(r) => r,
+        Err(e) => {
+            Metrics::inc(&m.handshake_bad_request);
+            reply(&mut stream, "400 Bad Request", &format!("not a WebSocket upgrade: {e}\n")).await;
+            return None;
+        }
+    };
+    let auth = match (&engine.verifier, &cfg.jwt) {
+        (Some(v), Some(jcfg)) => match token::extract(jcfg, cookie, authorization, query) {
+            Some(t) => v.verify(&t).map(Some),
+            None if jcfg.required => Err(AuthError::Missing),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    };
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (k, v) in response.headers() {
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    match auth {
+        Ok(claims) => {
+            if stream.write_all(&head).await.is_err() {
+                return None;
+            }
+            Metrics::inc(&m.handshakes_ok);
+            let user_id = claims.as_ref().and_then(|c| match c.get("sub") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+            Some(Accepted { stream, leftover: buf, user_id, claims })
+        }
+        Err(e) => {
+            match e {
+                AuthError::Missing => Metrics::inc(&m.auth_missing),
+                AuthError::Expired => Metrics::inc(&m.auth_expired),
+                _ => Metrics::inc(&m.auth_failed),
+            }
+            // Upgrade, say why, close with 4401: browsers cannot read an HTTP refusal's status.
+            let err = envelope::error(e.code(), &e.message(), 1);
+            head.extend_from_slice(&frame::build(engine.opcode(), &err));
+            head.extend_from_slice(&frame::close_frame(4401, e.reason()));
+            let _ = stream.write_all(&head).await;
+            let _ = stream.shutdown().await;
+            // Drain the client's close reply briefly so the close is clean.
+            let mut sink = [0u8; 512];
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), stream.read(&mut sink)).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The listening socket (SO_REUSEPORT, so each worker process can open its own on one port)
+//! and the accept loop with its connection and pending-handshake bounds.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::connection;
+use crate::engine::Engine;
+use crate::handshake;
+use crate::metrics::Metrics;
+
+/// Binds the listening socket. Done on the caller's thread, so a bad address fails at once.
+pub fn bind(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
+    let addr: SocketAddr = (cfg.host.as_str(), cfg.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if cfg.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_tcp_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(cfg.backlog)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Accepts until `stop` turns true.
+pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("wse: cannot register listener: {e}");
+            return;
+        }
+    };
+    let pending = Arc::new(Semaphore::new(engine.cfg.max_pending_handshakes));
+    let m = engine.metrics.clone();
+    let sweeper = {
+        let engine = engine.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => engine.keepalive_sweep(),
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+    loop {
+        let (mut stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        Metrics::inc(&m.connections_accepted);
+        let _ = stream.set_nodelay(true);
+        if engine.conn_count() >= engine.cfg.max_connections {
+            Metrics::inc(&m.connections_rejected_limit);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            Metrics::inc(&m.connections_rejected_pending);
+            drop(stream);
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let timeout = engine.cfg.handshake_timeout();
+            let accepted = match tokio::time::timeout(timeout, handshake::accept(&engine, stream, addr)).await {
+                Ok(a) => a,
+                Err(_) => {
+                    Metrics::inc(&engine.metrics.handshake_timeouts);
+                    None
+                }
+            };
+            drop(permit);
+            if let Some(a) = accepted {
+                let conn = engine.register(a.user_id, a.claims, addr.to_string());
+                engine.send_ready(&conn);
+                connection::run(engine, conn, a.stream, a.leftover).await;
+            }
+        });
+    }
+    sweeper.abort();
+    let _ = engine.metrics.connections_active.load(Relaxed);
+}

@@ -1,0 +1,233 @@
+//! A connection's outbound path: a bounded queue of ready frames and the writer task that
+//! gathers them into vectored writes. Shared frames (`Bytes`) are never copied per subscriber.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::metrics::Metrics;
+use crate::protocol::frame::close_frame;
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Push {
+    Queued,
+    /// Over budget, frame dropped (policy `drop`).
+    Dropped,
+    /// Over budget, connection closing (policy `close`).
+    Overflow,
+    /// The connection is closing or gone.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    queued_bytes: usize,
+    writer_idle: bool,
+    close: Option<Bytes>,
+    close_code: u16,
+    done: bool,
+}
+
+pub struct Outbound {
+    state: Mutex<State>,
+    wake: Notify,
+    /// Tells the reader that the server started closing.
+    closing: Notify,
+    max_bytes: usize,
+    policy: SlowConsumerPolicy,
+    overflow_code: u16,
+}
+
+impl Outbound {
+    pub fn new(max_bytes: usize, policy: SlowConsumerPolicy, overflow_code: u16) -> Self {
+        Self { state: Mutex::new(State::default()), wake: Notify::new(), closing: Notify::new(), max_bytes, policy, overflow_code }
+    }
+
+    #[inline]
+    fn wake_locked(&self, s: &mut State) {
+        if s.writer_idle {
+            s.writer_idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queues a data frame under the byte budget and the slow-consumer policy.
+    pub fn push(&self, frame: Bytes) -> Push {
+        let mut s = self.state.lock();
+        if s.done || s.close.is_some() {
+            return Push::Closed;
+        }
+        if s.queued_bytes + frame.len() > self.max_bytes {
+            return match self.policy {
+                SlowConsumerPolicy::Drop => Push::Dropped,
+                SlowConsumerPolicy::Close => {
+                    // A consumer this far behind will not read what is queued: go straight to close.
+                    s.frames.clear();
+                    s.queued_bytes = 0;
+                    s.close = Some(close_frame(self.overflow_code, "slow consumer"));
+                    s.close_code = self.overflow_code;
+                    self.wake_locked(&mut s);
+                    self.closing.notify_one();
+                    Push::Overflow
+                }
+            };
+        }
+        s.queued_bytes += frame.len();
+        s.frames.push_back(frame);
+        self.wake_locked(&mut s);
+        Push::Queued
+    }
+
+    /// Queues a control frame (pong): exempt from the budget, kept in order with data.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut s = self.state.lock();
+        if s.done || s.close.is_some() {
+            return;
+        }
+        s.queued_bytes += frame.len();
+        s.frames.push_back(frame);
+        self.wake_locked(&mut s);
+    }
+
+    /// Starts the close handshake: queued frames go out first, then the close frame.
+    /// Returns false when a close was already under way.
+    pub fn close(&self, code: u16, reason: &str) -> bool {
+        let mut s = self.state.lock();
+        if s.done || s.close.is_some() {
+            return false;
+        }
+        s.close = Some(close_frame(code, reason));
+        s.close_code = code;
+        self.wake_locked(&mut s);
+        self.closing.notify_one();
+        true
+    }
+
+    /// Stops the writer without a close frame (the peer is gone).
+    pub fn abort(&self) {
+        let mut s = self.state.lock();
+        s.done = true;
+        s.frames.clear();
+        s.queued_bytes = 0;
+        s.writer_idle = false;
+        self.wake.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        let s = self.state.lock();
+        s.done || s.close.is_some()
+    }
+
+    /// Resolves once `close` was called (or the budget overflowed under policy `close`).
+    pub async fn closing(&self) {
+        self.closing.notified().await
+    }
+
+    /// The code of the close frame the server sent, if it sent one.
+    pub fn close_code(&self) -> u16 {
+        self.state.lock().close_code
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
+    }
+
+    /// The writer task: runs until the close frame is written, the peer is gone, or `abort`.
+    pub async fn run_writer(self: Arc<Self>, mut wr: OwnedWriteHalf, max_batch: usize, metrics: Arc<Metrics>) {
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            let mut close = None;
+            let wait = {
+                let mut s = self.state.lock();
+                if s.done {
+                    break;
+                }
+                if s.frames.is_empty() {
+                    match s.close.take() {
+                        Some(c) => {
+                            close = Some(c);
+                            false
+                        }
+                        None => {
+                            s.writer_idle = true;
+                            true
+                        }
+                    }
+                } else {
+                    let n = s.frames.len().min(max_batch);
+                    batch.extend(s.frames.drain(..n));
+                    false
+                }
+            };
+            if wait {
+                self.wake.notified().await;
+                continue;
+            }
+            if let Some(c) = close {
+                let _ = wr.write_all(&c).await;
+                let _ = wr.shutdown().await;
+                self.state.lock().done = true;
+                break;
+            }
+            let bytes: usize = batch.iter().map(|b| b.len()).sum();
+            let ok = write_batch(&mut wr, &batch, &metrics).await;
+            Metrics::add(&metrics.frames_out, batch.len() as u64);
+            Metrics::add(&metrics.bytes_out, bytes as u64);
+            batch.clear();
+            {
+                let mut s = self.state.lock();
+                s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
+                if !ok {
+                    s.done = true;
+                    s.frames.clear();
+                    s.queued_bytes = 0;
+                    break;
+                }
+            }
+            if batch.capacity() > 4 * max_batch {
+                batch = Vec::new();
+            }
+        }
+    }
+}
+
+/// Writes every frame of `batch`, as few `writev` calls as the kernel allows.
+async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Bytes], metrics: &Metrics) -> bool {
+    let mut idx = 0;
+    let mut offset = 0;
+    while idx < batch.len() {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity((batch.len() - idx).min(1024));
+        slices.push(IoSlice::new(&batch[idx][offset..]));
+        for b in &batch[idx + 1..] {
+            if slices.len() == 1024 {
+                break;
+            }
+            slices.push(IoSlice::new(b));
+        }
+        Metrics::inc(&metrics.write_syscalls);
+        let mut n = match wr.write_vectored(&slices).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        while n > 0 {
+            let left = batch[idx].len() - offset;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    true
+}

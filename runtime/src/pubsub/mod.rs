@@ -1,0 +1,3 @@
+//! Topics and fan-out.
+
+pub mod topics;

@@ -1,0 +1,107 @@
+//! The topic registry. A publication is framed once, inside the topic's lock (so its `seq`
+//! and its place in every subscriber's queue agree), and the same bytes go to each subscriber.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::connection::Conn;
+
+#[derive(Default)]
+struct TopicState {
+    seq: u64,
+    subs: Vec<Arc<Conn>>,
+    index: HashMap<u64, usize>,
+}
+
+#[derive(Default)]
+pub struct Topic {
+    state: Mutex<TopicState>,
+}
+
+/// Result of one publication.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub delivered: usize,
+    pub dropped: usize,
+    pub overflowed: usize,
+}
+
+#[derive(Default)]
+pub struct Topics {
+    map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+}
+
+impl Topics {
+    /// Adds `conn` to `topic`; false if it was already there.
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
+        let t = {
+            let map = self.map.read();
+            map.get(topic).cloned()
+        };
+        let t = match t {
+            Some(t) => t,
+            None => self.map.write().entry(Arc::from(topic)).or_default().clone(),
+        };
+        let mut s = t.state.lock();
+        if s.index.contains_key(&conn.id) {
+            return false;
+        }
+        let i = s.subs.len();
+        s.subs.push(conn.clone());
+        s.index.insert(conn.id, i);
+        true
+    }
+
+    /// Removes `conn` from `topic`; the topic goes away with its last subscriber.
+    pub fn unsubscribe(&self, topic: &str, conn_id: u64) -> bool {
+        let Some(t) = self.map.read().get(topic).cloned() else { return false };
+        let empty = {
+            let mut s = t.state.lock();
+            let Some(i) = s.index.remove(&conn_id) else { return false };
+            s.subs.swap_remove(i);
+            if i < s.subs.len() {
+                let moved = s.subs[i].id;
+                s.index.insert(moved, i);
+            }
+            s.subs.is_empty()
+        };
+        if empty {
+            let mut map = self.map.write();
+            if let Some(t) = map.get(topic) {
+                if t.state.lock().subs.is_empty() {
+                    map.remove(topic);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.map.read().get(topic).map_or(0, |t| t.state.lock().subs.len())
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Frames one publication with the topic's next `seq` and queues it on every subscriber.
+    pub fn publish(&self, topic: &str, build: impl FnOnce(u64) -> Bytes) -> Fanout {
+        let Some(t) = self.map.read().get(topic).cloned() else { return Fanout::default() };
+        let mut s = t.state.lock();
+        s.seq += 1;
+        let frame = build(s.seq);
+        let mut f = Fanout::default();
+        for c in &s.subs {
+            match c.out.push(frame.clone()) {
+                crate::outbound::Push::Queued => f.delivered += 1,
+                crate::outbound::Push::Dropped => f.dropped += 1,
+                crate::outbound::Push::Overflow => f.overflowed += 1,
+                crate::outbound::Push::Closed => {}
+            }
+        }
+        f
+    }
+}

@@ -1,0 +1,62 @@
+//! The engine's own thread: a tokio runtime created on demand (never at import, so a process
+//! can fork first), serving one listener until stopped.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::listener;
+
+pub struct Running {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    pub local_addr: std::net::SocketAddr,
+}
+
+/// Binds on the calling thread, then serves on a new thread.
+pub fn start(engine: Arc<Engine>) -> std::io::Result<Running> {
+    let listener = listener::bind(&engine.cfg)?;
+    let local_addr = listener.local_addr()?;
+    let threads = engine.cfg.io_threads;
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name("wse-io").enable_all().build()?
+    };
+    let (tx, rx) = watch::channel(false);
+    let thread = std::thread::Builder::new().name("wse-io".into()).spawn(move || {
+        rt.block_on(async move {
+            let drain_engine = engine.clone();
+            let mut stop_rx = rx.clone();
+            listener::serve(engine, listener, rx).await;
+            // Stopped: close every connection and wait (bounded) for them to finish.
+            let _ = stop_rx.borrow_and_update();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while drain_engine.conn_count() > 0 && Instant::now() < deadline {
+                drain_engine.close_all(1001, "server shutting down");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        rt.shutdown_timeout(Duration::from_millis(500));
+    })?;
+    Ok(Running { stop: tx, thread: Some(thread), local_addr })
+}
+
+impl Running {
+    /// Stops accepting, closes connections with 1001, and joins the thread.
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,90 @@
+"""Typed settings for the engine. Every field has a working default."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+Algorithm = Literal["HS256", "RS256", "ES256"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JWTConfig:
+    """How tokens are checked during the handshake (in Rust, before Python sees the connection)."""
+
+    secret: str | None = None
+    """HS256 shared secret, at least 32 bytes."""
+    public_key: str | None = None
+    """PEM public key for RS256 or ES256."""
+    algorithms: tuple[Algorithm, ...] = ("HS256",)
+    kid: str | None = None
+    previous_secret: str | None = None
+    """The key being rotated out: still accepted until you remove it."""
+    previous_public_key: str | None = None
+    previous_kid: str | None = None
+    issuer: str | None = None
+    audience: tuple[str, ...] | None = None
+    leeway_secs: int = 30
+    max_token_bytes: int = 8192
+    cookie_name: str = "access_token"
+    query_param: bool = False
+    """Also accept ``?token=`` (browsers cannot set headers on a WebSocket)."""
+    claims: tuple[str, ...] = ()
+    """Claims passed to Python on connect besides ``sub``; empty passes all."""
+    topics_claim: str = "wse_topics"
+    """Claim with ``{"allow": [...], "deny": [...]}`` topic globs for this user."""
+    required: bool = True
+    """Refuse connections without a token (else they connect anonymously)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WSEConfig:
+    """Engine settings. Sizes are bytes, times milliseconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 5006
+    path: str = "/wse"
+    backlog: int = 1024
+    reuse_port: bool = True
+    io_threads: int = 1
+    """Tokio threads; 1 runs the engine on a single dedicated thread (best per core)."""
+    max_connections: int = 10_000
+    max_pending_handshakes: int = 512
+    handshake_timeout_ms: int = 5_000
+    max_request_bytes: int = 16 * 1024
+    allowed_origins: tuple[str, ...] = ()
+    """Allowed ``Origin`` header values; empty allows any."""
+    max_message_bytes: int = 1 << 20
+    ping_interval_ms: int = 25_000
+    idle_timeout_ms: int = 60_000
+    max_outbound_bytes: int = 16 << 20
+    """Per-connection outbound queue budget."""
+    slow_consumer: Literal["drop", "close"] = "close"
+    slow_consumer_close_code: int = 4008
+    max_frames_per_write: int = 256
+    inbound_queue: int = 65_536
+    """Data events waiting for Python before the engine stops reading sockets."""
+    inbound_queue_bytes: int = 64 << 20
+    text_frames: bool = False
+    """Send JSON in text frames (the v2 protocol default is binary)."""
+    topics_allow: tuple[str, ...] = ()
+    topics_deny: tuple[str, ...] = ()
+    max_topics_per_connection: int = 1_000
+    drain_batch: int = 1024
+    """Events taken from the engine per drain call (one GIL acquire)."""
+    jwt: JWTConfig | None = None
+    server_version: str = "0.1.0"
+
+    def replace(self, **changes: object) -> WSEConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def engine_json(self, *, subscribe_hook: bool = False) -> str:
+        """The settings the Rust engine reads."""
+        data = dataclasses.asdict(self)
+        data.pop("drain_batch")
+        data["subscribe_hook"] = subscribe_hook
+        return orjson.dumps(data).decode()
