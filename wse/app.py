@@ -184,8 +184,11 @@ class WSEApp:
         if self._stopped is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
 
-    def run(self, host: str | None = None, port: int | None = None) -> None:
-        """Serve in this thread until SIGINT or SIGTERM (uvloop if installed)."""
+    def run(self, host: str | None = None, port: int | None = None, *, announce: bool = False) -> None:
+        """Serve in this thread until SIGINT or SIGTERM (uvloop if installed).
+
+        With ``announce``, print ``wse: serving ws://HOST:PORT/PATH`` on stdout once listening.
+        """
         changes: dict[str, object] = {}
         if host is not None:
             changes["host"] = host
@@ -198,7 +201,10 @@ class WSEApp:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
-            await self.serve()
+            await self.serve(ready=_announce if announce else None)
+
+        def _announce(addr: tuple[str, int]) -> None:
+            print(f"wse: serving ws://{addr[0]}:{addr[1]}{self.config.path}", flush=True)
 
         try:
             import uvloop

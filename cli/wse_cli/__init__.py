@@ -1,0 +1,1 @@
+"""The ``wse`` command line."""

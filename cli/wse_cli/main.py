@@ -1,0 +1,74 @@
+"""``wse run module:app``: serve a WSE application."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="WSE: a Rust WebSocket engine for Python.")
+
+
+def load_app(target: str) -> object:
+    """Imports ``module:attribute`` (the current directory is importable, as with uvicorn)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name:
+        raise typer.BadParameter(f"expected module:app, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {e}") from e
+    try:
+        return getattr(module, attr or "app")
+    except AttributeError:
+        raise typer.BadParameter(f"module {module_name!r} has no attribute {attr or 'app'!r}") from None
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"--bind expects HOST:PORT, got {bind!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="module:attribute of a wse.WSEApp")] = "wse.demo:app",
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: the app's config).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: the app's config; 0 picks a free one).")] = None,
+    bind: Annotated[Optional[str], typer.Option(help="HOST:PORT, instead of --host and --port.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve an application in this process until SIGINT or SIGTERM."""
+    from wse import WSEApp
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bind is not None:
+        host, port = parse_bind(bind)
+    wse_app = load_app(target)
+    if not isinstance(wse_app, WSEApp):
+        raise typer.BadParameter(f"{target!r} is a {type(wse_app).__name__}, not a wse.WSEApp")
+    wse_app.run(host=host, port=port, announce=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of the package and of the Rust engine."""
+    import wse
+    from wse import _runtime
+
+    typer.echo(f"wse {wse.__version__} (engine {_runtime.__version__})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
