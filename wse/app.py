@@ -230,14 +230,14 @@ class WSEApp:
                     for h in self._on_connect:
                         self._call(h, conn)
                 elif kind == _EV_DISCONNECT:
-                    conn = self.connections.pop(cid, None)
-                    if conn is not None:
+                    gone = self.connections.pop(cid, None)
+                    if gone is not None:
                         for dh in self._on_disconnect:
-                            self._call(dh, conn, a)
+                            self._call(dh, gone, a)
                 elif kind == _EV_RAW or kind == _EV_BIN:
-                    conn = self.connections.get(cid)
-                    if conn is not None and self._on_raw is not None:
-                        self._call(self._on_raw, conn, a, kind == _EV_RAW)
+                    peer = self.connections.get(cid)
+                    if peer is not None and self._on_raw is not None:
+                        self._call(self._on_raw, peer, a, kind == _EV_RAW)
                 elif kind == _EV_SUB_REQUEST:
                     self._spawn(self._authorize_topics(cid, a, b))
             except Exception:

@@ -70,6 +70,9 @@ class WSEConfig:
     inbound_queue_bytes: int = 64 << 20
     text_frames: bool = False
     """Send JSON in text frames (the v2 protocol default is binary)."""
+    envelopes: bool = True
+    """Speak the WSE v2 protocol. False: every message reaches ``on_raw`` untouched and the
+    engine sends nothing unasked (no ``server_ready``, no JSON pings): a plain WebSocket server."""
     topics_allow: tuple[str, ...] = ()
     topics_deny: tuple[str, ...] = ()
     max_topics_per_connection: int = 1_000

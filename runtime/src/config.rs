@@ -98,6 +98,9 @@ pub struct Config {
     pub inbound_queue_bytes: usize,
     /// Server messages go out as text frames (default binary, as the v2 protocol does).
     pub text_frames: bool,
+    /// Speak the WSE v2 envelope protocol (server_ready, subscriptions, JSON pings). When false
+    /// every message goes to Python as raw text or binary and the engine sends nothing unasked.
+    pub envelopes: bool,
     /// Topic ACL globs (`*`, `?`) applied to every subscription.
     pub topics_allow: Vec<String>,
     pub topics_deny: Vec<String>,
@@ -132,6 +135,7 @@ impl Default for Config {
             inbound_queue: 65_536,
             inbound_queue_bytes: 64 << 20,
             text_frames: false,
+            envelopes: true,
             topics_allow: Vec::new(),
             topics_deny: Vec::new(),
             max_topics_per_connection: 1_000,

@@ -145,6 +145,10 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
     let m = &engine.metrics;
     Metrics::inc(&m.messages_in);
     Metrics::add(&m.bytes_in, data.len() as u64);
+    if !engine.cfg.envelopes {
+        let ev = if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } };
+        return engine.inbound.push_data(ev).await;
+    }
     match classify(&data) {
         Inbound::System { msg_type, payload } => engine.on_system(conn, &msg_type, payload),
         Inbound::App(json) => {

@@ -133,15 +133,19 @@ impl Engine {
     }
 
     /// An envelope for one connection, with its own `seq`.
-    pub fn envelope_frame(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8]) -> Bytes {
+    pub fn envelope_frame(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8], opcode: u8) -> Bytes {
         let seq = conn.next_seq();
         let v = Envelope { category, msg_type, seq, topic: None, payload }.encode(HEADER_ROOM);
-        frame_in_place(self.opcode(), v)
+        frame_in_place(opcode, v)
     }
 
     fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
+        self.send_system_as(conn, msg_type, payload, self.opcode());
+    }
+
+    fn send_system_as(&self, conn: &Conn, msg_type: &str, payload: Value, opcode: u8) {
         let p = serde_json::to_vec(&payload).unwrap_or_default();
-        let f = self.envelope_frame(conn, envelope::CAT_SYSTEM, msg_type, &p);
+        let f = self.envelope_frame(conn, envelope::CAT_SYSTEM, msg_type, &p, opcode);
         self.push(conn, f);
     }
 
@@ -187,7 +191,7 @@ impl Engine {
 
     pub fn send(&self, conn_id: u64, category: &str, msg_type: &str, payload: &[u8]) -> bool {
         let Some(c) = self.get(conn_id) else { return false };
-        let f = self.envelope_frame(&c, category, msg_type, payload);
+        let f = self.envelope_frame(&c, category, msg_type, payload, self.opcode());
         self.push(&c, f)
     }
 
@@ -314,10 +318,13 @@ impl Engine {
                 let now = now_ms();
                 let client_ts = p.get("timestamp").cloned().unwrap_or(Value::Null);
                 let latency = client_ts.as_u64().map(|t| now.saturating_sub(t));
-                self.send_system(
+                // NOTE: keepalive goes in text frames: the v2 clients count only text frames as
+                // liveness, and look for `"t":"PONG"` near the start of the frame.
+                self.send_system_as(
                     c,
                     "PONG",
                     json!({"client_timestamp": client_ts, "server_timestamp": now, "latency": latency}),
+                    frame::OP_TEXT,
                 );
             }
             "client_hello" => {
@@ -410,7 +417,9 @@ impl Engine {
             if self.cfg.ping_interval_ms > 0 && quiet >= self.cfg.ping_interval_ms && since_ping >= self.cfg.ping_interval_ms {
                 c.last_ping_ms.store(now, Relaxed);
                 c.out.push_control(ping_frame.clone());
-                self.send_system(&c, "ping", json!({"server_time": now}));
+                if self.cfg.envelopes {
+                    self.send_system_as(&c, "ping", json!({"server_time": now}), frame::OP_TEXT);
+                }
             }
         }
     }

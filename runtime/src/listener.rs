@@ -101,7 +101,9 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             drop(permit);
             if let Some(a) = accepted {
                 let conn = engine.register(a.user_id, a.claims, addr.to_string());
-                engine.send_ready(&conn);
+                if engine.cfg.envelopes {
+                    engine.send_ready(&conn);
+                }
                 connection::run(engine, conn, a.stream, a.leftover).await;
             }
         });
