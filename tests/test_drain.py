@@ -16,6 +16,8 @@ import socket
 import time
 from typing import Any
 
+import orjson
+
 from tests.conftest import SECRET, ServerProc, envelope, make_token, subscribe_msg
 from tests.wsutil import OP_CLOSE, OP_TEXT, RawWS, client_frame, open_ready, recv_json, recv_type, stats, wait_stats
 
@@ -59,6 +61,34 @@ def test_lifecycle_events_survive_a_data_flood(make_server: Any) -> None:
     assert engine["messages_in"] >= senders * per_sender
     assert engine["backpressure_waits"] > 0
     assert engine["drain_events"] / engine["drain_calls"] > 1, engine
+
+
+def test_every_disconnect_reaches_python_at_shutdown(make_server: Any, tmp_path: Any) -> None:
+    """Stopping the server closes every connection (1001) and Python hears of each one, however
+    many there are: more than one drain batch of them here."""
+    n, batch = 200, 50
+    path = tmp_path / "record.json"
+    srv = make_server(
+        {"drain_batch": batch}, target="tests.apps.record_on_exit:app", env={"WSE_TEST_RECORD_FILE": str(path)}
+    )
+
+    async def main() -> tuple[int, list[int | None]]:
+        conns = []
+        for _ in range(n // 50):
+            conns += [c for c, _ in await asyncio.gather(*(open_ready(srv.url) for _ in range(50)))]
+        st = await stats(conns[0])
+        assert st["record"]["connects"] == n
+        code = await asyncio.to_thread(srv.stop)
+        await asyncio.wait_for(asyncio.gather(*(c.wait_closed() for c in conns)), 10)
+        return code, [c.close_code for c in conns]
+
+    code, close_codes = asyncio.run(main())
+    assert code == 0
+    assert close_codes == [1001] * n
+    record = orjson.loads(path.read_bytes())
+    assert record["connects"] == n
+    assert record["disconnects"] == n, f"on_disconnect ran for {record['disconnects']} of {n} connections at shutdown"
+    assert record["codes"] == {"1001": n}
 
 
 def test_drain_batches_under_load(server: ServerProc) -> None:

@@ -133,12 +133,53 @@ def test_invalid_utf8_in_binary_frame_is_fine(make_server: Any) -> None:
     r.close()
 
 
+def test_message_size_boundary(make_server: Any) -> None:
+    """Exactly max_message_bytes is accepted (also when fragmented); one byte more is 1009."""
+    srv = make_server({"max_message_bytes": 4096})
+    r = raw_ready(srv)
+    r.send_frame(OP_BINARY, b"\x01" * 4096)
+    assert r.recv_frame() == (OP_BINARY, b"\x01" * 4096)
+    r.send_frame(OP_BINARY, b"\x02" * 2048, fin=False)
+    r.send_frame(OP_CONT, b"\x03" * 2048)
+    assert r.recv_frame() == (OP_BINARY, b"\x02" * 2048 + b"\x03" * 2048)
+    r.send_frame(OP_BINARY, b"\x04" * 4097)
+    msgs, code, _ = r.read_until_close()
+    r.close()
+    assert msgs == [] and code == 1009
+
+
+def test_frames_sent_with_the_upgrade_request(server: ServerProc) -> None:
+    """A client may send its first frames right behind its request, in the same write."""
+    frames = b"".join(client_frame(OP_TEXT, envelope("echo", {"n": n})) for n in range(3))
+    r = RawWS(server.port, server.path, pipelined=frames)
+    assert r.status == 101
+    got = [r.recv_json() for _ in range(4)]
+    r.close()
+    assert got[0]["t"] == "server_ready"
+    assert [(m["t"], m["p"]) for m in got[1:]] == [("echo", {"n": n}) for n in range(3)]
+
+
+def test_ping_answered_with_pong(server: ServerProc) -> None:
+    r = raw_ready(server)
+    r.send_frame(0x9, b"are you there")
+    assert r.recv_frame() == (0xA, b"are you there")
+    r.send_frame(0x8, (1000).to_bytes(2, "big") + b"bye")
+    msgs, code, _ = r.read_until_close()
+    r.close()
+    assert msgs == [] and code == 1000
+
+
 VIOLATIONS_1002 = [
     pytest.param(client_frame(OP_TEXT, b'{"t":"echo","p":1}', mask=False), id="unmasked"),
     pytest.param(client_frame(OP_TEXT, b'{"t":"echo","p":1}', rsv=4), id="reserved-bit"),
     pytest.param(client_frame(0x3, b"x"), id="unknown-opcode"),
     pytest.param(client_frame(OP_CONT, b"x"), id="continuation-without-start"),
     pytest.param(client_frame(0x9, b"p", fin=False), id="fragmented-ping"),
+    pytest.param(client_frame(0x9, b"p" * 126), id="ping-over-125-bytes"),
+    pytest.param(client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_TEXT, b"b"), id="new-message-inside-fragmented"),
+    pytest.param(client_frame(0x8, b"\x03"), id="close-payload-of-one-byte"),
+    pytest.param(client_frame(0x8, (1005).to_bytes(2, "big")), id="close-code-1005"),
+    pytest.param(client_frame(0x8, (999).to_bytes(2, "big")), id="close-code-999"),
 ]
 
 
@@ -323,6 +364,26 @@ def test_slow_consumer_drop_policy(make_server: Any) -> None:
     slow.close()
 
 
+def test_slow_consumer_that_never_reads_is_released(make_server: Any) -> None:
+    """A slow consumer that never reads again is still let go (its slot freed, 4008 reported)."""
+    srv = make_server({"max_outbound_bytes": 256 * 1024})
+    slow = _slow_subscriber(srv)
+
+    async def main() -> dict[str, Any]:
+        ws, _ = await open_ready(srv.url)
+        await _publish_until(ws, "slow_consumer_closes")
+        st = await wait_stats(
+            ws, lambda s: s["record"]["disconnects"] == 1, timeout=10, what="the unread slow consumer's release"
+        )
+        assert st["engine"]["connections_active"] == 1
+        await ws.close()
+        return st
+
+    st = asyncio.run(main())
+    slow.close()
+    assert st["record"]["codes"] == {"4008": 1}
+
+
 # ---- the handshake: Origin, path, request size ---------------------------------------------------------
 
 
@@ -444,6 +505,33 @@ def test_max_connections_503(make_server: Any) -> None:
     st = asyncio.run(main())
     assert st["engine"]["connections_rejected_limit"] == 2
     assert st["record"]["connects"] == 3
+
+
+def test_max_connections_holds_under_concurrent_connects(make_server: Any) -> None:
+    """Ten clients connecting at once to a server capped at 3: no more than 3 get in."""
+    srv = make_server({"max_connections": 3})
+
+    async def one() -> Any:
+        try:
+            ws, _ = await open_ready(srv.url)
+            return ws
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    async def main() -> tuple[list[Any], list[int], dict[str, Any]]:
+        results = await asyncio.gather(*(one() for _ in range(10)))
+        conns = [r for r in results if not isinstance(r, int)]
+        refused = [r for r in results if isinstance(r, int)]
+        st = await stats(conns[0])
+        for ws in conns:
+            await ws.close()
+        return conns, refused, st
+
+    conns, refused, st = asyncio.run(main())
+    assert len(conns) <= 3, f"{len(conns)} connections accepted with max_connections=3"
+    assert refused == [503] * (10 - len(conns))
+    assert st["engine"]["connections_active"] <= 3
+    assert st["record"]["connects"] <= 3
 
 
 # ---- slowloris and handshake timeouts ------------------------------------------------------------------------

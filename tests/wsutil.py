@@ -135,14 +135,16 @@ class RawWS:
         *,
         rcvbuf: int | None = None,
         timeout: float = 5.0,
+        pipelined: bytes = b"",
     ) -> None:
+        """Connects and upgrades; ``pipelined`` bytes (frames) go out in the request's own write."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect, so that the window the client advertises starts small.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
-        self.sock.sendall(upgrade_request(port, path, headers))
+        self.sock.sendall(upgrade_request(port, path, headers) + pipelined)
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = self.sock.recv(4096)
