@@ -163,6 +163,13 @@ def test_bearer_token_passes_all_claims_when_none_configured(make_server: Any) -
     assert isinstance(claims["exp"], int)
 
 
+def test_numeric_sub_becomes_a_string_user_id(make_server: Any) -> None:
+    srv = make_server({"jwt": {**HS, "claims": ["sub"]}})
+    tok = pyjwt.encode({"sub": 42, "exp": int(time.time()) + 300}, SECRET, algorithm="HS256")
+    claims, _ = check_accepted(srv, bearer(tok), sub="42")
+    assert claims == {"sub": 42}
+
+
 def test_query_param_token_when_enabled(make_server: Any) -> None:
     srv = make_server({"jwt": {**HS, "query_param": True}})
     tok = make_token({"sub": "carol"})
