@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -319,6 +320,21 @@ def runs_lines(results: dict[str, list[dict[str, Any]]], order: list[tuple[int, 
     return lines
 
 
+def engine_build() -> str:
+    """Which build of the extension ``import wse`` loads: release, debug, or unknown (with its hash)."""
+    r = subprocess.run([sys.executable, "-c", "import wse._runtime as r; print(r.__file__)"], capture_output=True,
+                       text=True, cwd=REPO)
+    path = Path(r.stdout.strip()) if r.returncode == 0 else None
+    if path is None or not path.exists():
+        return "?"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for profile in ("release", "debug"):
+        built = REPO / "target" / profile / "lib_runtime.so"
+        if built.exists() and hashlib.sha256(built.read_bytes()).hexdigest() == digest:
+            return f"{profile} build, sha256 {digest[:12]}"
+    return f"build profile unknown, sha256 {digest[:12]}"
+
+
 def machine() -> dict[str, str]:
     model = "?"
     try:
@@ -330,6 +346,7 @@ def machine() -> dict[str, str]:
         pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {
+        "engine_build": engine_build(),
         "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
         "cpu": model,
         "kernel": platform.release(),
@@ -376,7 +393,7 @@ def doc_section(key: str, subscribers: int, messages: int, args: argparse.Namesp
         + (", reference with the full envelope" if args.ref_envelope == "full" else ""),
         "",
         f"Measured {today} on `{mach['cpu']}`, nproc {mach['nproc']}, kernel {mach['kernel']}; "
-        f"wse at commit {mach['commit']} (Python {mach['python']}, release build), reference wse-server {ref_ver} "
+        f"wse at commit {mach['commit']} (Python {mach['python']}, {mach['engine_build']}), reference wse-server {ref_ver} "
         f"(Python 3.13, in the reference chroot). Server `taskset -c {SERVER_CORE}`, client `taskset -c {CLIENT_CORE}`: "
         f"{client}, all {subscribers:,} connections in one uvloop loop, every delivery sequence-checked. "
         f"Payload about {args.size} bytes of JSON `{{\"s\":N,\"d\":\"xxx...\"}}` published from the server's "
@@ -467,6 +484,9 @@ def main() -> int:
     mach = machine()
     ref_ver = reference_version() if "reference" in active else "-"
     print(f"machine: {mach}", flush=True)
+    if not mach["engine_build"].startswith("release"):
+        print(f"WARNING: the wse extension is not the release build ({mach['engine_build']}): "
+              "build it with `maturin develop --release` first", flush=True)
     all_ok = True
     t_start = time.monotonic()
     report: dict[str, Any] = {"machine": mach, "command": command, "scenarios": []}
