@@ -43,7 +43,10 @@ class ServerProc:
         if not line.startswith("wse: serving "):
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"server did not start: {line!r} {self.errors()}")
+            errors = self.errors()
+            self.proc.stdout.close()
+            self.stderr.close()
+            raise RuntimeError(f"server did not start: {line!r} {errors}")
         self.url = line.split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
         self.path = "/" + self.url.split("/", 3)[3]

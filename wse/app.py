@@ -175,7 +175,9 @@ class WSEApp:
         finally:
             loop.remove_reader(server.fd)
             server.stop()
-            self._drain()  # the last disconnect events
+            # Every connection is closed now; hand Python all the remaining events.
+            while self._drain():
+                pass
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -215,11 +217,13 @@ class WSEApp:
 
     # ---- the drain loop -------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """Handles one batch of engine events; returns how many there were."""
         server = self._server
         if server is None:
-            return
-        for kind, cid, a, b in server.drain(self.config.drain_batch):
+            return 0
+        events = server.drain(self.config.drain_batch)
+        for kind, cid, a, b in events:
             try:
                 if kind == _EV_MSG:
                     self._dispatch(cid, a)
@@ -242,6 +246,7 @@ class WSEApp:
                     self._spawn(self._authorize_topics(cid, a, b))
             except Exception:
                 log.exception("wse: event handler failed")
+        return len(events)
 
     def _dispatch(self, cid: int, data: bytes) -> None:
         conn = self.connections.get(cid)

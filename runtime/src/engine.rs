@@ -1,7 +1,7 @@
 //! The engine's shared state and the operations Python (and the connections) perform on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,6 +38,8 @@ pub struct Engine {
     config_acl: TopicAcl,
     next_req: AtomicU64,
     pending: Mutex<HashMap<u64, PendingSub>>,
+    /// Connections counted against `max_connections`: in the handshake or registered.
+    slots: AtomicUsize,
 }
 
 impl Engine {
@@ -62,6 +64,7 @@ impl Engine {
             config_acl,
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
         })
     }
 
@@ -71,6 +74,19 @@ impl Engine {
         } else {
             frame::OP_BINARY
         }
+    }
+
+    /// Takes a connection slot at accept time, so handshakes in progress count too.
+    pub fn try_reserve_slot(&self) -> bool {
+        if self.slots.fetch_add(1, Relaxed) >= self.cfg.max_connections {
+            self.slots.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_slot(&self) {
+        self.slots.fetch_sub(1, Relaxed);
     }
 
     pub fn conn_count(&self) -> usize {

@@ -73,7 +73,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         };
         Metrics::inc(&m.connections_accepted);
         let _ = stream.set_nodelay(true);
-        if engine.conn_count() >= engine.cfg.max_connections {
+        if !engine.try_reserve_slot() {
             Metrics::inc(&m.connections_rejected_limit);
             tokio::spawn(async move {
                 let _ = stream
@@ -85,6 +85,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             Metrics::inc(&m.connections_rejected_pending);
+            engine.release_slot();
             drop(stream);
             continue;
         };
@@ -104,8 +105,9 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
                 if engine.cfg.envelopes {
                     engine.send_ready(&conn);
                 }
-                connection::run(engine, conn, a.stream, a.leftover).await;
+                connection::run(engine.clone(), conn, a.stream, a.leftover).await;
             }
+            engine.release_slot();
         });
     }
     sweeper.abort();

@@ -145,14 +145,20 @@ impl JwtVerifier {
         base.leeway = cfg.leeway_secs;
         base.validate_exp = true;
         base.validate_nbf = true;
-        base.set_required_spec_claims(&["exp"]);
+        // NOTE: the crate checks `aud`/`iss` only when present; a configured one must be required.
+        let mut required = vec!["exp"];
         match &cfg.audience {
-            Some(aud) if !aud.is_empty() => base.set_audience(aud),
+            Some(aud) if !aud.is_empty() => {
+                base.set_audience(aud);
+                required.push("aud");
+            }
             _ => base.validate_aud = false,
         }
         if let Some(iss) = &cfg.issuer {
             base.set_issuer(&[iss]);
+            required.push("iss");
         }
+        base.set_required_spec_claims(&required);
         Ok(Self { keys, algorithms, base, max_token_bytes: cfg.max_token_bytes })
     }
 
@@ -296,5 +302,9 @@ mod tests {
         assert_eq!(v.verify(&token(SECRET, bad, None)), Err(AuthError::Audience));
         let bad = json!({"sub": "u", "exp": now() + 60, "aud": "wse", "iss": "evil"});
         assert_eq!(v.verify(&token(SECRET, bad, None)), Err(AuthError::Issuer));
+        let no_aud = json!({"sub": "u", "exp": now() + 60, "iss": "auth"});
+        assert_eq!(v.verify(&token(SECRET, no_aud, None)).unwrap_err().reason(), "missing_claim");
+        let no_iss = json!({"sub": "u", "exp": now() + 60, "aud": "wse"});
+        assert_eq!(v.verify(&token(SECRET, no_iss, None)).unwrap_err().reason(), "missing_claim");
     }
 }
