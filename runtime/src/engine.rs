@@ -18,9 +18,12 @@ use crate::outbound::{Outbound, Push};
 use crate::protocol::envelope::{self, Envelope};
 use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
 use crate::protocol::time::now_ms;
-use crate::pubsub::topics::{Fanout, Topics};
+use crate::pubsub::fanout::{PubQueue, Target};
+use crate::pubsub::topics::{Topic, Topics};
 
 pub const MAX_TOPIC_LEN: usize = 256;
+/// Bytes of publications and sends waiting for the engine thread before the publisher helps.
+const PUBLISH_QUEUE_BYTES: usize = 8 << 20;
 
 struct PendingSub {
     conn: u64,
@@ -32,6 +35,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub inbound: Inbound,
     pub topics: Topics,
+    /// Publications and sends from the application, on their way to the engine thread.
+    pub pubq: PubQueue,
     pub verifier: Option<JwtVerifier>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
@@ -58,6 +63,7 @@ impl Engine {
             metrics,
             inbound,
             topics: Topics::default(),
+            pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
             conns: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -205,32 +211,62 @@ impl Engine {
 
     // ---- operations from Python -------------------------------------------------------------
 
+    /// Queues a frame for the engine thread, running a batch here if the queue is over its bound.
+    fn enqueue(&self, target: Target, frame: Bytes) {
+        if self.pubq.push(target, frame) {
+            self.pubq.run_batch(&self.metrics);
+        }
+    }
+
+    /// Sends one envelope to one connection; false if it is gone or closing.
     pub fn send(&self, conn_id: u64, category: &str, msg_type: &str, payload: &[u8]) -> bool {
         let Some(c) = self.get(conn_id) else { return false };
+        if c.out.is_closing() {
+            return false;
+        }
         let f = self.envelope_frame(&c, category, msg_type, payload, self.opcode());
-        self.push(&c, f)
+        self.enqueue(Target::Conn(c), f);
+        true
     }
 
     /// Sends bytes as they are, in one text or binary message.
     pub fn send_raw(&self, conn_id: u64, data: &[u8], text: bool) -> bool {
         let Some(c) = self.get(conn_id) else { return false };
+        if c.out.is_closing() {
+            return false;
+        }
         let f = frame::build(if text { frame::OP_TEXT } else { frame::OP_BINARY }, data);
-        self.push(&c, f)
+        self.enqueue(Target::Conn(c), f);
+        true
     }
 
-    pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Fanout {
+    /// Publishes to `topic`; returns how many subscribers it has now.
+    pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        match self.topics.get(topic) {
+            Some(t) => self.publish_to(&t, topic, category, msg_type, payload),
+            None => {
+                Metrics::inc(&self.metrics.publishes);
+                0
+            }
+        }
+    }
+
+    /// Publishes to a topic already looked up (the caller may release the GIL around this).
+    pub fn publish_to(&self, t: &Arc<Topic>, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
         let op = self.opcode();
-        let f = self.topics.publish(topic, |seq| {
-            let v = Envelope { category, msg_type, seq, topic: Some(topic), payload }.encode(HEADER_ROOM);
-            frame_in_place(op, v)
-        });
-        let m = &self.metrics;
-        Metrics::inc(&m.publishes);
-        Metrics::add(&m.deliveries, f.delivered as u64);
-        Metrics::add(&m.messages_out, f.delivered as u64);
-        Metrics::add(&m.slow_consumer_drops, f.dropped as u64);
-        Metrics::add(&m.slow_consumer_closes, f.overflowed as u64);
-        f
+        let mut help = false;
+        let n = t.next(
+            |seq| {
+                let v = Envelope { category, msg_type, seq, topic: Some(topic), payload }.encode(HEADER_ROOM);
+                frame_in_place(op, v)
+            },
+            |frame| help = self.pubq.push(Target::Topic(t.clone()), frame),
+        );
+        Metrics::inc(&self.metrics.publishes);
+        if help {
+            self.pubq.run_batch(&self.metrics);
+        }
+        n
     }
 
     /// Subscribes on the server's authority (no ACL); returns the topics newly joined.

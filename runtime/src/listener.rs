@@ -59,6 +59,15 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             }
         })
     };
+    let fanout = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                engine.pubq.ready().await;
+                engine.pubq.run_batch(&engine.metrics);
+            }
+        })
+    };
     loop {
         let (mut stream, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -111,5 +120,10 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         });
     }
     sweeper.abort();
+    // Keep fanning out while connections close: what was published before the stop still goes.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        fanout.abort();
+    });
     let _ = engine.metrics.connections_active.load(Relaxed);
 }

@@ -26,6 +26,14 @@ pub enum Push {
     Closed,
 }
 
+/// What `push_many` did with its frames.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushMany {
+    pub queued: usize,
+    pub dropped: usize,
+    pub overflowed: usize,
+}
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<Bytes>,
@@ -59,9 +67,8 @@ impl Outbound {
         }
     }
 
-    /// Queues a data frame under the byte budget and the slow-consumer policy.
-    pub fn push(&self, frame: Bytes) -> Push {
-        let mut s = self.state.lock();
+    /// Applies the byte budget and the slow-consumer policy to one frame; the caller holds the lock.
+    fn push_locked(&self, s: &mut State, frame: Bytes) -> Push {
         if s.done || s.close.is_some() {
             return Push::Closed;
         }
@@ -74,7 +81,6 @@ impl Outbound {
                     s.queued_bytes = 0;
                     s.close = Some(close_frame(self.overflow_code, "slow consumer"));
                     s.close_code = self.overflow_code;
-                    self.wake_locked(&mut s);
                     self.closing.notify_one();
                     Push::Overflow
                 }
@@ -82,8 +88,34 @@ impl Outbound {
         }
         s.queued_bytes += frame.len();
         s.frames.push_back(frame);
-        self.wake_locked(&mut s);
         Push::Queued
+    }
+
+    /// Queues a data frame under the byte budget and the slow-consumer policy.
+    pub fn push(&self, frame: Bytes) -> Push {
+        let mut s = self.state.lock();
+        let r = self.push_locked(&mut s, frame);
+        self.wake_locked(&mut s);
+        r
+    }
+
+    /// Queues several data frames in order under one lock, waking the writer at most once.
+    pub fn push_many(&self, frames: &[Bytes]) -> PushMany {
+        let mut r = PushMany::default();
+        let mut s = self.state.lock();
+        for frame in frames {
+            match self.push_locked(&mut s, frame.clone()) {
+                Push::Queued => r.queued += 1,
+                Push::Dropped => r.dropped += 1,
+                Push::Overflow => {
+                    r.overflowed += 1;
+                    break;
+                }
+                Push::Closed => break,
+            }
+        }
+        self.wake_locked(&mut s);
+        r
     }
 
     /// Queues a control frame (pong): exempt from the budget, kept in order with data.

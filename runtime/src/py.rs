@@ -96,14 +96,10 @@ impl Server {
         Ok(list)
     }
 
-    /// Frames `payload` (JSON bytes) once and queues it to every subscriber of `topic`.
+    /// Frames `payload` (JSON bytes) once for every subscriber of `topic`; returns their number.
     #[pyo3(signature = (topic, payload, msg_type = "message", category = "U"))]
-    fn publish(&self, py: Python<'_>, topic: &str, payload: &[u8], msg_type: &str, category: &str) -> usize {
-        if self.engine.topics.subscriber_count(topic) > 64 {
-            py.detach(|| self.engine.publish(topic, category, msg_type, payload).delivered)
-        } else {
-            self.engine.publish(topic, category, msg_type, payload).delivered
-        }
+    fn publish(&self, topic: &str, payload: &[u8], msg_type: &str, category: &str) -> usize {
+        self.engine.publish(topic, category, msg_type, payload)
     }
 
     /// Sends one envelope to one connection; False if it is gone or over its budget.

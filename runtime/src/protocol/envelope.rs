@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::time::{now_ms, write_rfc3339, write_uuid7};
+use super::time::{now_ms, write_rfc3339, write_u64, write_uuid7};
 
 pub const CAT_SYSTEM: &str = "WSE";
 
@@ -59,7 +59,7 @@ impl Envelope<'_> {
         out.extend_from_slice(b"\",\"ts\":\"");
         write_rfc3339(&mut out, ms);
         out.extend_from_slice(b"\",\"seq\":");
-        out.extend_from_slice(itoa(self.seq).as_bytes());
+        write_u64(&mut out, self.seq);
         if let Some(tp) = self.topic {
             out.extend_from_slice(b",\"tp\":");
             write_json_str(&mut out, tp);
@@ -69,10 +69,6 @@ impl Envelope<'_> {
         out.extend_from_slice(b",\"v\":1}");
         out
     }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// A system message (`c: "WSE"`) whose payload is a JSON value.

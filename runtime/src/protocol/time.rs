@@ -20,8 +20,31 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+thread_local! {
+    /// The text up to the seconds for the last second formatted: most envelopes of a burst share it.
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
 /// `2026-11-24T15:04:05.123Z` into `out`.
 pub fn write_rfc3339(out: &mut Vec<u8>, ms: u64) {
+    let sec = ms / 1000;
+    let (cached, prefix) = SECOND.with(|c| c.get());
+    let prefix = if cached == sec {
+        prefix
+    } else {
+        let mut v = Vec::with_capacity(24);
+        write_rfc3339_slow(&mut v, ms);
+        let mut p = [0u8; 20];
+        p.copy_from_slice(&v[..20]);
+        SECOND.with(|c| c.set((sec, p)));
+        p
+    };
+    out.extend_from_slice(&prefix);
+    let frac = ms % 1000;
+    out.extend_from_slice(&[b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8, b'Z']);
+}
+
+fn write_rfc3339_slow(out: &mut Vec<u8>, ms: u64) {
     let secs = (ms / 1000) as i64;
     let (y, mo, d) = civil(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
@@ -34,6 +57,21 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ms: u64) {
         sod % 60,
         ms % 1000
     );
+}
+
+/// Appends `n` in decimal.
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 pub fn rfc3339(ms: u64) -> String {
@@ -100,6 +138,13 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_795_532_645_007), "2026-11-24T15:04:05.007Z");
+        // Same second from the cache, then the next second.
+        assert_eq!(rfc3339(1_795_532_645_999), "2026-11-24T15:04:05.999Z");
+        assert_eq!(rfc3339(1_795_532_646_010), "2026-11-24T15:04:06.010Z");
+        let mut v = vec![];
+        write_u64(&mut v, 0);
+        write_u64(&mut v, 18_446_744_073_709_551_615);
+        assert_eq!(v, b"018446744073709551615");
     }
 
     #[test]

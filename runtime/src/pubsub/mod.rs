@@ -1,3 +1,4 @@
 //! Topics and fan-out.
 
+pub mod fanout;
 pub mod topics;

@@ -21,6 +21,34 @@ pub struct Topic {
     state: Mutex<TopicState>,
 }
 
+impl Topic {
+    pub fn subscriber_count(&self) -> usize {
+        self.state.lock().subs.len()
+    }
+
+    /// Frames the next publication with the topic's next `seq` and hands it to `emit`, both
+    /// under the topic's lock, so `seq` order and queue order agree. Returns the subscriber count.
+    pub fn next(&self, build: impl FnOnce(u64) -> Bytes, emit: impl FnOnce(Bytes)) -> usize {
+        let mut s = self.state.lock();
+        s.seq += 1;
+        emit(build(s.seq));
+        s.subs.len()
+    }
+
+    /// Queues frames (in order) on every current subscriber: one lock and one wake-up each.
+    pub fn push_frames(&self, frames: &[Bytes]) -> Fanout {
+        let s = self.state.lock();
+        let mut f = Fanout::default();
+        for c in &s.subs {
+            let r = c.out.push_many(frames);
+            f.delivered += r.queued;
+            f.dropped += r.dropped;
+            f.overflowed += r.overflowed;
+        }
+        f
+    }
+}
+
 /// Result of one publication.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
@@ -80,28 +108,14 @@ impl Topics {
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.map.read().get(topic).map_or(0, |t| t.state.lock().subs.len())
+        self.get(topic).map_or(0, |t| t.subscriber_count())
     }
 
     pub fn topic_count(&self) -> usize {
         self.map.read().len()
     }
 
-    /// Frames one publication with the topic's next `seq` and queues it on every subscriber.
-    pub fn publish(&self, topic: &str, build: impl FnOnce(u64) -> Bytes) -> Fanout {
-        let Some(t) = self.map.read().get(topic).cloned() else { return Fanout::default() };
-        let mut s = t.state.lock();
-        s.seq += 1;
-        let frame = build(s.seq);
-        let mut f = Fanout::default();
-        for c in &s.subs {
-            match c.out.push(frame.clone()) {
-                crate::outbound::Push::Queued => f.delivered += 1,
-                crate::outbound::Push::Dropped => f.dropped += 1,
-                crate::outbound::Push::Overflow => f.overflowed += 1,
-                crate::outbound::Push::Closed => {}
-            }
-        }
-        f
+    pub fn get(&self, topic: &str) -> Option<Arc<Topic>> {
+        self.map.read().get(topic).cloned()
     }
 }
