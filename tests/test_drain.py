@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import SECRET, ServerProc, envelope, make_token, subscribe_msg
-from tests.wsutil import OP_CLOSE, OP_TEXT, RawWS, client_frame, open_ready, recv_json, recv_type, stats, wait_stats
+from tests.wsutil import OP_CLOSE, OP_TEXT, RawWS, client_frame, open_ready, recv_json, recv_type, stats, stats_when, wait_stats
 
 # ---- lifecycle and data under load ------------------------------------------------------------------
 
@@ -162,13 +162,7 @@ def test_blocked_loop_stops_reading_without_loss(make_server: Any) -> None:
     r.close()
     assert code == 1000
 
-    async def main() -> dict[str, Any]:
-        ws, _ = await open_ready(srv.url)
-        st = await wait_stats(ws, lambda s: s["record"]["disconnects"] == 1, timeout=15)
-        await ws.close()
-        return st
-
-    st = asyncio.run(main())
+    st = stats_when(srv, lambda s: s["record"]["disconnects"] == 1, timeout=15)
     assert st["record"]["messages"] == sent
     assert st["engine"]["backpressure_waits"] > 0
     assert st["engine"]["backpressure_ns"] > 0

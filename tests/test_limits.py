@@ -29,6 +29,7 @@ from tests.wsutil import (
     recv_json,
     recv_type,
     stats,
+    stats_when,
     wait_stats,
 )
 
@@ -83,13 +84,7 @@ def test_oversized_fragmented_message_closes_1009(make_server: Any) -> None:
     r.close()
     assert msgs == [] and code == 1009
 
-    async def main() -> dict[str, Any]:
-        ws, _ = await open_ready(srv.url)
-        st = await wait_stats(ws, lambda s: s["record"]["disconnects"] == 1)
-        await ws.close()
-        return st
-
-    st = asyncio.run(main())
+    st = stats_when(srv, lambda s: s["record"]["disconnects"] == 1)
     assert st["record"]["codes"] == {"1009": 1} and st["engine"]["oversized_messages"] == 1
 
 
@@ -111,13 +106,7 @@ def test_invalid_utf8_text_closes_1007(make_server: Any, frames: list[bytes]) ->
     assert msgs == []
     assert code == 1007
 
-    async def main() -> dict[str, Any]:
-        ws, _ = await open_ready(srv.url)
-        st = await wait_stats(ws, lambda s: s["record"]["disconnects"] == 1)
-        await ws.close()
-        return st
-
-    st = asyncio.run(main())
+    st = stats_when(srv, lambda s: s["record"]["disconnects"] == 1)
     assert st["record"]["codes"] == {"1007": 1}
     assert st["record"]["messages"] == 0
     assert st["engine"]["invalid_utf8"] == 1
@@ -192,13 +181,7 @@ def test_protocol_violation_closes_1002(make_server: Any, frame: bytes) -> None:
     r.close()
     assert msgs == [] and code == 1002
 
-    async def main() -> dict[str, Any]:
-        ws, _ = await open_ready(srv.url)
-        st = await wait_stats(ws, lambda s: s["record"]["disconnects"] == 1)
-        await ws.close()
-        return st
-
-    st = asyncio.run(main())
+    st = stats_when(srv, lambda s: s["record"]["disconnects"] == 1)
     assert st["record"]["codes"] == {"1002": 1}
     assert st["record"]["messages"] == 0
     assert st["engine"]["protocol_errors"] == 1

@@ -76,6 +76,19 @@ async def wait_stats(
         await asyncio.sleep(0.02)
 
 
+def stats_when(srv: Any, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    """From sync test code: opens a connection to ``srv`` and waits until ``pred`` holds on its stats."""
+
+    async def main() -> dict[str, Any]:
+        ws, _ = await open_ready(srv.url)
+        try:
+            return await wait_stats(ws, pred, timeout)
+        finally:
+            await ws.close()
+
+    return asyncio.run(main())
+
+
 async def fresh_stats(url: str, **kw: Any) -> dict[str, Any]:
     """Stats through a new connection (which counts as one more connect)."""
     ws, _ = await open_ready(url, **kw)
