@@ -39,3 +39,17 @@ def test_ready_echo_subscribe_publish(server: ServerProc) -> None:
             assert err["t"] == "error" and err["p"]["code"] == "UNKNOWN_MESSAGE_TYPE"
 
     asyncio.run(main())
+
+
+def test_failing_handler_answers_an_error_and_the_connection_lives_on(server: ServerProc) -> None:
+    async def main() -> None:
+        async with connect(server.url) as ws:
+            assert (await recv_json(ws))["t"] == "server_ready"
+            await ws.send(envelope("boom"))
+            err = await recv_json(ws)
+            assert err["t"] == "error" and err["p"]["code"] == "HANDLER_ERROR"
+            assert "boom" in err["p"]["message"]
+            await ws.send(envelope("echo", 7))
+            assert (await recv_json(ws))["p"] == 7
+
+    asyncio.run(main())

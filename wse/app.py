@@ -73,11 +73,12 @@ class WSEApp:
     def __init__(self, config: WSEConfig | None = None) -> None:
         self.config = config or WSEConfig()
         self.connections: dict[int, Connection] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._default: Handler | None = None
-        self._on_connect: list[LifecycleHandler] = []
-        self._on_disconnect: list[DisconnectHandler] = []
-        self._on_raw: RawHandler | None = None
+        # Handlers with whether they are coroutine functions, decided once at registration.
+        self._handlers: dict[str, tuple[Handler, bool]] = {}
+        self._default: tuple[Handler, bool] | None = None
+        self._on_connect: list[tuple[LifecycleHandler, bool]] = []
+        self._on_disconnect: list[tuple[DisconnectHandler, bool]] = []
+        self._on_raw: tuple[RawHandler, bool] | None = None
         self._authorize: SubscribeHook | None = None
         self._server: _runtime.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,29 +92,29 @@ class WSEApp:
         """Handle messages whose ``t`` (or ``type``) is ``msg_type``: ``fn(conn, message)``."""
 
         def deco(fn: F) -> F:
-            self._handlers[msg_type] = fn
+            self._handlers[msg_type] = (fn, _is_async(fn))
             return fn
 
         return deco
 
     def on_message(self, fn: F) -> F:
         """Handle messages of every type without a handler of its own."""
-        self._default = fn
+        self._default = (fn, _is_async(fn))
         return fn
 
     def on_connect(self, fn: F) -> F:
         """``fn(conn)`` after the engine accepted a connection (its token already checked)."""
-        self._on_connect.append(fn)
+        self._on_connect.append((fn, _is_async(fn)))
         return fn
 
     def on_disconnect(self, fn: F) -> F:
         """``fn(conn, code)`` once a connection is gone; always after its last message."""
-        self._on_disconnect.append(fn)
+        self._on_disconnect.append((fn, _is_async(fn)))
         return fn
 
     def on_raw(self, fn: F) -> F:
         """``fn(conn, data, is_text)`` for messages that are not JSON envelopes."""
-        self._on_raw = fn
+        self._on_raw = (fn, _is_async(fn))
         return fn
 
     def authorize_subscription(self, fn: F) -> F:
@@ -223,23 +224,53 @@ class WSEApp:
         if server is None:
             return 0
         events = server.drain(self.config.drain_batch)
+        connections = self.connections
+        handlers = self._handlers
+        default = self._default
+        loads = orjson.loads
+        # NOTE: the message branch is written out inline: it runs once per inbound message.
         for kind, cid, a, b in events:
+            if kind == _EV_MSG:
+                conn = connections.get(cid)
+                if conn is None:
+                    continue
+                try:
+                    env = loads(a)
+                except orjson.JSONDecodeError:
+                    self._reply_error(cid, "INVALID_JSON", "message is not valid JSON")
+                    continue
+                msg_type = env.get("t") or env.get("type") or ""
+                h = handlers.get(msg_type, default)
+                if h is None:
+                    self._reply_error(cid, "UNKNOWN_MESSAGE_TYPE", f"no handler for {msg_type!r}")
+                    continue
+                fn, is_async = h
+                msg = Message(msg_type, env["p"] if "p" in env else env.get("payload"), env.get("id"), env)
+                try:
+                    if is_async:
+                        self._spawn(fn(conn, msg))
+                    else:
+                        result = fn(conn, msg)
+                        if result is not None and inspect.isawaitable(result):
+                            self._spawn(result)
+                except Exception:
+                    log.exception("wse: handler for %r failed", msg_type)
+                    self._reply_error(cid, "HANDLER_ERROR", f"the handler for {msg_type!r} failed")
+                continue
             try:
-                if kind == _EV_MSG:
-                    self._dispatch(cid, a)
-                elif kind == _EV_CONNECT:
+                if kind == _EV_CONNECT:
                     claims_raw, addr = b
                     conn = Connection(cid, a, addr, claims_raw)
-                    self.connections[cid] = conn
-                    for h in self._on_connect:
-                        self._call(h, conn)
+                    connections[cid] = conn
+                    for h_conn in self._on_connect:
+                        self._call(h_conn, conn)
                 elif kind == _EV_DISCONNECT:
-                    gone = self.connections.pop(cid, None)
+                    gone = connections.pop(cid, None)
                     if gone is not None:
-                        for dh in self._on_disconnect:
-                            self._call(dh, gone, a)
+                        for h_disc in self._on_disconnect:
+                            self._call(h_disc, gone, a)
                 elif kind == _EV_RAW or kind == _EV_BIN:
-                    peer = self.connections.get(cid)
+                    peer = connections.get(cid)
                     if peer is not None and self._on_raw is not None:
                         self._call(self._on_raw, peer, a, kind == _EV_RAW)
                 elif kind == _EV_SUB_REQUEST:
@@ -248,35 +279,16 @@ class WSEApp:
                 log.exception("wse: event handler failed")
         return len(events)
 
-    def _dispatch(self, cid: int, data: bytes) -> None:
-        conn = self.connections.get(cid)
-        if conn is None:
-            return
-        try:
-            env = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            server = self.server
-            server.send(cid, b'{"code":"INVALID_JSON","message":"message is not valid JSON"}', "error", "WSE")
-            return
-        msg_type = env.get("t") or env.get("type") or ""
-        handler = self._handlers.get(msg_type, self._default)
-        if handler is None:
-            self.server.send(
-                cid,
-                _dumps({"code": "UNKNOWN_MESSAGE_TYPE", "message": f"no handler for {msg_type!r}"}),
-                "error",
-                "WSE",
-            )
-            return
-        payload = env["p"] if "p" in env else env.get("payload")
-        self._call(handler, conn, Message(msg_type, payload, env.get("id"), env))
+    def _reply_error(self, cid: int, code: str, message: str) -> None:
+        self.server.send(cid, _dumps({"code": code, "message": message}), "error", "WSE")
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        if inspect.iscoroutinefunction(fn):
+    def _call(self, handler: tuple[Callable[..., Any], bool], *args: Any) -> None:
+        fn, is_async = handler
+        if is_async:
             self._spawn(fn(*args))
             return
         result = fn(*args)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self._spawn(result)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -316,6 +328,10 @@ def _dumps(payload: Any) -> bytes:
     if isinstance(payload, bytes):
         return payload
     return orjson.dumps(payload)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
 
 
 def _cid(conn: Connection | int) -> int:

@@ -46,6 +46,10 @@ struct Queue {
 pub struct Inbound {
     q: Mutex<Queue>,
     space: Notify,
+    /// Wakes the flusher, which signals Python once the engine thread has run its ready tasks.
+    flush: Notify,
+    /// Signal Python at once instead (no engine thread running: tests, shutdown).
+    immediate: std::sync::atomic::AtomicBool,
     fd: OwnedFd,
     cap: usize,
     cap_bytes: usize,
@@ -60,7 +64,16 @@ impl Inbound {
             return Err(std::io::Error::last_os_error());
         }
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self { q: Mutex::new(Queue::default()), space: Notify::new(), fd, cap, cap_bytes, metrics })
+        Ok(Self {
+            q: Mutex::new(Queue::default()),
+            space: Notify::new(),
+            flush: Notify::new(),
+            immediate: std::sync::atomic::AtomicBool::new(true),
+            fd,
+            cap,
+            cap_bytes,
+            metrics,
+        })
     }
 
     /// The descriptor Python's event loop watches.
@@ -89,6 +102,31 @@ impl Inbound {
         q.events.push_back(ev);
         self.metrics.inbound_queue_depth.store(q.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if was_empty {
+            if self.immediate.load(std::sync::atomic::Ordering::Relaxed) {
+                self.signal();
+            } else {
+                // NOTE: on one core, waking Python for every first event makes the two threads
+                // take turns per message; let the other readers push theirs first.
+                self.flush.notify_one();
+            }
+        }
+    }
+
+    /// Runs on the engine thread: after each first event, yields so the other ready readers
+    /// run, then wakes Python once for all of them.
+    pub async fn run_flusher(&self) {
+        self.immediate.store(false, std::sync::atomic::Ordering::Relaxed);
+        struct Restore<'a>(&'a Inbound);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.immediate.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.0.signal();
+            }
+        }
+        let _restore = Restore(self);
+        loop {
+            self.flush.notified().await;
+            tokio::task::yield_now().await;
             self.signal();
         }
     }

@@ -59,6 +59,10 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             }
         })
     };
+    let flusher = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.inbound.run_flusher().await })
+    };
     let fanout = {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -120,6 +124,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         });
     }
     sweeper.abort();
+    flusher.abort();
     // Keep fanning out while connections close: what was published before the stop still goes.
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;

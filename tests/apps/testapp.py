@@ -8,6 +8,7 @@ them over the wire:
 - ``{"t": "publish", "p": {"topic", "count", "payload"}}`` → publishes ``count`` messages of type
   ``pub`` with ``{"i": n, ...payload}`` to ``topic``, then answers ``published``
 - ``{"t": "stats"}`` → ``stats`` with the engine's counters and the recorded events
+- ``{"t": "boom"}`` → the handler raises (the client should get ``HANDLER_ERROR``)
 - ``{"t": "slow", "p": {"seconds"}}`` → the handler blocks the drain loop that long (backpressure)
 - raw text/binary messages are echoed back unchanged (used by Autobahn)
 """
@@ -76,6 +77,11 @@ def _publish(conn: Connection, msg: Message) -> None:
 @app.on("stats")
 def _stats(conn: Connection, msg: Message) -> None:
     app.send(conn, {"engine": app.stats(), "record": record}, type="stats")
+
+
+@app.on("boom")
+def _boom(conn: Connection, msg: Message) -> None:
+    raise RuntimeError("handler failure on purpose")
 
 
 @app.on("slow")

@@ -1,0 +1,17 @@
+"""Inbound benchmark app: a trivial handler that counts `count` messages (drain mode)."""
+
+from wse import Connection, Message, WSEApp, WSEConfig
+
+app = WSEApp(WSEConfig(max_connections=20_000, idle_timeout_ms=0))
+received = 0
+
+
+@app.on("count")
+def _count(conn: Connection, msg: Message) -> None:
+    global received
+    received += 1
+
+
+@app.on("bench.stats")
+def _stats(conn: Connection, msg: Message) -> None:
+    app.send(conn, {"received": received}, type="bench.stats")
