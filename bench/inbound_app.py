@@ -14,4 +14,6 @@ def _count(conn: Connection, msg: Message) -> None:
 
 @app.on("bench.stats")
 def _stats(conn: Connection, msg: Message) -> None:
-    app.send(conn, {"received": received}, type="bench.stats")
+    st = app.stats()
+    engine = {k: st[k] for k in ("drain_calls", "drain_events", "backpressure_waits", "backpressure_ns", "messages_in")}
+    app.send(conn, {"received": received, "engine": engine}, type="bench.stats")

@@ -140,6 +140,14 @@ impl Inbound {
     /// A data event: waits while the queue is full.
     pub async fn push_data(&self, ev: Event) {
         let n = ev.data_len().unwrap_or(0);
+        {
+            // Fast path: room now, no waiter registration.
+            let mut q = self.q.lock();
+            if (q.data_events < self.cap && q.data_bytes + n <= self.cap_bytes) || q.data_events == 0 {
+                self.push_locked(&mut q, ev);
+                return;
+            }
+        }
         let mut waited: Option<Instant> = None;
         loop {
             let notified = self.space.notified();

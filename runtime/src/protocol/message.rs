@@ -52,11 +52,28 @@ pub fn strip_legacy(data: &[u8]) -> &[u8] {
     data
 }
 
+/// Could `data` be a message the engine answers? Only if one of the names appears, quoted.
+fn may_be_system(data: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static FINDERS: LazyLock<Vec<memchr::memmem::Finder<'static>>> = LazyLock::new(|| {
+        ["\"subscription_update\"", "\"ping\"", "\"PONG\"", "\"pong\"", "\"client_hello\""]
+            .iter()
+            .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+            .collect()
+    });
+    FINDERS.iter().any(|f| f.find(data).is_some())
+}
+
 pub fn classify(data: &[u8]) -> Inbound<'_> {
     let data = strip_legacy(data);
     let first = data.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Inbound::Other;
+    }
+    if !may_be_system(data) {
+        // NOTE: most traffic is application messages: Python parses those (orjson) anyway, so
+        // the engine does not parse them a second time. Malformed JSON is Python's to report.
+        return Inbound::App(data);
     }
     let Ok(head) = serde_json::from_slice::<Head>(data) else {
         return Inbound::Other;
@@ -93,7 +110,10 @@ mod tests {
         }
         assert!(matches!(classify(br#"{"type":"chat","payload":{"x":"y\"z"}}"#), Inbound::App(_)));
         assert!(matches!(classify(b"hello"), Inbound::Other));
-        assert!(matches!(classify(b"{not json"), Inbound::Other));
+        // Malformed JSON that names no system type goes to the application, which reports it.
+        assert!(matches!(classify(b"{not json"), Inbound::App(_)));
+        assert!(matches!(classify(br#"{"t":"ping" oops"#), Inbound::Other));
+        assert!(matches!(classify(br#"{"t":"chat","p":{"text":"ping"}}"#), Inbound::App(_)));
         assert!(matches!(classify(br#"U{"t":"x"}"#), Inbound::App(d) if d[0] == b'{'));
     }
 }
