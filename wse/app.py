@@ -172,9 +172,10 @@ class WSEApp:
         self._server = server
         self.address = server.start()
         loop.add_reader(server.fd, self._drain)
-        log.info("wse serving on ws://%s:%d%s", self.address[0], self.address[1], self.config.path)
         if ready is not None:
             ready(self.address)
+        else:
+            log.info("serving on ws://%s:%d%s", self.address[0], self.address[1], self.config.path)
         try:
             await self._stopped.wait()
         finally:
