@@ -1,0 +1,260 @@
+//! Fan-out: N subscribers on one topic; one of them asks the server to publish M messages; every
+//! delivery is sequence-checked per subscriber. Rounds repeat on the same connections.
+//!
+//! Setup per connection: upgrade; wait for the server's first frame (`server_ready`) if it sends
+//! one (`--ready auto` finds out on the first connection); subscribe; wait for the
+//! `subscription_update` ack unless `--no-ack-wait`. A round: the publish request is sent at t0,
+//! and the round ends when every subscriber holds all M sequences, or at the timeout, or when no
+//! delivery came for `--idle-timeout-s`.
+
+mod round;
+mod subscriber;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::conn::Conn;
+use crate::report::{self, rate};
+use crate::seq::SeqFinder;
+use crate::Common;
+use round::round;
+use subscriber::{setup, subscriber, SetupCfg, Shared, SlotStats};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Ready {
+    /// Wait on the first connection; the others wait only if it got a first frame.
+    Auto,
+    Wait,
+    Skip,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Messages per round; each subscriber must get sequences 0 .. M-1.
+    #[arg(long, default_value_t = 2000)]
+    pub messages: u64,
+    /// The publish request; `{topic}`, `{messages}`, `{size}` are substituted. Default:
+    /// {"t":"bench.publish","p":{"topic":T,"count":M,"size":SIZE,"chunk":CHUNK}}
+    #[arg(long)]
+    pub publish_msg: Option<String>,
+    #[arg(long, default_value_t = 60)]
+    pub size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub chunk: usize,
+    /// The sequence field, looked for as `"FIELD":` (JSON) or the msgpack string FIELD.
+    #[arg(long, default_value = "s")]
+    pub seq_field: String,
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_s: f64,
+    /// End a round early when no delivery arrived for this long (after the first one).
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_timeout_s: f64,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// The first W rounds are warm-up: reported, but left out of the summary.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = Ready::Auto)]
+    pub ready: Ready,
+    #[arg(long, default_value_t = 1000)]
+    pub ready_timeout_ms: u64,
+    /// Don't wait for a subscription ack (for servers that send none).
+    #[arg(long)]
+    pub no_ack_wait: bool,
+    #[arg(long, default_value_t = 10.0)]
+    pub ack_timeout_s: f64,
+    /// Pause before each round, and after it for late frames (duplicates, bench.done).
+    #[arg(long, default_value_t = 200)]
+    pub settle_ms: u64,
+    /// Also decode every K-th delivery of each subscriber in full (and its first and last).
+    #[arg(long, default_value_t = 1000)]
+    pub verify_every: u64,
+    /// Subscribers listed individually in `errors` at most.
+    #[arg(long, default_value_t = 50)]
+    pub max_error_subs: usize,
+}
+
+pub async fn run(a: Args) -> Result<Value, String> {
+    let target = Arc::new(a.common.target()?);
+    let n = a.subscribers.max(1);
+    let shared = Arc::new(Shared {
+        round: AtomicU64::new(0),
+        info: Mutex::new((a.messages, Instant::now())),
+        complete: AtomicUsize::new(0),
+        live: AtomicUsize::new(usize::MAX),
+        closed: AtomicUsize::new(0),
+        done: Notify::new(),
+        last_ns: AtomicU64::new(0),
+        base: Instant::now(),
+        slots: (0..n).map(|_| Mutex::new(SlotStats::default())).collect(),
+        hist: Mutex::new(report::new_hist()),
+        inbox: Mutex::new(Vec::new()),
+        finder: SeqFinder::new(&a.seq_field, a.common.format()),
+        verify_every: a.verify_every.max(1),
+        publisher: 0,
+    });
+    let subscribe =
+        json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":[a.topic]}})
+            .to_string();
+    let sem = Arc::new(Semaphore::new(a.common.connect_concurrency.max(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<Arc<Conn>, String>)>();
+    let t_setup = Instant::now();
+    let cfg = Arc::new(SetupCfg {
+        subscribe,
+        topic: a.topic.clone(),
+        ready_timeout: Duration::from_millis(a.ready_timeout_ms),
+        ack: !a.no_ack_wait,
+        ack_timeout: Duration::from_secs_f64(a.ack_timeout_s),
+    });
+
+    // The first connection alone: it tells whether the server sends a first frame.
+    let mut ready = a.ready;
+    let spawn = |i: usize, wait_ready: bool| {
+        let (target, shared, sem, tx, cfg) = (
+            target.clone(),
+            shared.clone(),
+            sem.clone(),
+            tx.clone(),
+            cfg.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.ok();
+            match setup(&target, i, wait_ready, &cfg).await {
+                Ok((conn, reader, _)) => {
+                    drop(permit);
+                    let _ = tx.send((i, Ok(conn.clone())));
+                    subscriber(conn, reader, shared, i).await;
+                }
+                Err(e) => {
+                    let _ = tx.send((i, Err(e)));
+                }
+            }
+        })
+    };
+    let mut tasks = Vec::with_capacity(n);
+    let mut conns: Vec<Option<Arc<Conn>>> = vec![None; n];
+    let mut errors: Vec<String> = Vec::new();
+    let mut failures = 0usize;
+    {
+        let (target, shared, cfg) = (target.clone(), shared.clone(), cfg.clone());
+        let first = setup(&target, 0, ready != Ready::Skip, &cfg).await;
+        match first {
+            Ok((conn, reader, got_first)) => {
+                if ready == Ready::Auto {
+                    ready = if got_first { Ready::Wait } else { Ready::Skip };
+                }
+                conns[0] = Some(conn.clone());
+                tasks.push(tokio::spawn(subscriber(conn, reader, shared, 0)));
+            }
+            Err(e) => return Err(format!("first connection: {e}")),
+        }
+    }
+    for i in 1..n {
+        tasks.push(spawn(i, ready == Ready::Wait));
+    }
+    drop(tx);
+    for _ in 1..n {
+        let Some((i, r)) = rx.recv().await else { break };
+        match r {
+            Ok(c) => conns[i] = Some(c),
+            Err(e) => {
+                failures += 1;
+                if errors.len() < 10 {
+                    errors.push(format!("subscriber {i}: {e}"));
+                }
+            }
+        }
+    }
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    let live: Vec<usize> = (0..n).filter(|&i| conns[i].is_some()).collect();
+    let publisher = conns[shared.publisher]
+        .clone()
+        .ok_or("the publisher connection failed")?;
+
+    let mut rounds = Vec::new();
+    for r in 1..=a.rounds.max(1) {
+        tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
+        rounds.push(round(&a, &shared, &publisher, &live, r as u64).await);
+    }
+
+    // Close every connection politely, then give the reader tasks a moment to see the replies.
+    for c in conns.iter().flatten() {
+        let _ = c.close(1000).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+
+    let measured: Vec<&Value> = rounds.iter().skip(a.warmup).collect();
+    let summary = summarise(&measured);
+    let ok = failures == 0 && rounds.iter().all(|r| r["ok"] == json!(true));
+    let mut out = a.common.describe("fanout");
+    let o = out.as_object_mut().expect("object");
+    o.insert("ok".into(), json!(ok));
+    o.insert("subscribers".into(), json!(n));
+    o.insert("connected".into(), json!(live.len()));
+    o.insert("connect_failures".into(), json!(failures));
+    o.insert("connect_errors".into(), json!(errors));
+    o.insert("setup_s".into(), json!(report::round3(setup_s)));
+    o.insert("server_ready".into(), json!(ready == Ready::Wait));
+    o.insert("ack_wait".into(), json!(!a.no_ack_wait));
+    o.insert("topic".into(), json!(a.topic));
+    o.insert("messages".into(), json!(a.messages));
+    o.insert("warmup_rounds".into(), json!(a.warmup.min(rounds.len())));
+    o.insert("summary".into(), summary);
+    o.insert("rounds".into(), json!(rounds));
+    Ok(out)
+}
+
+/// Sums over the measured rounds.
+fn summarise(rounds: &[&Value]) -> Value {
+    let f = |k: &str| {
+        rounds
+            .iter()
+            .map(|r| r[k].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let u = |k: &str| {
+        rounds
+            .iter()
+            .map(|r| r[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (wall, cpu, win) = (f("wall_s"), f("generator_cpu_s"), f("window_s"));
+    let deliveries = u("deliveries");
+    let share = if win > 0.0 { cpu / win } else { 0.0 };
+    let mut v = json!({
+        "rounds": rounds.len(),
+        "ok": rounds.iter().all(|r| r["ok"] == json!(true)),
+        "deliveries": deliveries, "missing": u("missing"), "duplicates": u("duplicates"), "gaps": u("gaps"),
+        "reordered": u("reordered"), "verify_failed": u("verify_failed"),
+        "wall_s": report::round6(wall), "deliveries_per_s": rate(deliveries, wall),
+        "generator_cpu_s": report::round6(cpu),
+        "generator_sys_s": report::round6(f("generator_sys_s")), "generator_cpu_share": report::round4(share),
+        "lower_bound": rounds.iter().any(|r| r["lower_bound"] == json!(true)),
+    });
+    if rounds.iter().all(|r| r.get("server_cpu_s").is_some()) && !rounds.is_empty() {
+        let s = f("server_cpu_s");
+        v["server_cpu_s"] = json!(report::round6(s));
+        v["per_server_cpu_s"] = if s > 0.0 {
+            json!(deliveries as f64 / s)
+        } else {
+            Value::Null
+        };
+    }
+    v
+}

@@ -1,0 +1,150 @@
+//! One publish round: request the publication, wait until every subscriber is complete (or the
+//! timeout, or a stall), then add up the subscribers' figures.
+
+use std::sync::atomic::Ordering::*;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::subscriber::{Shared, SlotStats};
+use super::Args;
+use crate::conn::Conn;
+use crate::report::{self, hist_json, rate};
+use crate::seq::SeqCheck;
+
+/// One publish round.
+pub async fn round(a: &Args, shared: &Shared, publisher: &Conn, live: &[usize], r: u64) -> Value {
+    let m = a.messages;
+    let msg = match &a.publish_msg {
+        Some(t) => t.replace("{topic}", &a.topic).replace("{messages}", &m.to_string()).replace("{size}", &a.size.to_string()),
+        None => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}}).to_string(),
+    };
+    shared.complete.store(0, SeqCst);
+    shared.live.store(live.len(), SeqCst);
+    shared.hist.lock().expect("hist").reset();
+    shared.inbox.lock().expect("inbox").clear();
+    let window = report::Window::start(a.common.server_pid, a.common.threads);
+    let t0 = window.t0();
+    *shared.info.lock().expect("info") = (m, t0);
+    shared.round.store(r, Release);
+    let sent = publisher.send_text(&msg).await;
+    let deadline = t0 + Duration::from_secs_f64(a.timeout_s);
+    let idle = Duration::from_secs_f64(a.idle_timeout_s);
+    let (mut timed_out, mut stalled) = (false, false);
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(50), shared.done.notified()).await;
+        if shared.complete.load(Acquire) >= live.len() || sent.is_err() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
+        if last > t0 && now.duration_since(last) > idle {
+            stalled = true;
+            break;
+        }
+        if shared.closed.load(Acquire) >= live.len() {
+            break;
+        }
+    }
+    let w = window.end();
+    tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
+
+    let mut tot = SlotStats::default();
+    let mut subs_err = Vec::new();
+    let (mut complete, mut closed, mut last_at) = (0usize, 0usize, t0);
+    let (mut verify_failed, mut first_bad) = (0u64, None);
+    for &i in live {
+        let s = shared.slots[i].lock().expect("slot").clone();
+        let fresh = s.round == r;
+        let c = if fresh {
+            s.check.clone()
+        } else {
+            SeqCheck::new(m)
+        };
+        if fresh && c.complete() {
+            complete += 1;
+        }
+        if s.closed.is_some() {
+            closed += 1;
+        }
+        // The round ends at each subscriber's completion, or its last delivery if incomplete.
+        let end = if c.complete() { s.done_at } else { s.last_at };
+        if let (true, Some(e)) = (fresh, end) {
+            last_at = last_at.max(e);
+        }
+        tot.check.received += c.received;
+        tot.check.distinct += c.distinct;
+        tot.check.duplicates += c.duplicates;
+        tot.check.gaps += c.gaps;
+        tot.check.gap_missing += c.gap_missing;
+        tot.check.reordered += c.reordered;
+        tot.check.out_of_range += c.out_of_range;
+        tot.verified += s.verified;
+        tot.verified_bytes += s.verified_bytes;
+        tot.other += s.other;
+        tot.masked += s.masked;
+        verify_failed += s.verify_failed;
+        if first_bad.is_none() {
+            first_bad = s.first_bad.clone();
+        }
+        if (!c.clean() || s.verify_failed > 0 || s.closed.is_some())
+            && subs_err.len() < a.max_error_subs
+        {
+            subs_err.push(json!({
+                "subscriber": i, "received": c.received, "distinct": c.distinct, "missing": c.missing(),
+                "duplicates": c.duplicates, "gaps": c.gaps, "gap_missing": c.gap_missing,
+                "reordered": c.reordered, "out_of_range": c.out_of_range,
+                "verify_failed": s.verify_failed, "closed": s.closed,
+            }));
+        }
+    }
+    let expected = m * live.len() as u64;
+    let missing = expected.saturating_sub(tot.check.distinct);
+    let wall = last_at.saturating_duration_since(t0).as_secs_f64();
+    let t = &tot.check;
+    let ok = sent.is_ok()
+        && !timed_out
+        && !stalled
+        && missing == 0
+        && t.duplicates == 0
+        && t.gaps == 0
+        && t.reordered == 0
+        && t.out_of_range == 0
+        && verify_failed == 0
+        && closed == 0
+        && tot.masked == 0;
+    let win = w.json(t.received);
+    let saturated = w.saturated();
+    let mut v = json!({
+        "round": r, "warmup": (r as usize) <= a.warmup, "ok": ok,
+        "expected": expected, "deliveries": t.received, "distinct": t.distinct, "missing": missing,
+        "duplicates": t.duplicates, "gaps": t.gaps, "gap_missing": t.gap_missing, "reordered": t.reordered,
+        "out_of_range": t.out_of_range, "verified_in_full": tot.verified, "verify_failed": verify_failed,
+        "first_verify_failure": first_bad, "other_frames": tot.other,
+        "masked_server_frames": tot.masked,
+        "complete_subscribers": complete, "closed_subscribers": closed,
+        "timed_out": timed_out, "stalled": stalled, "publish_error": sent.err().map(|e| e.to_string()),
+        "wall_s": report::round6(wall), "deliveries_per_s": rate(t.received, wall),
+        "lower_bound": saturated,
+        "avg_frame_payload_bytes": tot.verified_bytes.checked_div(tot.verified).unwrap_or(0),
+        "latency_from_publish": hist_json(&shared.hist.lock().expect("hist")),
+        "server_messages": shared.inbox.lock().expect("inbox").clone(),
+        "errors": subs_err,
+    });
+    if let (Some(o), Value::Object(wm)) = (v.as_object_mut(), win) {
+        o.extend(wm);
+    }
+    eprintln!(
+        "round {r}: {} deliveries in {:.3}s = {:.2}M/s, generator cpu {:.0}%{}",
+        t.received,
+        wall,
+        rate(t.received, wall) / 1e6,
+        w.share() * 100.0,
+        if ok { "" } else { " (NOT ok)" }
+    );
+    v
+}

@@ -1,0 +1,236 @@
+//! The subscribers' side of a fan-out run: connection setup (first frame, subscribe, ack) and
+//! each subscriber's read loop, which checks every delivery and publishes its figures to a slot
+//! that the round reads.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::conn::{self, Conn, Reader, Status};
+use crate::seq::{SeqCheck, SeqFinder};
+
+/// One subscriber's figures for the current round, published by its task after each read.
+#[derive(Default, Clone)]
+pub struct SlotStats {
+    pub round: u64,
+    pub check: SeqCheck,
+    pub verified: u64,
+    pub verified_bytes: u64,
+    pub verify_failed: u64,
+    pub first_bad: Option<String>,
+    pub other: u64,
+    /// Masked frames from the server (a protocol violation), over the whole run.
+    pub masked: u64,
+    pub done_at: Option<Instant>,
+    pub last_at: Option<Instant>,
+    pub closed: Option<String>,
+}
+
+pub struct Shared {
+    pub round: AtomicU64,
+    pub info: Mutex<(u64, Instant)>,
+    pub complete: AtomicUsize,
+    /// Subscribers in the round: the one that completes the count wakes the main task.
+    pub live: AtomicUsize,
+    pub closed: AtomicUsize,
+    pub done: Notify,
+    pub last_ns: AtomicU64,
+    pub base: Instant,
+    pub slots: Vec<Mutex<SlotStats>>,
+    pub hist: Mutex<hdrhistogram::Histogram<u64>>,
+    pub inbox: Mutex<Vec<Value>>,
+    pub finder: SeqFinder,
+    pub verify_every: u64,
+    pub publisher: usize,
+}
+
+pub struct SetupCfg {
+    pub subscribe: String,
+    pub topic: String,
+    pub ready_timeout: Duration,
+    pub ack: bool,
+    pub ack_timeout: Duration,
+}
+
+/// Open, wait for the first frame (if asked), subscribe, wait for the ack (if asked).
+/// Returns whether a first frame came before the subscription.
+pub async fn setup(
+    target: &conn::Target,
+    i: usize,
+    wait_ready: bool,
+    cfg: &SetupCfg,
+) -> Result<(Arc<Conn>, Reader, bool), String> {
+    let o = conn::open(target, i, 0x5eed).await?;
+    let (conn, mut reader) = (o.conn, o.reader);
+    let mut got_first = false;
+    if wait_ready {
+        let msgs = conn::read_messages(&conn, &mut reader, cfg.ready_timeout).await?;
+        got_first = !msgs.is_empty();
+    }
+    conn.send_text(&cfg.subscribe)
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    if cfg.ack {
+        let deadline = Instant::now() + cfg.ack_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no subscription ack".into());
+            }
+            let msgs = conn::read_messages(&conn, &mut reader, left).await?;
+            let mut acked = false;
+            for m in &msgs {
+                let Some(v) = serde_json::from_slice::<Value>(m).ok().or_else(|| {
+                    m.strip_prefix(b"M:")
+                        .and_then(|b| rmp_serde::from_slice(b).ok())
+                }) else {
+                    continue;
+                };
+                if v.get("t").and_then(|t| t.as_str()) != Some("subscription_update") {
+                    got_first = true;
+                    continue;
+                }
+                let p = &v["p"];
+                let has = |k: &str| {
+                    p[k].as_array()
+                        .is_some_and(|a| a.iter().any(|t| t == &json!(cfg.topic)))
+                };
+                if has("failed_topics") || (p["success"] == json!(false) && !has("success_topics"))
+                {
+                    return Err(format!("subscription refused: {p}"));
+                }
+                acked = true;
+            }
+            if acked {
+                break;
+            }
+        }
+    }
+    Ok((conn, reader, got_first))
+}
+
+/// A subscriber's read loop, for the rest of the run.
+pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>, idx: usize) {
+    let mut st = SlotStats::default();
+    let mut t0 = shared.base;
+    let mut verify_at = 1u64;
+    let mut hint = 0usize;
+    let mut others: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut batch = 0u64;
+        let mut completed = false;
+        let res = conn
+            .read_some(&mut reader, |_, data, at| {
+                let r = shared.round.load(Acquire);
+                if r != st.round {
+                    let (m, t) = *shared.info.lock().expect("info");
+                    st = SlotStats {
+                        round: r,
+                        check: std::mem::take(&mut st.check),
+                        ..Default::default()
+                    };
+                    st.check.reset(m);
+                    t0 = t;
+                    verify_at = 1;
+                }
+                let Some(s) = shared.finder.find_hinted(data, &mut hint) else {
+                    st.other += 1;
+                    others.push(data.to_vec());
+                    return;
+                };
+                let in_order = st.check.on(s);
+                batch += 1;
+                let c = &st.check;
+                if !in_order || c.received >= verify_at || (c.complete() && st.done_at.is_none()) {
+                    if c.received >= verify_at {
+                        verify_at = c.received + shared.verify_every;
+                    }
+                    st.verified += 1;
+                    st.verified_bytes += data.len() as u64;
+                    match shared.finder.full(data) {
+                        Ok((Some(full), _)) if full == s => {}
+                        Ok((got, _)) => fail(
+                            &mut st,
+                            format!("fast path read {s}, full decode {got:?}"),
+                            data,
+                        ),
+                        Err(e) => fail(&mut st, e, data),
+                    }
+                }
+                if st.done_at.is_none() && st.check.complete() {
+                    st.done_at = Some(at);
+                    completed = true;
+                }
+            })
+            .await;
+        let (status, at) = match res {
+            Ok(x) => x,
+            Err(e) => (Status::Closed(0), {
+                st.closed = Some(format!("read error: {e}"));
+                Instant::now()
+            }),
+        };
+        if batch > 0 && st.round > 0 {
+            st.last_at = Some(at);
+            let ns = at.saturating_duration_since(shared.base).as_nanos() as u64;
+            shared.last_ns.fetch_max(ns, Relaxed);
+            let lat = at.saturating_duration_since(t0).as_nanos() as u64;
+            let _ = shared
+                .hist
+                .lock()
+                .expect("hist")
+                .record_n(lat.max(1), batch);
+        }
+        st.masked = reader.protocol_violations;
+        for m in others.drain(..) {
+            if conn::answer_keepalive(&conn, &m).await {
+                continue;
+            }
+            if idx == shared.publisher {
+                if let Some(v) = shared.finder.decode(&m) {
+                    shared.inbox.lock().expect("inbox").push(v);
+                }
+            }
+        }
+        if let Status::Closed(code) = status {
+            if st.closed.is_none() {
+                st.closed = Some(format!("closed ({code})"));
+            }
+        }
+        *shared.slots[idx].lock().expect("slot") = st.clone_light();
+        if completed && shared.complete.fetch_add(1, AcqRel) + 1 >= shared.live.load(Acquire) {
+            shared.done.notify_one();
+        }
+        if matches!(status, Status::Closed(_)) {
+            if shared.closed.fetch_add(1, AcqRel) + 1 >= shared.live.load(Acquire) {
+                shared.done.notify_one();
+            }
+            return;
+        }
+    }
+}
+
+fn fail(st: &mut SlotStats, e: String, data: &[u8]) {
+    st.verify_failed += 1;
+    if st.first_bad.is_none() {
+        st.first_bad = Some(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&data[..data.len().min(300)])
+        ));
+    }
+}
+
+impl SlotStats {
+    /// A copy for the shared slot, without the sequence bitset.
+    fn clone_light(&self) -> SlotStats {
+        SlotStats {
+            check: self.check.counts(),
+            first_bad: self.first_bad.clone(),
+            closed: self.closed.clone(),
+            ..*self
+        }
+    }
+}

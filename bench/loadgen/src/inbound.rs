@@ -1,0 +1,278 @@
+//! Inbound: C connections send JSON messages `{"t":"count","p":{"i":N,"d":"xx.."}}` as fast as
+//! the socket takes them (or at a total `--rate`), each masked with its own key. The server
+//! counts what its handler received; this side reports what it sent and its own CPU.
+//! Replies are read (and dropped) so the server never blocks on a full socket; at the end each
+//! connection closes with a close handshake, so no unread data is reset away.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::codec;
+use crate::conn::{self, Conn, Reader, Status};
+use crate::report::{self, rate};
+use crate::Common;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub messages_per_conn: u64,
+    /// Total messages per second over all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Stop sending after this long even if not every message went.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration_s: f64,
+    /// Size of each message's JSON text (approximate: the counter's digits vary).
+    #[arg(long, default_value_t = 50)]
+    pub payload_bytes: usize,
+    /// The message type `t`.
+    #[arg(long, default_value = "count")]
+    pub msg_type: String,
+    /// Messages gathered into one write when unlimited.
+    #[arg(long, default_value_t = 64)]
+    pub batch: u64,
+    /// After sending: wait this long for each server's close reply.
+    #[arg(long, default_value_t = 5.0)]
+    pub close_timeout_s: f64,
+}
+
+struct Shared {
+    sent: AtomicU64,
+    received: AtomicU64,
+    closed_early: AtomicU64,
+    closing: std::sync::atomic::AtomicBool,
+}
+
+pub async fn run(a: Args) -> Result<Value, String> {
+    let target = Arc::new(a.common.target()?);
+    let c = a.connections.max(1);
+    let sem = Arc::new(Semaphore::new(a.common.connect_concurrency.max(1)));
+    let t_setup = Instant::now();
+    let mut opening = Vec::with_capacity(c);
+    for i in 0..c {
+        let (target, sem) = (target.clone(), sem.clone());
+        opening.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await.ok();
+            conn::open(&target, i, 0x1b0d).await
+        }));
+    }
+    let mut conns = Vec::with_capacity(c);
+    let mut errors = Vec::new();
+    for (i, h) in opening.into_iter().enumerate() {
+        match h.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(o) => conns.push((o.conn, o.reader)),
+            Err(e) => {
+                if errors.len() < 10 {
+                    errors.push(format!("connection {i}: {e}"));
+                }
+            }
+        }
+    }
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    if conns.is_empty() {
+        return Err(format!("no connection opened: {errors:?}"));
+    }
+    let shared = Arc::new(Shared {
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        closed_early: AtomicU64::new(0),
+        closing: Default::default(),
+    });
+    let live = conns.len();
+    let per_conn_rate = if a.rate > 0.0 {
+        a.rate / live as f64
+    } else {
+        0.0
+    };
+    let window = report::Window::start(a.common.server_pid, a.common.threads);
+    let start = window.t0();
+    let end = start + Duration::from_secs_f64(a.duration_s);
+    let (conns, reader_states): (Vec<Arc<Conn>>, Vec<Reader>) = conns.into_iter().unzip();
+    let mut readers = Vec::with_capacity(live);
+    let mut writers = Vec::with_capacity(live);
+    for (conn, reader) in conns.iter().cloned().zip(reader_states) {
+        readers.push(tokio::spawn(read_loop(
+            conn.clone(),
+            reader,
+            shared.clone(),
+        )));
+        let (shared, a2) = (shared.clone(), a.clone());
+        writers.push(tokio::spawn(async move {
+            write_loop(&conn, &a2, per_conn_rate, start, end, &shared).await
+        }));
+    }
+    let mut write_errors = 0u64;
+    for w in writers {
+        if !matches!(w.await, Ok(Ok(()))) {
+            write_errors += 1;
+        }
+    }
+    let w = window.end();
+    let sent = shared.sent.load(Acquire);
+    eprintln!(
+        "inbound: sent {sent} in {:.3}s = {:.2}M msg/s, generator cpu {:.0}%",
+        w.wall,
+        rate(sent, w.wall) / 1e6,
+        w.share() * 100.0
+    );
+
+    // Close handshake on every connection; the readers end on the server's reply.
+    let t_close = Instant::now();
+    shared.closing.store(true, Release);
+    for conn in &conns {
+        let _ = conn.close(1000).await;
+    }
+    let close_timeout = Duration::from_secs_f64(a.close_timeout_s);
+    let mut unclosed = 0u64;
+    for r in readers {
+        let left = close_timeout.saturating_sub(t_close.elapsed());
+        if tokio::time::timeout(left, r).await.is_err() {
+            unclosed += 1;
+        }
+    }
+    let closed_at = Instant::now();
+    let expected = a.messages_per_conn * live as u64;
+    let mut out = a.common.describe("inbound");
+    let o = out.as_object_mut().expect("object");
+    let ok = errors.is_empty() && write_errors == 0 && sent == expected;
+    let win = w.json(sent);
+    o.insert("ok".into(), json!(ok));
+    o.insert("connections".into(), json!(c));
+    o.insert("connected".into(), json!(live));
+    o.insert("connect_errors".into(), json!(errors));
+    o.insert("setup_s".into(), json!(report::round3(setup_s)));
+    o.insert("messages_per_conn".into(), json!(a.messages_per_conn));
+    o.insert("expected".into(), json!(expected));
+    o.insert("sent".into(), json!(sent));
+    o.insert("offered_rate".into(), json!(a.rate));
+    o.insert("sent_per_s".into(), json!(rate(sent, w.wall)));
+    o.insert(
+        "payload_bytes".into(),
+        json!(message(&a.msg_type, 0, a.payload_bytes).len()),
+    );
+    o.insert("write_errors".into(), json!(write_errors));
+    o.insert(
+        "frames_received".into(),
+        json!(shared.received.load(Acquire)),
+    );
+    o.insert(
+        "closed_by_server_early".into(),
+        json!(shared.closed_early.load(Acquire)),
+    );
+    o.insert(
+        "close_s".into(),
+        json!(report::round3(
+            closed_at.duration_since(t_close).as_secs_f64()
+        )),
+    );
+    o.insert("unclosed".into(), json!(unclosed));
+    // Each close frame follows that connection's data: the server's reply means it has read
+    // everything (its handler may still be behind).
+    let until_closed = closed_at.duration_since(start).as_secs_f64();
+    o.insert("until_closed_s".into(), json!(report::round6(until_closed)));
+    o.insert(
+        "sent_per_s_until_closed".into(),
+        json!(rate(sent, until_closed)),
+    );
+    o.insert("lower_bound".into(), json!(w.saturated()));
+    if let Value::Object(m) = win {
+        o.extend(m);
+    }
+    Ok(out)
+}
+
+/// `{"t":"count","p":{"i":N,"d":"xxx"}}` padded to about `size` bytes.
+pub fn message(t: &str, i: u64, size: usize) -> String {
+    let base = format!(r#"{{"t":"{t}","p":{{"i":{i},"d":""}}}}"#);
+    let pad = size.saturating_sub(base.len());
+    format!(r#"{{"t":"{t}","p":{{"i":{i},"d":"{}"}}}}"#, "x".repeat(pad))
+}
+
+async fn write_loop(
+    conn: &Conn,
+    a: &Args,
+    per_conn_rate: f64,
+    start: Instant,
+    end: Instant,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let total = a.messages_per_conn;
+    let mut sent = 0u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut text = String::new();
+    // The message without its counter, split around it: each one is written with no allocation.
+    let proto = message(&a.msg_type, 0, a.payload_bytes);
+    let cut = proto.find(r#""i":0"#).map(|i| i + 4).unwrap_or(0);
+    let (head, tail) = (&proto[..cut], &proto[cut + 1..]);
+    while sent < total {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let n = if per_conn_rate > 0.0 {
+            let due = ((now - start).as_secs_f64() * per_conn_rate) as u64 + 1;
+            if due <= sent {
+                let next = start + Duration::from_secs_f64(sent as f64 / per_conn_rate);
+                tokio::time::sleep_until(next.into()).await;
+                continue;
+            }
+            (due - sent).min(total - sent).min(a.batch * 16)
+        } else {
+            a.batch.max(1).min(total - sent)
+        };
+        let first = sent;
+        conn.send_built(
+            |rng, out| {
+                for i in first..first + n {
+                    text.clear();
+                    text.push_str(head);
+                    let _ = write!(text, "{i}");
+                    text.push_str(tail);
+                    codec::encode_frame(out, codec::OP_TEXT, text.as_bytes(), rng.mask_key());
+                }
+            },
+            &mut buf,
+        )
+        .await?;
+        sent += n;
+        shared.sent.fetch_add(n, Relaxed);
+    }
+    Ok(())
+}
+
+async fn read_loop(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>) {
+    let mut others: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut n = 0u64;
+        let res = conn
+            .read_some(&mut reader, |_, d, _| {
+                n += 1;
+                if d.len() < 512 {
+                    others.push(d.to_vec());
+                }
+            })
+            .await;
+        shared.received.fetch_add(n, Relaxed);
+        for m in others.drain(..) {
+            conn::answer_keepalive(&conn, &m).await;
+        }
+        match res {
+            Ok((Status::Open, _)) => {}
+            Ok((Status::Closed(_), _)) | Err(_) => {
+                if !shared.closing.load(Acquire) {
+                    shared.closed_early.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+        }
+    }
+}
