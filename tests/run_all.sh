@@ -2,11 +2,11 @@
 # The test command: installs what the tests need, then runs every suite.
 #   1. the package (Rust extension built by maturin) and the CLI, with the test extras
 #   2. the reference engine's chroot (interop tests against the published wse-client)
-#   3. cargo test for the Rust units
+#   3. cargo test for the Rust units (engine and load generator)
 #   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli
 bash tests/setup_reference.sh
-(cd runtime && cargo test --no-default-features -q)
+cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"
