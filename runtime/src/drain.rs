@@ -137,13 +137,18 @@ impl Inbound {
         self.push_locked(&mut q, ev);
     }
 
+    /// Is there room for a data event of `n` bytes? (One always fits an empty queue.)
+    fn admits(&self, q: &Queue, n: usize) -> bool {
+        (q.data_events < self.cap && q.data_bytes + n <= self.cap_bytes) || q.data_events == 0
+    }
+
     /// A data event: waits while the queue is full.
     pub async fn push_data(&self, ev: Event) {
         let n = ev.data_len().unwrap_or(0);
         {
             // Fast path: room now, no waiter registration.
             let mut q = self.q.lock();
-            if (q.data_events < self.cap && q.data_bytes + n <= self.cap_bytes) || q.data_events == 0 {
+            if self.admits(&q, n) {
                 self.push_locked(&mut q, ev);
                 return;
             }
@@ -155,8 +160,7 @@ impl Inbound {
             notified.as_mut().enable();
             {
                 let mut q = self.q.lock();
-                let fits = q.data_events < self.cap && q.data_bytes + n <= self.cap_bytes;
-                if fits || q.data_events == 0 {
+                if self.admits(&q, n) {
                     self.push_locked(&mut q, ev);
                     if let Some(t) = waited {
                         Metrics::add(&self.metrics.backpressure_ns, t.elapsed().as_nanos() as u64);
@@ -199,6 +203,10 @@ impl Inbound {
 
     pub fn len(&self) -> usize {
         self.q.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.lock().events.is_empty()
     }
 }
 

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::connection::Conn;
 use crate::drain::{Event, Inbound};
 use crate::metrics::Metrics;
-use crate::outbound::{Outbound, Push};
+use crate::outbound::Outbound;
 use crate::protocol::envelope::{self, Envelope};
 use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
 use crate::protocol::time::now_ms;
@@ -172,21 +172,7 @@ impl Engine {
     }
 
     fn push(&self, conn: &Conn, f: Bytes) -> bool {
-        match conn.out.push(f) {
-            Push::Queued => {
-                Metrics::inc(&self.metrics.messages_out);
-                true
-            }
-            Push::Dropped => {
-                Metrics::inc(&self.metrics.slow_consumer_drops);
-                false
-            }
-            Push::Overflow => {
-                Metrics::inc(&self.metrics.slow_consumer_closes);
-                false
-            }
-            Push::Closed => false,
-        }
+        conn.out.push(f).count(&self.metrics)
     }
 
     pub fn send_error(&self, conn: &Conn, code: &str, message: &str) {
@@ -288,7 +274,14 @@ impl Engine {
     }
 
     pub fn unsubscribe(&self, conn_id: u64, topics: &[String]) -> Vec<String> {
-        let Some(c) = self.get(conn_id) else { return vec![] };
+        match self.get(conn_id) {
+            Some(c) => self.leave(&c, topics),
+            None => vec![],
+        }
+    }
+
+    /// Removes `c` from `topics`; returns those it was in.
+    fn leave(&self, c: &Conn, topics: &[String]) -> Vec<String> {
         let mut out = vec![];
         let mut mine = c.topics.lock();
         for t in topics {
@@ -333,8 +326,11 @@ impl Engine {
     fn join_within_limit(&self, c: &Arc<Conn>, topics: &[String], failed: &mut Vec<(String, String)>) -> Vec<String> {
         let mut ok = vec![];
         for t in topics {
-            let have = c.topics.lock().len();
-            if have >= self.cfg.max_topics_per_connection && !c.topics.lock().contains(t.as_str()) {
+            let full = {
+                let mine = c.topics.lock();
+                mine.len() >= self.cfg.max_topics_per_connection && !mine.contains(t.as_str())
+            };
+            if full {
                 failed.push((t.clone(), "topic limit reached".into()));
                 continue;
             }
@@ -417,13 +413,7 @@ impl Engine {
         }
         match action {
             "unsubscribe" => {
-                let mut mine = c.topics.lock();
-                for t in &valid {
-                    if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
-                        Metrics::dec(&self.metrics.subscriptions);
-                    }
-                }
-                drop(mine);
+                self.leave(c, &valid);
                 self.ack(c, "unsubscribe", valid, failed);
             }
             "subscribe" => {

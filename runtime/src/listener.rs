@@ -2,7 +2,6 @@
 //! and the accept loop with its connection and pending-handshake bounds.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,5 +129,4 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         tokio::time::sleep(Duration::from_secs(5)).await;
         fanout.abort();
     });
-    let _ = engine.metrics.connections_active.load(Relaxed);
 }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::protocol::frame::close_frame;
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+#[must_use]
 pub enum Push {
     Queued,
     /// Over budget, frame dropped (policy `drop`).
@@ -32,6 +33,19 @@ pub struct PushMany {
     pub queued: usize,
     pub dropped: usize,
     pub overflowed: usize,
+}
+
+impl Push {
+    /// Counts the outcome of a single send; true if the frame was queued.
+    pub fn count(self, m: &Metrics) -> bool {
+        match self {
+            Push::Queued => Metrics::inc(&m.messages_out),
+            Push::Dropped => Metrics::inc(&m.slow_consumer_drops),
+            Push::Overflow => Metrics::inc(&m.slow_consumer_closes),
+            Push::Closed => {}
+        }
+        self == Push::Queued
+    }
 }
 
 #[derive(Default)]
@@ -79,9 +93,7 @@ impl Outbound {
                     // A consumer this far behind will not read what is queued: go straight to close.
                     s.frames.clear();
                     s.queued_bytes = 0;
-                    s.close = Some(close_frame(self.overflow_code, "slow consumer"));
-                    s.close_code = self.overflow_code;
-                    self.closing.notify_one();
+                    self.begin_close_locked(s, self.overflow_code, "slow consumer");
                     Push::Overflow
                 }
             };
@@ -136,11 +148,16 @@ impl Outbound {
         if s.done || s.close.is_some() {
             return false;
         }
+        self.begin_close_locked(&mut s, code, reason);
+        true
+    }
+
+    /// Queues the close frame (sent after what is queued) and tells writer and reader.
+    fn begin_close_locked(&self, s: &mut State, code: u16, reason: &str) {
         s.close = Some(close_frame(code, reason));
         s.close_code = code;
-        self.wake_locked(&mut s);
+        self.wake_locked(s);
         self.closing.notify_one();
-        true
     }
 
     /// Stops the writer without a close frame (the peer is gone).

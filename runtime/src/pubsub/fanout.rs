@@ -16,7 +16,6 @@ use tokio::sync::Notify;
 use super::topics::{Fanout, Topic};
 use crate::connection::Conn;
 use crate::metrics::Metrics;
-use crate::outbound::Push;
 
 pub enum Target {
     Topic(Arc<Topic>),
@@ -89,12 +88,7 @@ impl PubQueue {
                     i = j;
                 }
                 Target::Conn(c) => {
-                    match c.out.push(items[i].1.clone()) {
-                        Push::Queued => Metrics::inc(&metrics.messages_out),
-                        Push::Dropped => Metrics::inc(&metrics.slow_consumer_drops),
-                        Push::Overflow => Metrics::inc(&metrics.slow_consumer_closes),
-                        Push::Closed => {}
-                    }
+                    c.out.push(items[i].1.clone()).count(metrics);
                     i += 1;
                 }
             }
