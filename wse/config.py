@@ -80,6 +80,28 @@ class WSEConfig:
     """Events taken from the engine per drain call (one GIL acquire)."""
     jwt: JWTConfig | None = None
     server_version: str = "0.1.0"
+    compression: bool = True
+    """zlib (``C:`` frames) for messages over ``compression_threshold`` bytes, to clients that
+    accept it (``?compression=true`` or ``features.compression`` in ``client_hello``)."""
+    compression_threshold: int = 1024
+    compression_level: int = 6
+    msgpack: bool = True
+    """Clients may ask for msgpack (``M:`` frames) with ``?format=msgpack``."""
+    encryption: Literal["off", "optional", "required"] = "optional"
+    """E2E encryption (ECDH P-256, AES-GCM-256). ``optional``: clients that send a key in
+    ``client_hello`` get it. ``required``: application traffic waits for the key exchange."""
+    key_rotation_ms: int = 3_600_000
+    """Re-key encrypted connections this often (clients that announce ``key_rotation``); 0: never."""
+    key_rotation_grace_ms: int = 30_000
+    key_exchange_timeout_ms: int = 10_000
+    """With ``encryption="required"``: close (4403) connections still without a key by then."""
+    recovery: bool = False
+    """Keep recent publications per topic, so reconnecting subscribers get what they missed."""
+    recovery_buffer: int = 256
+    """Publications kept per topic."""
+    recovery_ttl_ms: int = 300_000
+    recovery_max_bytes: int = 64 << 20
+    """Memory for all recovery buffers together."""
 
     def replace(self, **changes: object) -> WSEConfig:
         """A copy with some fields changed."""

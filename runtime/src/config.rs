@@ -14,6 +14,18 @@ pub enum SlowConsumerPolicy {
     Close,
 }
 
+/// E2E encryption of the WSE protocol (ECDH P-256 + AES-GCM-256, `E:` frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionPolicy {
+    /// Key exchange refused; everything in plaintext.
+    Off,
+    /// Clients that send a public key in `client_hello` get an encrypted connection.
+    Optional,
+    /// Application traffic waits for the key exchange; plaintext application messages are refused.
+    Required,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
@@ -109,6 +121,24 @@ pub struct Config {
     pub subscribe_hook: bool,
     pub server_version: String,
     pub jwt: Option<JwtConfig>,
+    /// zlib (`C:` frames) for outgoing messages over `compression_threshold` bytes.
+    pub compression: bool,
+    pub compression_threshold: usize,
+    pub compression_level: u32,
+    /// Clients may ask for msgpack with `?format=msgpack`.
+    pub msgpack: bool,
+    pub encryption: EncryptionPolicy,
+    /// Re-key encrypted connections this often (0: never); clients must announce `key_rotation`.
+    pub key_rotation_ms: u64,
+    /// How long the previous key still opens inbound frames after a rotation.
+    pub key_rotation_grace_ms: u64,
+    /// With `encryption: required`, close (4403) connections that have not exchanged keys by then.
+    pub key_exchange_timeout_ms: u64,
+    /// Per-topic rings of recent publications, replayed to subscribers that reconnect.
+    pub recovery: bool,
+    pub recovery_buffer: usize,
+    pub recovery_ttl_ms: u64,
+    pub recovery_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -142,6 +172,18 @@ impl Default for Config {
             subscribe_hook: false,
             server_version: env!("CARGO_PKG_VERSION").into(),
             jwt: None,
+            compression: true,
+            compression_threshold: 1024,
+            compression_level: 6,
+            msgpack: true,
+            encryption: EncryptionPolicy::Optional,
+            key_rotation_ms: 3_600_000,
+            key_rotation_grace_ms: 30_000,
+            key_exchange_timeout_ms: 10_000,
+            recovery: false,
+            recovery_buffer: 256,
+            recovery_ttl_ms: 300_000,
+            recovery_max_bytes: 64 << 20,
         }
     }
 }
@@ -165,6 +207,19 @@ impl Config {
         if !(1000..5000).contains(&self.slow_consumer_close_code) {
             return Err("slow_consumer_close_code must be in 1000..5000".into());
         }
+        if self.compression_level > 9 {
+            return Err("compression_level must be 0..=9".into());
+        }
+        if self.recovery && (self.recovery_buffer == 0 || self.recovery_max_bytes == 0) {
+            return Err("recovery_buffer and recovery_max_bytes must be positive".into());
+        }
         Ok(())
+    }
+
+    pub fn zip(&self) -> Option<crate::protocol::outgoing::Zip> {
+        self.compression.then_some(crate::protocol::outgoing::Zip {
+            threshold: self.compression_threshold,
+            level: self.compression_level,
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! frames, answers control frames, hands system messages to the engine and the rest to Python.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +12,17 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::auth::acl::TopicAcl;
+use crate::deliver::CryptoState;
 use crate::drain::Event;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::protocol::frame::{self, Decoder, Event as FrameEvent};
+use crate::config::EncryptionPolicy;
+use crate::crypto::session::CryptoError;
+use crate::protocol::compress::{self, InflateError};
 use crate::protocol::message::{classify, Inbound};
+use crate::protocol::msgpack;
 use crate::protocol::time::now_ms;
 
 pub struct Conn {
@@ -31,6 +36,13 @@ pub struct Conn {
     pub seq: AtomicU64,
     pub last_rx_ms: AtomicU64,
     pub last_ping_ms: AtomicU64,
+    /// E2E session, and what waits for it (see `deliver`).
+    pub crypto: Mutex<CryptoState>,
+    /// The client follows key rotations (it said so in `client_hello`).
+    pub rotation: AtomicBool,
+    /// The client accepts `C:` (zlib) frames: it said so in the URL or in `client_hello`.
+    pub zip: AtomicBool,
+    pub created_ms: u64,
 }
 
 impl Conn {
@@ -149,8 +161,13 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
         let ev = if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } };
         return engine.inbound.push_data(ev).await;
     }
+    let Some((data, text, sealed)) = decode(engine, conn, data, text) else { return };
     match classify(&data) {
         Inbound::System { msg_type, payload } => engine.on_system(conn, &msg_type, payload),
+        _ if !sealed && engine.cfg.encryption == EncryptionPolicy::Required => {
+            Metrics::inc(&m.plaintext_refused);
+            engine.send_error(conn, "ENCRYPTION_REQUIRED", "this server accepts application messages only encrypted (E: frames)");
+        }
         Inbound::App(json) => {
             let off = json.as_ptr() as usize - data.as_ptr() as usize;
             let data = data.slice(off..);
@@ -158,5 +175,64 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
         }
         Inbound::Other if text => engine.inbound.push_data(Event::Raw { conn: conn.id, data }).await,
         Inbound::Other => engine.inbound.push_data(Event::Bin { conn: conn.id, data }).await,
+    }
+}
+
+/// Undoes the binary encodings: `E:` (decrypt), `C:` (inflate, capped), `M:` (msgpack to JSON).
+/// Returns the message, whether it is text, and whether it came encrypted; `None` when it was
+/// refused (the client got an error and the connection goes on).
+fn decode(engine: &Engine, conn: &Conn, data: Bytes, text: bool) -> Option<(Bytes, bool, bool)> {
+    if text || data.len() < 2 {
+        return Some((data, text, false));
+    }
+    let m = &engine.metrics;
+    match &data[..2] {
+        b"E:" => {
+            let opened = {
+                let mut cs = conn.crypto.lock();
+                cs.session.as_mut().map(|s| s.open(&data[2..], now_ms()))
+            };
+            match opened {
+                None => {
+                    Metrics::inc(&m.decrypt_failures);
+                    engine.send_error(conn, "ENCRYPTION_NOT_NEGOTIATED", "E: frame before a key exchange");
+                    None
+                }
+                Some(Err(e)) => {
+                    Metrics::inc(if e == CryptoError::Replayed { &m.replays_refused } else { &m.decrypt_failures });
+                    engine.send_error(conn, "DECRYPTION_FAILED", e.as_str());
+                    None
+                }
+                Some(Ok(plain)) => match simdutf8::basic::from_utf8(&plain) {
+                    Ok(_) => Some((Bytes::from(plain), true, true)),
+                    Err(_) => {
+                        Metrics::inc(&m.decrypt_failures);
+                        engine.send_error(conn, "DECRYPTION_FAILED", "decrypted message is not UTF-8 text");
+                        None
+                    }
+                },
+            }
+        }
+        b"C:" => match compress::inflate(&data[2..], engine.cfg.max_message_bytes) {
+            Ok(v) => Some((Bytes::from(v), false, false)),
+            Err(e) => {
+                Metrics::inc(&m.decompress_refused);
+                let msg = match e {
+                    InflateError::TooLarge => "decompressed message exceeds max_message_bytes",
+                    InflateError::Corrupt => "corrupt compressed message",
+                };
+                engine.send_error(conn, "DECOMPRESSION_FAILED", msg);
+                None
+            }
+        },
+        b"M:" => match msgpack::to_json(&data[2..]) {
+            Ok(v) => Some((Bytes::from(v), false, false)),
+            Err(e) => {
+                Metrics::inc(&m.msgpack_errors);
+                engine.send_error(conn, "INVALID_MSGPACK", &e);
+                None
+            }
+        },
+        _ => Some((data, text, false)),
     }
 }

@@ -1,7 +1,7 @@
 //! The engine's shared state and the operations Python (and the connections) perform on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,16 +10,19 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::acl::TopicAcl;
 use crate::auth::jwt::JwtVerifier;
-use crate::config::Config;
+use crate::config::{Config, EncryptionPolicy};
 use crate::connection::Conn;
+use crate::crypto::session;
+use crate::deliver::{self, deliver_one};
 use crate::drain::{Event, Inbound};
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PushMany};
 use crate::protocol::envelope::{self, Envelope};
-use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
-use crate::protocol::time::now_ms;
+use crate::protocol::frame::{self, HEADER_ROOM};
+use crate::protocol::outgoing::{Mode, OutMsg};
+use crate::protocol::time::{now_ms, rfc3339};
 use crate::pubsub::fanout::{PubQueue, Target};
-use crate::pubsub::topics::{Topic, Topics};
+use crate::pubsub::topics::{Recovery, RecoveryLimits, Topic, Topics};
 
 pub const MAX_TOPIC_LEN: usize = 256;
 /// Bytes of publications and sends waiting for the engine thread before the publisher helps.
@@ -28,7 +31,11 @@ const PUBLISH_QUEUE_BYTES: usize = 8 << 20;
 struct PendingSub {
     conn: u64,
     denied: Vec<(String, String)>,
+    recover: HashMap<String, (u32, u64)>,
 }
+
+/// A requested topic and, if asked, where its subscriber stopped (epoch, offset).
+type Wanted = (String, Option<(u32, u64)>);
 
 pub struct Engine {
     pub cfg: Arc<Config>,
@@ -57,12 +64,17 @@ impl Engine {
         let metrics = Arc::new(Metrics::default());
         let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
             .map_err(|e| format!("eventfd: {e}"))?;
+        let recovery = cfg.recovery.then_some(RecoveryLimits {
+            max_messages: cfg.recovery_buffer,
+            ttl_ms: cfg.recovery_ttl_ms,
+            max_bytes: cfg.recovery_max_bytes,
+        });
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
         Ok(Self {
             cfg: Arc::new(cfg),
             metrics,
             inbound,
-            topics: Topics::default(),
+            topics: Topics::new(recovery),
             pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
             conns: RwLock::new(HashMap::new()),
@@ -104,13 +116,18 @@ impl Engine {
     }
 
     /// Registers an authenticated connection and tells Python (the `connect` event).
-    pub fn register(&self, user_id: Option<String>, claims: Option<Map<String, Value>>, addr: String) -> Arc<Conn> {
+    pub fn register(&self, user_id: Option<String>, claims: Option<Map<String, Value>>, addr: String, msgpack: bool, compression: bool) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let acl = claims
             .as_ref()
             .and_then(|c| self.cfg.jwt.as_ref().and_then(|j| c.get(&j.topics_claim)))
             .and_then(TopicAcl::from_claim);
         let now = now_ms();
+        let mode = match (self.cfg.encryption, msgpack) {
+            (EncryptionPolicy::Required, _) => Mode::AwaitKey,
+            (_, true) => Mode::Msgpack,
+            _ => Mode::Json,
+        };
         let conn = Arc::new(Conn {
             id,
             user_id: user_id.clone(),
@@ -119,11 +136,16 @@ impl Engine {
                 self.cfg.max_outbound_bytes,
                 self.cfg.slow_consumer,
                 self.cfg.slow_consumer_close_code,
+                mode,
             )),
             topics: Mutex::new(Default::default()),
             seq: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(now),
             last_ping_ms: AtomicU64::new(now),
+            crypto: Mutex::new(Default::default()),
+            rotation: AtomicBool::new(false),
+            zip: AtomicBool::new(compression),
+            created_ms: now,
         });
         self.conns.write().insert(id, conn.clone());
         Metrics::inc(&self.metrics.connections_active);
@@ -154,25 +176,35 @@ impl Engine {
         self.inbound.push_lifecycle(Event::Disconnect { conn: conn.id, code });
     }
 
-    /// An envelope for one connection, with its own `seq`.
-    pub fn envelope_frame(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8], opcode: u8) -> Bytes {
+    /// An envelope for one connection, with its own `seq`, in every encoding it may need.
+    pub fn envelope_msg(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8], opcode: u8) -> Arc<OutMsg> {
         let seq = conn.next_seq();
-        let v = Envelope { category, msg_type, seq, topic: None, payload }.encode(HEADER_ROOM);
-        frame_in_place(opcode, v)
+        let v = Envelope { category, msg_type, seq, topic: None, stamp: None, payload }.encode(HEADER_ROOM);
+        Arc::new(OutMsg::new(v, opcode, self.cfg.zip(), 0, 0))
     }
 
     fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
         self.send_system_as(conn, msg_type, payload, self.opcode());
     }
 
+    /// A system message: in the connection's encoding, or in plaintext while it waits for its
+    /// key exchange (errors, acks and `server_hello` must reach a client that has no key yet).
     fn send_system_as(&self, conn: &Conn, msg_type: &str, payload: Value, opcode: u8) {
         let p = serde_json::to_vec(&payload).unwrap_or_default();
-        let f = self.envelope_frame(conn, envelope::CAT_SYSTEM, msg_type, &p, opcode);
-        self.push(conn, f);
+        let msg = self.envelope_msg(conn, envelope::CAT_SYSTEM, msg_type, &p, opcode);
+        if conn.out.mode() == Mode::AwaitKey {
+            deliver::push_plain(conn, msg.frame_for(Mode::Json)).count(&self.metrics);
+        } else {
+            self.count(deliver_one(conn, msg));
+        }
     }
 
-    fn push(&self, conn: &Conn, f: Bytes) -> bool {
-        conn.out.push(f).count(&self.metrics)
+    fn count(&self, r: PushMany) -> bool {
+        let m = &self.metrics;
+        Metrics::add(&m.messages_out, r.queued as u64);
+        Metrics::add(&m.slow_consumer_drops, r.dropped as u64);
+        Metrics::add(&m.slow_consumer_closes, r.overflowed as u64);
+        r.queued > 0
     }
 
     pub fn send_error(&self, conn: &Conn, code: &str, message: &str) {
@@ -186,9 +218,9 @@ impl Engine {
             "details": {
                 "version": self.cfg.server_version,
                 "protocol_version": 2,
-                "features": features(),
+                "features": self.features(),
                 "connection_id": conn.id.to_string(),
-                "server_time": crate::protocol::time::rfc3339(now_ms()),
+                "server_time": rfc3339(now_ms()),
                 "user_id": conn.user_id,
             }
         });
@@ -198,9 +230,9 @@ impl Engine {
     // ---- operations from Python -------------------------------------------------------------
 
     /// Queues a frame for the engine thread, running a batch here if the queue is over its bound.
-    fn enqueue(&self, target: Target, frame: Bytes) {
-        if self.pubq.push(target, frame) {
-            self.pubq.run_batch(&self.metrics);
+    fn enqueue(&self, target: Target, msg: Arc<OutMsg>) {
+        if self.pubq.push(target, msg) {
+            self.pubq.run_batch(&self.topics, &self.metrics);
         }
     }
 
@@ -210,8 +242,8 @@ impl Engine {
         if c.out.is_closing() {
             return false;
         }
-        let f = self.envelope_frame(&c, category, msg_type, payload, self.opcode());
-        self.enqueue(Target::Conn(c), f);
+        let msg = self.envelope_msg(&c, category, msg_type, payload, self.opcode());
+        self.enqueue(Target::Conn(c), msg);
         true
     }
 
@@ -221,14 +253,19 @@ impl Engine {
         if c.out.is_closing() {
             return false;
         }
-        let f = frame::build(if text { frame::OP_TEXT } else { frame::OP_BINARY }, data);
-        self.enqueue(Target::Conn(c), f);
+        let mut v = Vec::with_capacity(HEADER_ROOM + data.len());
+        v.resize(HEADER_ROOM, 0);
+        v.extend_from_slice(data);
+        let msg = OutMsg::raw(v, if text { frame::OP_TEXT } else { frame::OP_BINARY });
+        self.enqueue(Target::Conn(c), Arc::new(msg));
         true
     }
 
     /// Publishes to `topic`; returns how many subscribers it has now.
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
-        match self.topics.get(topic) {
+        // With recovery on, a topic keeps what is published while nobody listens.
+        let t = if self.cfg.recovery { Some(self.topics.get_or_create(topic)) } else { self.topics.get(topic) };
+        match t {
             Some(t) => self.publish_to(&t, topic, category, msg_type, payload),
             None => {
                 Metrics::inc(&self.metrics.publishes);
@@ -240,37 +277,46 @@ impl Engine {
     /// Publishes to a topic already looked up (the caller may release the GIL around this).
     pub fn publish_to(&self, t: &Arc<Topic>, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
         let op = self.opcode();
+        let zip = self.cfg.zip();
+        let recovery = self.cfg.recovery;
         let mut help = false;
         let n = t.next(
-            |seq| {
-                let v = Envelope { category, msg_type, seq, topic: Some(topic), payload }.encode(HEADER_ROOM);
-                frame_in_place(op, v)
+            |seq, epoch| {
+                let stamp = recovery.then_some((epoch, seq));
+                let v = Envelope { category, msg_type, seq, topic: Some(topic), stamp, payload }.encode(HEADER_ROOM);
+                Arc::new(OutMsg::new(v, op, zip, seq, now_ms()))
             },
-            |frame| help = self.pubq.push(Target::Topic(t.clone()), frame),
+            |msg| help = self.pubq.push(Target::Topic(t.clone()), msg),
         );
         Metrics::inc(&self.metrics.publishes);
         if help {
-            self.pubq.run_batch(&self.metrics);
+            self.pubq.run_batch(&self.topics, &self.metrics);
         }
         n
     }
 
-    /// Subscribes on the server's authority (no ACL); returns the topics newly joined.
+    /// Subscribes on the server's authority (no ACL); returns the topics joined.
     pub fn subscribe(&self, conn_id: u64, topics: &[String]) -> Vec<String> {
         let Some(c) = self.get(conn_id) else { return vec![] };
-        topics.iter().filter(|t| self.join(&c, t)).cloned().collect()
+        topics.iter().filter(|t| self.join(&c, t, None).is_some()).cloned().collect()
     }
 
-    fn join(&self, c: &Arc<Conn>, topic: &str) -> bool {
+    /// Adds `c` to `topic`, replaying what it missed if it said where it stopped.
+    /// `None` if the topic is new to it and over its limit.
+    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>) -> Option<Recovery> {
         let mut mine = c.topics.lock();
-        if mine.contains(topic) {
-            return true;
-        }
-        if self.topics.subscribe(topic, c) {
+        let (added, rec) = self.topics.subscribe(topic, c, recover);
+        if added {
             mine.insert(Arc::from(topic));
             Metrics::inc(&self.metrics.subscriptions);
         }
-        true
+        if recover.is_some() {
+            let m = &self.metrics;
+            Metrics::inc(&m.recovery_requests);
+            Metrics::inc(if rec.recovered { &m.recovery_recovered } else { &m.recovery_missed });
+            Metrics::add(&m.recovered_messages, rec.count as u64);
+        }
+        Some(rec)
     }
 
     pub fn unsubscribe(&self, conn_id: u64, topics: &[String]) -> Vec<String> {
@@ -313,19 +359,25 @@ impl Engine {
 
     /// Answers a `sub_request` after the Python hook decided.
     pub fn complete_subscription(&self, req: u64, allowed: &[String], denied: Vec<(String, String)>) -> bool {
-        let Some(p) = self.pending.lock().remove(&req) else { return false };
+        let Some(mut p) = self.pending.lock().remove(&req) else { return false };
         let Some(c) = self.get(p.conn) else { return false };
         let mut failed = p.denied;
         Metrics::add(&self.metrics.subscriptions_denied, denied.len() as u64);
         failed.extend(denied);
-        let ok = self.join_within_limit(&c, allowed, &mut failed);
+        let wanted: Vec<Wanted> = allowed.iter().map(|t| (t.clone(), p.recover.remove(t))).collect();
+        let ok = self.join_within_limit(&c, &wanted, &mut failed);
         self.ack(&c, "subscribe", ok, failed);
         true
     }
 
-    fn join_within_limit(&self, c: &Arc<Conn>, topics: &[String], failed: &mut Vec<(String, String)>) -> Vec<String> {
+    fn join_within_limit(
+        &self,
+        c: &Arc<Conn>,
+        topics: &[Wanted],
+        failed: &mut Vec<(String, String)>,
+    ) -> Vec<(String, Option<Recovery>, bool)> {
         let mut ok = vec![];
-        for t in topics {
+        for (t, recover) in topics {
             let full = {
                 let mine = c.topics.lock();
                 mine.len() >= self.cfg.max_topics_per_connection && !mine.contains(t.as_str())
@@ -334,27 +386,40 @@ impl Engine {
                 failed.push((t.clone(), "topic limit reached".into()));
                 continue;
             }
-            self.join(c, t);
-            ok.push(t.clone());
+            let rec = self.join(c, t, *recover);
+            ok.push((t.clone(), rec, recover.is_some()));
         }
         ok
     }
 
-    fn ack(&self, c: &Conn, action: &str, ok: Vec<String>, failed: Vec<(String, String)>) {
+    fn ack(&self, c: &Conn, action: &str, ok: Vec<(String, Option<Recovery>, bool)>, failed: Vec<(String, String)>) {
         let failed_topics: Vec<&String> = failed.iter().map(|(t, _)| t).collect();
         let errors: Map<String, Value> = failed.iter().map(|(t, r)| (t.clone(), Value::from(r.as_str()))).collect();
-        self.send_system(
-            c,
-            "subscription_update",
-            json!({
-                "action": action,
-                "success": failed.is_empty(),
-                "success_topics": ok,
-                "failed_topics": failed_topics,
-                "errors": errors,
-                "topics": c.topics.lock().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            }),
-        );
+        let mut p = json!({
+            "action": action,
+            "success": failed.is_empty(),
+            "success_topics": ok.iter().map(|(t, _, _)| t).collect::<Vec<_>>(),
+            "failed_topics": failed_topics,
+            "errors": errors,
+            "topics": c.topics.lock().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        });
+        if self.cfg.recovery && action == "subscribe" {
+            // Where each topic stands, so the client can ask for what it misses next time.
+            let rec: Map<String, Value> = ok
+                .iter()
+                .filter_map(|(t, r, asked)| {
+                    let r = (*r)?;
+                    let mut v = json!({"epoch": format!("{:08x}", r.epoch), "offset": r.offset});
+                    if *asked {
+                        v["recovered"] = Value::from(r.recovered);
+                        v["count"] = Value::from(r.count);
+                    }
+                    Some((t.clone(), v))
+                })
+                .collect();
+            p["recovery"] = Value::Object(rec);
+        }
+        self.send_system(c, "subscription_update", p);
     }
 
     // ---- system messages from clients ----------------------------------------------------------
@@ -375,25 +440,50 @@ impl Engine {
                     frame::OP_TEXT,
                 );
             }
-            "client_hello" => {
-                let cfg = &self.cfg;
-                self.send_system(
-                    c,
-                    "server_hello",
-                    json!({
-                        "server_version": cfg.server_version,
-                        "protocol_version": 2,
-                        "features": features(),
-                        "limits": {
-                            "max_message_size": cfg.max_message_bytes,
-                        },
-                        "ping_interval": cfg.ping_interval_ms,
-                        "connection_id": c.id.to_string(),
-                        "server_time": crate::protocol::time::rfc3339(now_ms()),
-                    }),
-                );
-            }
+            "client_hello" => self.client_hello(c, &p),
             _ => {} // PONG replies: the read itself refreshed the idle timer.
+        }
+    }
+
+    /// `client_hello`: answers `server_hello`, and with a public key in it, switches the
+    /// connection to E2E encryption.
+    fn client_hello(&self, c: &Arc<Conn>, p: &Value) {
+        let cfg = &self.cfg;
+        let mut hello = json!({
+            "server_version": cfg.server_version,
+            "protocol_version": 2,
+            "features": self.features(),
+            "limits": {"max_message_size": cfg.max_message_bytes},
+            "ping_interval": cfg.ping_interval_ms,
+            "connection_id": c.id.to_string(),
+            "server_time": rfc3339(now_ms()),
+        });
+        if cfg.compression && p.pointer("/features/compression").and_then(|v| v.as_bool()) == Some(true) {
+            c.zip.store(true, Relaxed);
+        }
+        let key = p.get("encryption_public_key").and_then(|k| k.as_str());
+        let Some(key) = key.filter(|_| cfg.encryption != EncryptionPolicy::Off) else {
+            return self.send_system(c, "server_hello", hello);
+        };
+        if deliver::keyed_at(c).is_some() {
+            return self.send_error(c, "KEY_EXCHANGE_FAILED", "encryption is already established");
+        }
+        let ex = match session::respond(key) {
+            Ok(ex) => ex,
+            Err(e) => {
+                Metrics::inc(&self.metrics.key_exchange_failures);
+                return self.send_error(c, "KEY_EXCHANGE_FAILED", e.as_str());
+            }
+        };
+        let rotation = p.pointer("/features/key_rotation").and_then(|v| v.as_bool()).unwrap_or(false);
+        c.rotation.store(rotation && cfg.key_rotation_ms > 0, Relaxed);
+        hello["encryption_public_key"] = Value::from(ex.server_public_b64);
+        hello["key_rotation_ms"] = Value::from(if rotation { cfg.key_rotation_ms } else { 0 });
+        let body = serde_json::to_vec(&hello).unwrap_or_default();
+        // server_hello itself goes in plaintext (JSON): the client has no key until it reads it.
+        let msg = self.envelope_msg(c, envelope::CAT_SYSTEM, "server_hello", &body, self.opcode());
+        if deliver::start_encryption(c, ex.session, msg.frame_for(Mode::Json)) {
+            Metrics::inc(&self.metrics.key_exchanges);
         }
     }
 
@@ -413,10 +503,12 @@ impl Engine {
         }
         match action {
             "unsubscribe" => {
-                self.leave(c, &valid);
-                self.ack(c, "unsubscribe", valid, failed);
+                let left = self.leave(c, &valid);
+                drop(left);
+                self.ack(c, "unsubscribe", valid.into_iter().map(|t| (t, None, false)).collect(), failed);
             }
             "subscribe" => {
+                let recover = self.recovery_points(p);
                 let mut allowed = vec![];
                 for t in valid {
                     let ok = self.config_acl.permits(&t) && c.acl.as_ref().is_none_or(|a| a.permits(&t));
@@ -429,52 +521,106 @@ impl Engine {
                 }
                 if self.cfg.subscribe_hook && !allowed.is_empty() {
                     let req = self.next_req.fetch_add(1, Relaxed);
-                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed });
+                    let recover = allowed.iter().filter_map(|t| recover.get(t).map(|r| (t.clone(), *r))).collect();
+                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover });
                     self.inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: allowed });
                     return;
                 }
-                let ok = self.join_within_limit(c, &allowed, &mut failed);
+                let wanted: Vec<Wanted> = allowed.into_iter().map(|t| {
+                    let r = recover.get(&t).copied();
+                    (t, r)
+                }).collect();
+                let ok = self.join_within_limit(c, &wanted, &mut failed);
                 self.ack(c, "subscribe", ok, failed);
             }
             other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),
         }
     }
 
+    /// `recover: true` with `recovery: {topic: {epoch, offset}}`: where the client stopped, per topic.
+    fn recovery_points(&self, p: &Value) -> HashMap<String, (u32, u64)> {
+        let mut out = HashMap::new();
+        if !self.cfg.recovery || !p.get("recover").and_then(|v| v.as_bool()).unwrap_or(false) {
+            return out;
+        }
+        let Some(map) = p.get("recovery").and_then(|r| r.as_object()) else { return out };
+        for (topic, v) in map {
+            let epoch = v.get("epoch").and_then(|e| match e {
+                Value::String(s) => u32::from_str_radix(s, 16).ok(),
+                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            });
+            let offset = v.get("offset").and_then(|o| o.as_u64());
+            if let (Some(e), Some(o)) = (epoch, offset) {
+                out.insert(topic.clone(), (e, o));
+            }
+        }
+        out
+    }
+
     // ---- keepalive -------------------------------------------------------------------------------
 
-    /// Pings quiet connections and closes those silent past the idle timeout.
+    /// Pings quiet connections, closes those silent past the idle timeout, re-keys encrypted
+    /// ones when their key is due, closes those that never did a required key exchange, and
+    /// expires recovery rings.
     pub fn keepalive_sweep(&self) {
         let now = now_ms();
+        let cfg = &self.cfg;
         let all: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
         let ping_frame = frame::build(frame::OP_PING, b"");
         for c in all {
             let quiet = now.saturating_sub(c.last_rx_ms.load(Relaxed));
-            if self.cfg.idle_timeout_ms > 0 && quiet >= self.cfg.idle_timeout_ms {
+            if cfg.idle_timeout_ms > 0 && quiet >= cfg.idle_timeout_ms {
                 if c.out.close(1000, "idle timeout") {
                     Metrics::inc(&self.metrics.idle_closes);
                 }
                 continue;
             }
+            match c.out.mode() {
+                Mode::AwaitKey if now.saturating_sub(c.created_ms) >= cfg.key_exchange_timeout_ms => {
+                    if c.out.close(4403, "encryption required") {
+                        Metrics::inc(&self.metrics.key_exchange_timeouts);
+                    }
+                    continue;
+                }
+                Mode::Sealed
+                    if c.rotation.load(Relaxed)
+                        && deliver::keyed_at(&c).is_some_and(|t| now.saturating_sub(t) >= cfg.key_rotation_ms) =>
+                {
+                    let rotated = deliver::rotate_key(&c, now, cfg.key_rotation_grace_ms, |generation| {
+                        let p = serde_json::to_vec(&json!({"generation": generation})).unwrap_or_default();
+                        self.envelope_msg(&c, envelope::CAT_SYSTEM, "key_rotation", &p, self.opcode())
+                    });
+                    if rotated.is_some() {
+                        Metrics::inc(&self.metrics.key_rotations);
+                    }
+                }
+                _ => {}
+            }
             let since_ping = now.saturating_sub(c.last_ping_ms.load(Relaxed));
-            if self.cfg.ping_interval_ms > 0 && quiet >= self.cfg.ping_interval_ms && since_ping >= self.cfg.ping_interval_ms {
+            if cfg.ping_interval_ms > 0 && quiet >= cfg.ping_interval_ms && since_ping >= cfg.ping_interval_ms {
                 c.last_ping_ms.store(now, Relaxed);
                 c.out.push_control(ping_frame.clone());
-                if self.cfg.envelopes {
+                if cfg.envelopes {
                     self.send_system_as(&c, "ping", json!({"server_time": now}), frame::OP_TEXT);
                 }
             }
         }
+        self.topics.expire(now);
     }
-}
 
-fn features() -> Value {
-    json!({
-        "compression": false,
-        "encryption": false,
-        "msgpack": false,
-        "batching": false,
-        "subscriptions": true,
-        "recovery": false,
-        "presence": false,
-    })
+    fn features(&self) -> Value {
+        let cfg = &self.cfg;
+        json!({
+            "compression": cfg.compression,
+            "encryption": cfg.encryption != EncryptionPolicy::Off,
+            "encryption_required": cfg.encryption == EncryptionPolicy::Required,
+            "key_rotation": cfg.encryption != EncryptionPolicy::Off && cfg.key_rotation_ms > 0,
+            "msgpack": cfg.msgpack,
+            "batching": false,
+            "subscriptions": true,
+            "recovery": cfg.recovery,
+            "presence": false,
+        })
+    }
 }

@@ -25,6 +25,15 @@ pub struct Accepted {
     pub leftover: BytesMut,
     pub user_id: Option<String>,
     pub claims: Option<Map<String, Value>>,
+    /// The client asked for msgpack (`?format=msgpack`).
+    pub msgpack: bool,
+    /// The client accepts zlib frames (`?compression=true`).
+    pub compression: bool,
+}
+
+/// `key=value` in the query string (case-insensitive).
+fn query_has(query: Option<&str>, key_value: &str) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv.eq_ignore_ascii_case(key_value)))
 }
 
 fn find_end(buf: &[u8]) -> Option<usize> {
@@ -140,7 +149,9 @@ pub async fn accept(engine: &Arc<Engine>, mut stream: TcpStream, _addr: SocketAd
                 Some(Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             });
-            Some(Accepted { stream, leftover: buf, user_id, claims })
+            let msgpack = cfg.msgpack && query_has(query, "format=msgpack");
+            let compression = cfg.compression && query_has(query, "compression=true");
+            Some(Accepted { stream, leftover: buf, user_id, claims, msgpack, compression })
         }
         Err(e) => {
             match e {

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod crypto;
+pub mod deliver;
 pub mod drain;
 pub mod engine;
 pub mod handshake;

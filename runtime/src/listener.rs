@@ -67,7 +67,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         tokio::spawn(async move {
             loop {
                 engine.pubq.ready().await;
-                engine.pubq.run_batch(&engine.metrics);
+                engine.pubq.run_batch(&engine.topics, &engine.metrics);
             }
         })
     };
@@ -113,7 +113,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             };
             drop(permit);
             if let Some(a) = accepted {
-                let conn = engine.register(a.user_id, a.claims, addr.to_string());
+                let conn = engine.register(a.user_id, a.claims, addr.to_string(), a.msgpack, a.compression);
                 if engine.cfg.envelopes {
                     engine.send_ready(&conn);
                 }

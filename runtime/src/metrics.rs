@@ -51,6 +51,19 @@ counters!(
     backpressure_waits,
     subscriptions,
     subscriptions_denied,
+    key_exchanges,
+    key_exchange_failures,
+    key_rotations,
+    key_exchange_timeouts,
+    decrypt_failures,
+    replays_refused,
+    plaintext_refused,
+    decompress_refused,
+    msgpack_errors,
+    recovery_requests,
+    recovery_recovered,
+    recovery_missed,
+    recovered_messages,
 );
 
 impl Metrics {

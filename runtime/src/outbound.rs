@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 use crate::config::SlowConsumerPolicy;
 use crate::metrics::Metrics;
 use crate::protocol::frame::close_frame;
+use crate::protocol::outgoing::Mode;
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 #[must_use]
@@ -56,10 +58,14 @@ struct State {
     close: Option<Bytes>,
     close_code: u16,
     done: bool,
+    /// The connection's encoding; data pushes say which one they were built for.
+    mode: u8,
 }
 
 pub struct Outbound {
     state: Mutex<State>,
+    /// `State::mode`, readable without the lock (the lock's copy decides).
+    mode_hint: AtomicU8,
     wake: Notify,
     /// Tells the reader that the server started closing.
     closing: Notify,
@@ -69,8 +75,9 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(max_bytes: usize, policy: SlowConsumerPolicy, overflow_code: u16) -> Self {
-        Self { state: Mutex::new(State::default()), wake: Notify::new(), closing: Notify::new(), max_bytes, policy, overflow_code }
+    pub fn new(max_bytes: usize, policy: SlowConsumerPolicy, overflow_code: u16, mode: Mode) -> Self {
+        let state = State { mode: mode as u8, ..State::default() };
+        Self { state: Mutex::new(state), mode_hint: AtomicU8::new(mode as u8), wake: Notify::new(), closing: Notify::new(), max_bytes, policy, overflow_code }
     }
 
     #[inline]
@@ -103,18 +110,41 @@ impl Outbound {
         Push::Queued
     }
 
-    /// Queues a data frame under the byte budget and the slow-consumer policy.
-    pub fn push(&self, frame: Bytes) -> Push {
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode_hint.load(Relaxed))
+    }
+
+    /// Queues a data frame under the byte budget and the slow-consumer policy. `built_for` is the
+    /// mode the frame was encoded for; if the connection changed mode, nothing is queued and
+    /// the current mode is returned (`None` queues in any mode: plaintext system messages).
+    pub fn push(&self, frame: Bytes, built_for: Option<Mode>) -> Result<Push, Mode> {
+        let mut s = self.state.lock();
+        check_mode(&s, built_for)?;
+        let r = self.push_locked(&mut s, frame);
+        self.wake_locked(&mut s);
+        Ok(r)
+    }
+
+    /// Queues a frame and then switches the connection to `mode`, under one lock: what was
+    /// built for the old mode after this point is refused (the key exchange's `server_hello`).
+    pub fn push_then_switch(&self, frame: Bytes, mode: Mode) -> Push {
         let mut s = self.state.lock();
         let r = self.push_locked(&mut s, frame);
+        s.mode = mode as u8;
+        self.mode_hint.store(mode as u8, Relaxed);
         self.wake_locked(&mut s);
         r
     }
 
     /// Queues several data frames in order under one lock, waking the writer at most once.
-    pub fn push_many(&self, frames: &[Bytes]) -> PushMany {
+    pub fn push_many(&self, frames: &[Bytes], built_for: Option<Mode>) -> Result<PushMany, Mode> {
         let mut r = PushMany::default();
         let mut s = self.state.lock();
+        check_mode(&s, built_for)?;
         for frame in frames {
             match self.push_locked(&mut s, frame.clone()) {
                 Push::Queued => r.queued += 1,
@@ -127,7 +157,7 @@ impl Outbound {
             }
         }
         self.wake_locked(&mut s);
-        r
+        Ok(r)
     }
 
     /// Queues a control frame (pong): exempt from the budget, kept in order with data.
@@ -245,6 +275,13 @@ impl Outbound {
                 batch = Vec::new();
             }
         }
+    }
+}
+
+fn check_mode(s: &State, built_for: Option<Mode>) -> Result<(), Mode> {
+    match built_for {
+        Some(m) if m as u8 != s.mode => Err(Mode::from_u8(s.mode)),
+        _ => Ok(()),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Envelope<'a> {
     pub msg_type: &'a str,
     pub seq: u64,
     pub topic: Option<&'a str>,
+    /// Recovery stamp of a topic publication: epoch and offset (`e`, `o`).
+    pub stamp: Option<(u32, u64)>,
     pub payload: &'a [u8],
 }
 
@@ -64,6 +66,10 @@ impl Envelope<'_> {
             out.extend_from_slice(b",\"tp\":");
             write_json_str(&mut out, tp);
         }
+        if let Some((epoch, offset)) = self.stamp {
+            out.extend_from_slice(format!(",\"e\":\"{epoch:08x}\",\"o\":").as_bytes());
+            write_u64(&mut out, offset);
+        }
         out.extend_from_slice(b",\"p\":");
         out.extend_from_slice(if self.payload.is_empty() { b"{}" } else { self.payload });
         out.extend_from_slice(b",\"v\":1}");
@@ -74,7 +80,7 @@ impl Envelope<'_> {
 /// A system message (`c: "WSE"`) whose payload is a JSON value.
 pub fn system(msg_type: &str, seq: u64, payload: &Value) -> Vec<u8> {
     let p = serde_json::to_vec(payload).unwrap_or_else(|_| b"{}".to_vec());
-    Envelope { category: CAT_SYSTEM, msg_type, seq, topic: None, payload: &p }.encode(0)
+    Envelope { category: CAT_SYSTEM, msg_type, seq, topic: None, stamp: None, payload: &p }.encode(0)
 }
 
 pub fn error(code: &str, message: &str, seq: u64) -> Vec<u8> {
@@ -87,12 +93,14 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json() {
-        let e = Envelope { category: "U", msg_type: "price \"x\"\n", seq: 7, topic: Some("t1"), payload: b"{\"a\":1}" };
+        let e = Envelope { category: "U", msg_type: "price \"x\"\n", seq: 7, topic: Some("t1"), stamp: Some((0xab, 7)), payload: b"{\"a\":1}" };
         let v: Value = serde_json::from_slice(&e.encode(0)).unwrap();
         assert_eq!(v["t"], "price \"x\"\n");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["tp"], "t1");
         assert_eq!(v["p"]["a"], 1);
+        assert_eq!(v["e"], "000000ab");
+        assert_eq!(v["o"], 7);
         assert_eq!(v["v"], 1);
         assert_eq!(v["id"].as_str().unwrap().len(), 36);
         let mut s = vec![];

@@ -9,13 +9,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::topics::{Fanout, Topic};
+use super::topics::{Fanout, Topic, Topics};
 use crate::connection::Conn;
+use crate::deliver::deliver_one;
 use crate::metrics::Metrics;
+use crate::protocol::outgoing::OutMsg;
 
 pub enum Target {
     Topic(Arc<Topic>),
@@ -23,7 +24,7 @@ pub enum Target {
 }
 
 struct Queue {
-    items: Vec<(Target, Bytes)>,
+    items: Vec<(Target, Arc<OutMsg>)>,
     bytes: usize,
 }
 
@@ -42,10 +43,10 @@ impl PubQueue {
 
     /// Queues a frame. Returns true when the queue is over its byte bound: the caller should
     /// then run a batch itself (the publisher pays for its own backlog instead of growing it).
-    pub fn push(&self, target: Target, frame: Bytes) -> bool {
+    pub fn push(&self, target: Target, msg: Arc<OutMsg>) -> bool {
         let mut q = self.q.lock();
-        q.bytes += frame.len();
-        q.items.push((target, frame));
+        q.bytes += msg.body().len();
+        q.items.push((target, msg));
         if q.items.len() == 1 {
             self.wake.notify_one();
         }
@@ -58,7 +59,7 @@ impl PubQueue {
     }
 
     /// Takes everything queued and hands it to the subscribers' outbound queues.
-    pub fn run_batch(&self, metrics: &Metrics) {
+    pub fn run_batch(&self, topics: &Topics, metrics: &Metrics) {
         let _work = self.work.lock();
         let items = {
             let mut q = self.q.lock();
@@ -66,35 +67,39 @@ impl PubQueue {
             std::mem::take(&mut q.items)
         };
         let mut total = Fanout::default();
+        let mut direct = 0u64;
         let mut i = 0;
-        let mut frames: Vec<Bytes> = Vec::new();
+        let mut msgs: Vec<Arc<OutMsg>> = Vec::new();
         while i < items.len() {
             match &items[i].0 {
                 Target::Topic(t) => {
                     // A run of publications to the same topic goes to each subscriber in one push.
-                    frames.clear();
+                    msgs.clear();
                     let mut j = i;
                     while j < items.len() {
                         match &items[j].0 {
-                            Target::Topic(u) if Arc::ptr_eq(t, u) => frames.push(items[j].1.clone()),
+                            Target::Topic(u) if Arc::ptr_eq(t, u) => msgs.push(items[j].1.clone()),
                             _ => break,
                         }
                         j += 1;
                     }
-                    let f = t.push_frames(&frames);
+                    let f = topics.push(t, &msgs);
                     total.delivered += f.delivered;
                     total.dropped += f.dropped;
                     total.overflowed += f.overflowed;
                     i = j;
                 }
                 Target::Conn(c) => {
-                    c.out.push(items[i].1.clone()).count(metrics);
+                    let r = deliver_one(c, items[i].1.clone());
+                    direct += r.queued as u64;
+                    total.dropped += r.dropped;
+                    total.overflowed += r.overflowed;
                     i += 1;
                 }
             }
         }
         Metrics::add(&metrics.deliveries, total.delivered as u64);
-        Metrics::add(&metrics.messages_out, total.delivered as u64);
+        Metrics::add(&metrics.messages_out, total.delivered as u64 + direct);
         Metrics::add(&metrics.slow_consumer_drops, total.dropped as u64);
         Metrics::add(&metrics.slow_consumer_closes, total.overflowed as u64);
     }

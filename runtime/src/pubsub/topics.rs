@@ -1,51 +1,156 @@
-//! The topic registry. A publication is framed once, inside the topic's lock (so its `seq`
-//! and its place in every subscriber's queue agree), and the same bytes go to each subscriber.
+//! The topic registry. A publication is built once, inside the topic's lock (so its `seq` and
+//! its place in every subscriber's queue agree), and shared by every subscriber.
+//!
+//! Recovery: with it on, each topic keeps the publications it delivered in a ring (bounded in
+//! count, age and, across all topics, bytes), stamped with the topic's epoch and offset. A
+//! subscriber that says where it stopped gets what it missed replayed, under the same lock that
+//! adds it to the topic, so replay and live traffic neither overlap nor leave a gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use rand_core::{OsRng, RngCore};
 
 use crate::connection::Conn;
+use crate::deliver::{deliver, Batch};
+use crate::protocol::outgoing::OutMsg;
 
-#[derive(Default)]
-struct TopicState {
-    seq: u64,
-    subs: Vec<Arc<Conn>>,
-    index: HashMap<u64, usize>,
+/// Recovery limits.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryLimits {
+    /// Publications kept per topic.
+    pub max_messages: usize,
+    pub ttl_ms: u64,
+    /// Bytes kept across all topics.
+    pub max_bytes: usize,
 }
 
-#[derive(Default)]
+struct TopicState {
+    seq: u64,
+    /// The last offset handed to subscribers (and to the ring).
+    pushed: u64,
+    epoch: u32,
+    subs: Vec<Arc<Conn>>,
+    index: HashMap<u64, usize>,
+    ring: VecDeque<Arc<OutMsg>>,
+    ring_bytes: usize,
+}
+
+impl TopicState {
+    fn new() -> Self {
+        let mut epoch = 0;
+        while epoch == 0 {
+            epoch = OsRng.next_u32();
+        }
+        Self { seq: 0, pushed: 0, epoch, subs: Vec::new(), index: HashMap::new(), ring: VecDeque::new(), ring_bytes: 0 }
+    }
+}
+
 pub struct Topic {
     state: Mutex<TopicState>,
 }
 
+/// What a subscriber asked to recover, and what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub epoch: u32,
+    pub offset: u64,
+    pub recovered: bool,
+    pub count: usize,
+}
+
 impl Topic {
+    fn new() -> Self {
+        Self { state: Mutex::new(TopicState::new()) }
+    }
+
     pub fn subscriber_count(&self) -> usize {
         self.state.lock().subs.len()
     }
 
-    /// Frames the next publication with the topic's next `seq` and hands it to `emit`, both
-    /// under the topic's lock, so `seq` order and queue order agree. Returns the subscriber count.
-    pub fn next(&self, build: impl FnOnce(u64) -> Bytes, emit: impl FnOnce(Bytes)) -> usize {
+    /// Builds the next publication with the topic's next offset and epoch and hands it to
+    /// `emit`, both under the topic's lock, so offset order and queue order agree.
+    /// Returns the subscriber count.
+    pub fn next(&self, build: impl FnOnce(u64, u32) -> Arc<OutMsg>, emit: impl FnOnce(Arc<OutMsg>)) -> usize {
         let mut s = self.state.lock();
         s.seq += 1;
-        emit(build(s.seq));
+        let (seq, epoch) = (s.seq, s.epoch);
+        emit(build(seq, epoch));
         s.subs.len()
     }
 
-    /// Queues frames (in order) on every current subscriber: one lock and one wake-up each.
-    pub fn push_frames(&self, frames: &[Bytes]) -> Fanout {
-        let s = self.state.lock();
+    /// Queues publications (in order) on every current subscriber, one lock and one wake-up
+    /// each, and keeps them for recovery.
+    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) -> Fanout {
+        let mut s = self.state.lock();
         let mut f = Fanout::default();
+        let batch = Batch::new(msgs);
         for c in &s.subs {
-            let r = c.out.push_many(frames);
+            let r = deliver(c, &batch);
             f.delivered += r.queued;
             f.dropped += r.dropped;
             f.overflowed += r.overflowed;
         }
+        if let Some(last) = msgs.last() {
+            s.pushed = last.offset;
+        }
+        if let Some((lim, total)) = ring {
+            for m in msgs {
+                let n = m.size();
+                s.ring_bytes += n;
+                total.fetch_add(n, Relaxed);
+                s.ring.push_back(m.clone());
+            }
+            // Over the count, or over the global budget: this topic gives up its oldest.
+            while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
+                evict_front(&mut s, total);
+            }
+        }
         f
+    }
+
+    /// Adds `conn` (false if it was there). With `recover = Some((epoch, offset))` the
+    /// publications after `offset` are delivered to it first, if the topic still has them all.
+    fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>) -> (bool, Recovery) {
+        let mut s = self.state.lock();
+        let mut rec = Recovery { epoch: s.epoch, offset: s.pushed, recovered: false, count: 0 };
+        if s.index.contains_key(&conn.id) {
+            return (false, rec);
+        }
+        if let Some((epoch, offset)) = recover {
+            let first = s.ring.front().map_or(s.pushed + 1, |m| m.offset);
+            if epoch == s.epoch && offset <= s.pushed && offset + 1 >= first {
+                let missed: Vec<Arc<OutMsg>> = s.ring.iter().filter(|m| m.offset > offset).cloned().collect();
+                if !missed.is_empty() {
+                    deliver(conn, &Batch::new(&missed));
+                }
+                rec.recovered = true;
+                rec.count = missed.len();
+            }
+        }
+        let i = s.subs.len();
+        s.subs.push(conn.clone());
+        s.index.insert(conn.id, i);
+        (true, rec)
+    }
+
+    /// Drops publications older than `cutoff_ms`; true if the topic is now empty and idle.
+    fn expire(&self, cutoff_ms: u64, total: &AtomicUsize) -> bool {
+        let mut s = self.state.lock();
+        while s.ring.front().is_some_and(|m| m.at_ms < cutoff_ms) {
+            evict_front(&mut s, total);
+        }
+        s.subs.is_empty() && s.ring.is_empty()
+    }
+}
+
+fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
+    if let Some(m) = s.ring.pop_front() {
+        let n = m.size();
+        s.ring_bytes -= n;
+        total.fetch_sub(n, Relaxed);
     }
 }
 
@@ -57,33 +162,46 @@ pub struct Fanout {
     pub overflowed: usize,
 }
 
-#[derive(Default)]
 pub struct Topics {
     map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    recovery: Option<RecoveryLimits>,
+    ring_bytes: AtomicUsize,
 }
 
 impl Topics {
-    /// Adds `conn` to `topic`; false if it was already there.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
-        let t = {
-            let map = self.map.read();
-            map.get(topic).cloned()
-        };
-        let t = match t {
-            Some(t) => t,
-            None => self.map.write().entry(Arc::from(topic)).or_default().clone(),
-        };
-        let mut s = t.state.lock();
-        if s.index.contains_key(&conn.id) {
-            return false;
-        }
-        let i = s.subs.len();
-        s.subs.push(conn.clone());
-        s.index.insert(conn.id, i);
-        true
+    pub fn new(recovery: Option<RecoveryLimits>) -> Self {
+        Self { map: RwLock::new(HashMap::new()), recovery, ring_bytes: AtomicUsize::new(0) }
     }
 
-    /// Removes `conn` from `topic`; the topic goes away with its last subscriber.
+    pub fn recovery(&self) -> Option<&RecoveryLimits> {
+        self.recovery.as_ref()
+    }
+
+    /// Bytes held in recovery rings.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes.load(Relaxed)
+    }
+
+    /// The topic, created if missing.
+    pub fn get_or_create(&self, topic: &str) -> Arc<Topic> {
+        if let Some(t) = self.map.read().get(topic) {
+            return t.clone();
+        }
+        self.map.write().entry(Arc::from(topic)).or_insert_with(|| Arc::new(Topic::new())).clone()
+    }
+
+    /// Adds `conn` to `topic` (replaying what it missed if asked); false if it was there.
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>) -> (bool, Recovery) {
+        self.get_or_create(topic).add(conn, recover)
+    }
+
+    /// Hands a run of publications of one topic to its subscribers (and its ring).
+    pub fn push(&self, t: &Topic, msgs: &[Arc<OutMsg>]) -> Fanout {
+        t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)))
+    }
+
+    /// Removes `conn` from `topic`; a topic goes away with its last subscriber unless its
+    /// recovery ring still holds publications.
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) -> bool {
         let Some(t) = self.map.read().get(topic).cloned() else { return false };
         let empty = {
@@ -94,17 +212,35 @@ impl Topics {
                 let moved = s.subs[i].id;
                 s.index.insert(moved, i);
             }
-            s.subs.is_empty()
+            s.subs.is_empty() && s.ring.is_empty()
         };
         if empty {
-            let mut map = self.map.write();
-            if let Some(t) = map.get(topic) {
-                if t.state.lock().subs.is_empty() {
-                    map.remove(topic);
-                }
-            }
+            self.remove_if_idle(topic);
         }
         true
+    }
+
+    fn remove_if_idle(&self, topic: &str) {
+        let mut map = self.map.write();
+        if let Some(t) = map.get(topic) {
+            let s = t.state.lock();
+            if s.subs.is_empty() && s.ring.is_empty() {
+                drop(s);
+                map.remove(topic);
+            }
+        }
+    }
+
+    /// Drops recovery entries past their TTL, and topics left with nothing.
+    pub fn expire(&self, now_ms: u64) {
+        let Some(lim) = self.recovery else { return };
+        let cutoff = now_ms.saturating_sub(lim.ttl_ms);
+        let all: Vec<(Arc<str>, Arc<Topic>)> = self.map.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, t) in all {
+            if t.expire(cutoff, &self.ring_bytes) {
+                self.remove_if_idle(&name);
+            }
+        }
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {

@@ -1,0 +1,148 @@
+//! Putting outgoing messages on one connection in the encoding it asked for: JSON (maybe
+//! compressed), msgpack, or sealed with its session key. A batch builds each shared encoding
+//! once for all subscribers; sealing is per connection, under the connection's crypto lock.
+//!
+//! The switch to encryption (`seal`) queues the plaintext `server_hello` and flips the mode
+//! under the outbound lock while holding the crypto lock: a frame built for the old mode is
+//! then refused by the queue and re-sent sealed, so nothing reaches an encrypted connection in
+//! plaintext after its key exchange, and nothing sealed precedes the key.
+
+use std::cell::OnceCell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::connection::Conn;
+use crate::crypto::session::Session;
+use crate::outbound::{Push, PushMany};
+use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
+use crate::protocol::outgoing::{Mode, OutMsg};
+
+/// A connection's encryption state.
+#[derive(Default)]
+pub struct CryptoState {
+    pub session: Option<Session>,
+    /// Messages waiting for the key exchange (encryption required), with their bytes.
+    held: Vec<Arc<OutMsg>>,
+    held_bytes: usize,
+}
+
+/// Messages to deliver to several connections, with their shared encodings built lazily.
+pub struct Batch<'a> {
+    msgs: &'a [Arc<OutMsg>],
+    json: OnceCell<Vec<Bytes>>,
+    zipped: OnceCell<Vec<Bytes>>,
+    msgpack: OnceCell<Vec<Bytes>>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(msgs: &'a [Arc<OutMsg>]) -> Self {
+        Self { msgs, json: OnceCell::new(), zipped: OnceCell::new(), msgpack: OnceCell::new() }
+    }
+
+    pub fn msgs(&self) -> &[Arc<OutMsg>] {
+        self.msgs
+    }
+
+    fn frames(&self, mode: Mode, zip: bool) -> &[Bytes] {
+        match (mode, zip) {
+            (Mode::Msgpack, _) => &self.msgpack,
+            (_, true) => &self.zipped,
+            _ => &self.json,
+        }
+        .get_or_init(|| {
+            self.msgs.iter().map(|m| if zip && mode == Mode::Json { m.zipped() } else { m.frame_for(mode) }).collect()
+        })
+    }
+}
+
+/// Queues the batch on `conn` in its encoding. Messages held for a key exchange count as queued.
+pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
+    let mut mode = conn.out.mode();
+    loop {
+        match mode {
+            Mode::Json | Mode::Msgpack => match conn.out.push_many(batch.frames(mode, conn.zip.load(Relaxed)), Some(mode)) {
+                Ok(r) => return r,
+                Err(now) => mode = now,
+            },
+            Mode::Sealed | Mode::AwaitKey => {
+                let mut cs = conn.crypto.lock();
+                // The mode may have changed while we waited for the lock.
+                mode = conn.out.mode();
+                match mode {
+                    Mode::Sealed => {
+                        let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
+                        let frames: Vec<Bytes> = batch.msgs.iter().map(|m| seal(sess, m.body())).collect();
+                        return conn.out.push_many(&frames, Some(Mode::Sealed)).unwrap_or_default();
+                    }
+                    Mode::AwaitKey => return hold(conn, &mut cs, batch.msgs),
+                    _ => continue,
+                }
+            }
+        }
+    }
+}
+
+/// Delivers one message; true if it was queued.
+pub fn deliver_one(conn: &Conn, msg: Arc<OutMsg>) -> PushMany {
+    let one = [msg];
+    deliver(conn, &Batch::new(&one))
+}
+
+fn seal(sess: &mut Session, body: &[u8]) -> Bytes {
+    frame_in_place(frame::OP_BINARY, sess.seal(body, HEADER_ROOM))
+}
+
+fn hold(conn: &Conn, cs: &mut CryptoState, msgs: &[Arc<OutMsg>]) -> PushMany {
+    let mut r = PushMany::default();
+    for m in msgs {
+        let n = m.body().len();
+        if cs.held_bytes + n > conn.out.max_bytes() {
+            r.dropped += 1;
+            continue;
+        }
+        cs.held_bytes += n;
+        cs.held.push(m.clone());
+        r.queued += 1;
+    }
+    r
+}
+
+/// Sends a system frame in plaintext whatever the mode (before or during the key exchange).
+pub fn push_plain(conn: &Conn, frame: Bytes) -> Push {
+    conn.out.push(frame, None).unwrap_or(Push::Closed)
+}
+
+/// Switches `conn` to encryption with `session`: `hello` (plaintext) goes first, then what
+/// was held for the exchange, sealed. Returns false if it was already encrypted.
+pub fn start_encryption(conn: &Conn, session: Session, hello: Bytes) -> bool {
+    let mut cs = conn.crypto.lock();
+    if cs.session.is_some() {
+        return false;
+    }
+    cs.session = Some(session);
+    let _ = conn.out.push_then_switch(hello, Mode::Sealed);
+    let held = std::mem::take(&mut cs.held);
+    cs.held_bytes = 0;
+    let sess = cs.session.as_mut().expect("just set");
+    let frames: Vec<Bytes> = held.iter().map(|m| seal(sess, m.body())).collect();
+    let _ = conn.out.push_many(&frames, Some(Mode::Sealed));
+    true
+}
+
+/// Rotates `conn`'s key: `announce(generation)` is sealed under the current key and queued,
+/// then later frames use the next key. Returns the new generation, or None if not encrypted.
+pub fn rotate_key(conn: &Conn, now_ms: u64, grace_ms: u64, announce: impl FnOnce(u64) -> Arc<OutMsg>) -> Option<u64> {
+    let mut cs = conn.crypto.lock();
+    let sess = cs.session.as_mut()?;
+    let next = sess.generation() + 1;
+    let f = seal(sess, announce(next).body());
+    let _queued = conn.out.push(f, Some(Mode::Sealed)).ok()?;
+    Some(sess.rotate(now_ms, grace_ms))
+}
+
+/// When `conn`'s key was made, if it is encrypted.
+pub fn keyed_at(conn: &Conn) -> Option<u64> {
+    conn.crypto.lock().session.as_ref().map(|s| s.keyed_at_ms)
+}

@@ -1,0 +1,146 @@
+//! An outgoing envelope in every encoding a subscriber may need, each built at most once:
+//! the plain JSON frame (always), `C:` zlib (when large and compression is on), `M:` msgpack
+//! (on first use by a msgpack subscriber). Encrypted connections seal the JSON body themselves.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use super::compress;
+use super::frame::{self, frame_in_place, HEADER_ROOM};
+use super::msgpack;
+
+/// How a connection wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Json = 0,
+    Msgpack = 1,
+    /// Encryption is required and the key exchange has not happened: data waits.
+    AwaitKey = 2,
+    /// E2E encrypted: every frame is `E:` + AES-GCM of the JSON envelope.
+    Sealed = 3,
+}
+
+impl Mode {
+    pub fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Msgpack,
+            2 => Mode::AwaitKey,
+            3 => Mode::Sealed,
+            _ => Mode::Json,
+        }
+    }
+}
+
+/// Compression settings applied when a message is built.
+#[derive(Debug, Clone, Copy)]
+pub struct Zip {
+    pub threshold: usize,
+    pub level: u32,
+}
+
+pub struct OutMsg {
+    plain: Bytes,
+    /// Length of the frame header at the front of `plain`.
+    hdr: usize,
+    zip: Option<Zip>,
+    compressed: OnceLock<Option<Bytes>>,
+    msgpack: OnceLock<Bytes>,
+    /// The topic offset (recovery), 0 for messages to one connection.
+    pub offset: u64,
+    /// When it was built (ms), for the recovery TTL.
+    pub at_ms: u64,
+}
+
+impl OutMsg {
+    /// `buf` is a JSON envelope after `HEADER_ROOM` free bytes (as `Envelope::encode` makes it).
+    pub fn new(buf: Vec<u8>, opcode: u8, zip: Option<Zip>, offset: u64, at_ms: u64) -> OutMsg {
+        let body_len = buf.len() - HEADER_ROOM;
+        let zip = zip.filter(|z| body_len > z.threshold);
+        let plain = frame_in_place(opcode, buf);
+        let hdr = plain.len() - body_len;
+        OutMsg { plain, hdr, zip, compressed: OnceLock::new(), msgpack: OnceLock::new(), offset, at_ms }
+    }
+
+    /// Bytes the application sends as they are: no compression, no msgpack conversion
+    /// (only sealing, on an encrypted connection). `buf` starts with `HEADER_ROOM` free bytes.
+    pub fn raw(buf: Vec<u8>, opcode: u8) -> OutMsg {
+        let body_len = buf.len() - HEADER_ROOM;
+        let plain = frame_in_place(opcode, buf);
+        let hdr = plain.len() - body_len;
+        OutMsg { msgpack: OnceLock::from(plain.clone()), plain, hdr, zip: None, compressed: OnceLock::new(), offset: 0, at_ms: 0 }
+    }
+
+    /// The JSON envelope, unframed (what encryption seals).
+    pub fn body(&self) -> &[u8] {
+        &self.plain[self.hdr..]
+    }
+
+    /// The plain JSON frame, uncompressed.
+    pub fn plain(&self) -> &Bytes {
+        &self.plain
+    }
+
+    /// Bytes held in memory (for the recovery budget).
+    pub fn size(&self) -> usize {
+        let zipped = self.compressed.get().and_then(|c| c.as_ref()).map_or(0, |c| c.len());
+        self.plain.len() + zipped + self.msgpack.get().map_or(0, |m| m.len())
+    }
+
+    /// The frame for a JSON connection that accepts `C:` frames: compressed when large.
+    pub fn zipped(&self) -> Bytes {
+        let Some(z) = self.zip else { return self.plain.clone() };
+        self.compressed
+            .get_or_init(|| {
+                let c = frame_in_place(frame::OP_BINARY, compress::compress(self.body(), z.level, HEADER_ROOM));
+                (c.len() < self.plain.len()).then_some(c)
+            })
+            .as_ref()
+            .unwrap_or(&self.plain)
+            .clone()
+    }
+
+    /// The frame for a JSON or msgpack connection (uncompressed).
+    pub fn frame_for(&self, mode: Mode) -> Bytes {
+        match mode {
+            Mode::Msgpack => self
+                .msgpack
+                .get_or_init(|| match msgpack::from_json(self.body(), HEADER_ROOM) {
+                    Ok(v) => frame_in_place(frame::OP_BINARY, v),
+                    // The application's payload was not JSON: it goes as it is.
+                    Err(_) => self.plain.clone(),
+                })
+                .clone(),
+            _ => self.plain.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::envelope::Envelope;
+
+    #[test]
+    fn encodings() {
+        let small = Envelope { category: "U", msg_type: "t", seq: 1, topic: None, stamp: None, payload: b"{\"a\":1}" };
+        let m = OutMsg::new(small.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 0, 0);
+        assert_eq!(m.frame_for(Mode::Json), m.plain);
+        assert_eq!(m.zipped(), m.plain);
+        assert_eq!(m.body()[0], b'{');
+        let mp = m.frame_for(Mode::Msgpack);
+        assert_eq!(&mp[2..4], b"M:");
+
+        let text = format!("{{\"text\":\"{}\"}}", "x".repeat(2000));
+        let big = Envelope { category: "U", msg_type: "t", seq: 2, topic: Some("a"), stamp: Some((7, 2)), payload: text.as_bytes() };
+        let m = OutMsg::new(big.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 2, 0);
+        assert_eq!(m.frame_for(Mode::Json), m.plain);
+        let f = m.zipped();
+        assert!(f.len() < 200, "{}", f.len());
+        // A 126..=65535-byte payload has a 4-byte frame header.
+        assert_eq!(&f[4..6], b"C:");
+        let body = compress::inflate(&f[6..], 1 << 20).unwrap();
+        assert_eq!(body, m.body());
+    }
+}
