@@ -204,7 +204,10 @@ fn decode(engine: &Engine, conn: &Conn, data: Bytes, text: bool) -> Option<(Byte
                     None
                 }
                 Some(Ok(plain)) => match simdutf8::basic::from_utf8(&plain) {
-                    Ok(_) => Some((Bytes::from(plain), true, true)),
+                    Ok(_) => {
+                        Metrics::inc(&m.sealed_in);
+                        Some((Bytes::from(plain), true, true))
+                    }
                     Err(_) => {
                         Metrics::inc(&m.decrypt_failures);
                         engine.send_error(conn, "DECRYPTION_FAILED", "decrypted message is not UTF-8 text");

@@ -45,6 +45,11 @@ impl<'a> Batch<'a> {
         self.msgs
     }
 
+    /// How many of the zlib-encoded frames are really compressed.
+    fn zipped_count(&self) -> usize {
+        self.zipped.get().map_or(0, |f| f.iter().filter(|b| is_zipped(b)).count())
+    }
+
     fn frames(&self, mode: Mode, zip: bool) -> &[Bytes] {
         match (mode, zip) {
             (Mode::Msgpack, _) => &self.msgpack,
@@ -62,10 +67,20 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
     let mut mode = conn.out.mode();
     loop {
         match mode {
-            Mode::Json | Mode::Msgpack => match conn.out.push_many(batch.frames(mode, conn.zip.load(Relaxed)), Some(mode)) {
-                Ok(r) => return r,
-                Err(now) => mode = now,
-            },
+            Mode::Json | Mode::Msgpack => {
+                let zip = conn.zip.load(Relaxed) && mode == Mode::Json;
+                match conn.out.push_many(batch.frames(mode, zip), Some(mode)) {
+                    Ok(mut r) => {
+                        if mode == Mode::Msgpack {
+                            r.msgpack = r.queued;
+                        } else if zip {
+                            r.zipped = r.queued.min(batch.zipped_count());
+                        }
+                        return r;
+                    }
+                    Err(now) => mode = now,
+                }
+            }
             Mode::Sealed | Mode::AwaitKey => {
                 let mut cs = conn.crypto.lock();
                 // The mode may have changed while we waited for the lock.
@@ -74,7 +89,9 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                     Mode::Sealed => {
                         let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
                         let frames: Vec<Bytes> = batch.msgs.iter().map(|m| seal(sess, m.body())).collect();
-                        return conn.out.push_many(&frames, Some(Mode::Sealed)).unwrap_or_default();
+                        let mut r = conn.out.push_many(&frames, Some(Mode::Sealed)).unwrap_or_default();
+                        r.sealed = r.queued;
+                        return r;
                     }
                     Mode::AwaitKey => return hold(conn, &mut cs, batch.msgs),
                     _ => continue,
@@ -88,6 +105,16 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
 pub fn deliver_one(conn: &Conn, msg: Arc<OutMsg>) -> PushMany {
     let one = [msg];
     deliver(conn, &Batch::new(&one))
+}
+
+/// A binary frame whose payload starts with `C:` (header 2, 4 or 10 bytes).
+fn is_zipped(f: &Bytes) -> bool {
+    let hdr = match f.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    f.get(hdr..hdr + 2) == Some(b"C:")
 }
 
 fn seal(sess: &mut Session, body: &[u8]) -> Bytes {

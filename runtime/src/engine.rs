@@ -200,10 +200,7 @@ impl Engine {
     }
 
     fn count(&self, r: PushMany) -> bool {
-        let m = &self.metrics;
-        Metrics::add(&m.messages_out, r.queued as u64);
-        Metrics::add(&m.slow_consumer_drops, r.dropped as u64);
-        Metrics::add(&m.slow_consumer_closes, r.overflowed as u64);
+        r.count(&self.metrics);
         r.queued > 0
     }
 

@@ -64,6 +64,10 @@ counters!(
     recovery_recovered,
     recovery_missed,
     recovered_messages,
+    compressed_out,
+    msgpack_out,
+    sealed_out,
+    sealed_in,
 );
 
 impl Metrics {

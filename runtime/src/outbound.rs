@@ -35,6 +35,31 @@ pub struct PushMany {
     pub queued: usize,
     pub dropped: usize,
     pub overflowed: usize,
+    /// Of those queued: compressed, msgpack and sealed frames (set by `deliver`).
+    pub zipped: usize,
+    pub msgpack: usize,
+    pub sealed: usize,
+}
+
+impl PushMany {
+    pub fn add(&mut self, o: PushMany) {
+        self.queued += o.queued;
+        self.dropped += o.dropped;
+        self.overflowed += o.overflowed;
+        self.zipped += o.zipped;
+        self.msgpack += o.msgpack;
+        self.sealed += o.sealed;
+    }
+
+    /// Adds the outcome to the engine's counters (`deliveries` is the caller's).
+    pub fn count(&self, m: &Metrics) {
+        Metrics::add(&m.messages_out, self.queued as u64);
+        Metrics::add(&m.slow_consumer_drops, self.dropped as u64);
+        Metrics::add(&m.slow_consumer_closes, self.overflowed as u64);
+        Metrics::add(&m.compressed_out, self.zipped as u64);
+        Metrics::add(&m.msgpack_out, self.msgpack as u64);
+        Metrics::add(&m.sealed_out, self.sealed as u64);
+    }
 }
 
 impl Push {

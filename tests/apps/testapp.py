@@ -10,7 +10,11 @@ them over the wire:
 - ``{"t": "stats"}`` → ``stats`` with the engine's counters and the recorded events
 - ``{"t": "boom"}`` → the handler raises (the client should get ``HANDLER_ERROR``)
 - ``{"t": "slow", "p": {"seconds"}}`` → the handler blocks the drain loop that long (backpressure)
+- ``{"t": "kick", "p": {"topic", "count", "code"}}`` → closes this connection with ``code``,
+  then publishes ``count`` messages to ``topic`` (what a reconnecting subscriber must recover)
 - raw text/binary messages are echoed back unchanged (used by Autobahn)
+
+With ``WSE_TEST_WELCOME=1`` every connection gets a ``welcome`` message as soon as it connects.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def _config() -> WSEConfig:
 app = WSEApp(_config())
 record: dict[str, Any] = {"connects": 0, "disconnects": 0, "messages": 0, "codes": {}, "users": []}
 DENY_PREFIX = os.environ.get("WSE_TEST_DENY_PREFIX")
+WELCOME = os.environ.get("WSE_TEST_WELCOME") == "1"
 
 
 @app.on_connect
@@ -45,6 +50,8 @@ def _connect(conn: Connection) -> None:
     record["connects"] += 1
     if len(record["users"]) < 100:
         record["users"].append([conn.user_id, conn.claims])
+    if WELCOME:
+        app.send(conn, {"id": conn.id}, type="welcome")
 
 
 @app.on_disconnect
@@ -72,6 +79,14 @@ def _publish(conn: Connection, msg: Message) -> None:
     for i in range(p["count"]):
         n += app.publish(p["topic"], {"i": i, **extra}, type="pub")
     app.send(conn, {"queued": n}, type="published")
+
+
+@app.on("kick")
+def _kick(conn: Connection, msg: Message) -> None:
+    p = msg.payload
+    app.disconnect(conn, code=p.get("code", 1011), reason="kicked by test")
+    for i in range(p["count"]):
+        app.publish(p["topic"], {"i": p.get("start", 0) + i}, type="pub")
 
 
 @app.on("stats")

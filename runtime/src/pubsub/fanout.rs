@@ -12,10 +12,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::topics::{Fanout, Topic, Topics};
+use super::topics::{Topic, Topics};
 use crate::connection::Conn;
 use crate::deliver::deliver_one;
 use crate::metrics::Metrics;
+use crate::outbound::PushMany;
 use crate::protocol::outgoing::OutMsg;
 
 pub enum Target {
@@ -66,8 +67,7 @@ impl PubQueue {
             q.bytes = 0;
             std::mem::take(&mut q.items)
         };
-        let mut total = Fanout::default();
-        let mut direct = 0u64;
+        let mut total = PushMany::default();
         let mut i = 0;
         let mut msgs: Vec<Arc<OutMsg>> = Vec::new();
         while i < items.len() {
@@ -84,23 +84,16 @@ impl PubQueue {
                         j += 1;
                     }
                     let f = topics.push(t, &msgs);
-                    total.delivered += f.delivered;
-                    total.dropped += f.dropped;
-                    total.overflowed += f.overflowed;
+                    Metrics::add(&metrics.deliveries, f.queued as u64);
+                    total.add(f);
                     i = j;
                 }
                 Target::Conn(c) => {
-                    let r = deliver_one(c, items[i].1.clone());
-                    direct += r.queued as u64;
-                    total.dropped += r.dropped;
-                    total.overflowed += r.overflowed;
+                    total.add(deliver_one(c, items[i].1.clone()));
                     i += 1;
                 }
             }
         }
-        Metrics::add(&metrics.deliveries, total.delivered as u64);
-        Metrics::add(&metrics.messages_out, total.delivered as u64 + direct);
-        Metrics::add(&metrics.slow_consumer_drops, total.dropped as u64);
-        Metrics::add(&metrics.slow_consumer_closes, total.overflowed as u64);
+        total.count(metrics);
     }
 }

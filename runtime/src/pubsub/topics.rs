@@ -15,7 +15,9 @@ use rand_core::{OsRng, RngCore};
 
 use crate::connection::Conn;
 use crate::deliver::{deliver, Batch};
+use crate::outbound::PushMany;
 use crate::protocol::outgoing::OutMsg;
+use crate::protocol::time::now_ms;
 
 /// Recovery limits.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,10 @@ struct TopicState {
     index: HashMap<u64, usize>,
     ring: VecDeque<Arc<OutMsg>>,
     ring_bytes: usize,
+    /// Last publication or departure (ms): with recovery on, an idle topic (and its epoch)
+    /// outlives its subscribers by the TTL, so one that left before anything was published
+    /// can still recover what came after.
+    last_active_ms: u64,
 }
 
 impl TopicState {
@@ -44,7 +50,16 @@ impl TopicState {
         while epoch == 0 {
             epoch = OsRng.next_u32();
         }
-        Self { seq: 0, pushed: 0, epoch, subs: Vec::new(), index: HashMap::new(), ring: VecDeque::new(), ring_bytes: 0 }
+        Self {
+            seq: 0,
+            pushed: 0,
+            epoch,
+            subs: Vec::new(),
+            index: HashMap::new(),
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            last_active_ms: now_ms(),
+        }
     }
 }
 
@@ -83,18 +98,16 @@ impl Topic {
 
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
     /// each, and keeps them for recovery.
-    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) -> Fanout {
+    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) -> PushMany {
         let mut s = self.state.lock();
-        let mut f = Fanout::default();
+        let mut f = PushMany::default();
         let batch = Batch::new(msgs);
         for c in &s.subs {
-            let r = deliver(c, &batch);
-            f.delivered += r.queued;
-            f.dropped += r.dropped;
-            f.overflowed += r.overflowed;
+            f.add(deliver(c, &batch));
         }
         if let Some(last) = msgs.last() {
             s.pushed = last.offset;
+            s.last_active_ms = last.at_ms;
         }
         if let Some((lim, total)) = ring {
             for m in msgs {
@@ -142,7 +155,7 @@ impl Topic {
         while s.ring.front().is_some_and(|m| m.at_ms < cutoff_ms) {
             evict_front(&mut s, total);
         }
-        s.subs.is_empty() && s.ring.is_empty()
+        s.subs.is_empty() && s.ring.is_empty() && s.last_active_ms < cutoff_ms
     }
 }
 
@@ -152,14 +165,6 @@ fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
         s.ring_bytes -= n;
         total.fetch_sub(n, Relaxed);
     }
-}
-
-/// Result of one publication.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
-    pub delivered: usize,
-    pub dropped: usize,
-    pub overflowed: usize,
 }
 
 pub struct Topics {
@@ -196,12 +201,11 @@ impl Topics {
     }
 
     /// Hands a run of publications of one topic to its subscribers (and its ring).
-    pub fn push(&self, t: &Topic, msgs: &[Arc<OutMsg>]) -> Fanout {
+    pub fn push(&self, t: &Topic, msgs: &[Arc<OutMsg>]) -> PushMany {
         t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)))
     }
 
-    /// Removes `conn` from `topic`; a topic goes away with its last subscriber unless its
-    /// recovery ring still holds publications.
+    /// Removes `conn` from `topic`; without recovery a topic goes away with its last subscriber.
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) -> bool {
         let Some(t) = self.map.read().get(topic).cloned() else { return false };
         let empty = {
@@ -212,9 +216,11 @@ impl Topics {
                 let moved = s.subs[i].id;
                 s.index.insert(moved, i);
             }
-            s.subs.is_empty() && s.ring.is_empty()
+            s.last_active_ms = now_ms();
+            s.subs.is_empty()
         };
-        if empty {
+        // With recovery on, the sweeper removes idle topics after the TTL instead.
+        if empty && self.recovery.is_none() {
             self.remove_if_idle(topic);
         }
         true
