@@ -146,9 +146,14 @@ class WSEApp:
         """Send bytes unchanged as one WebSocket message."""
         return self.server.send_raw(_cid(conn), data, text)
 
-    def subscribe(self, conn: Connection | int, topics: list[str] | str) -> list[str]:
-        """Subscribe a connection on the server's authority (no ACL check)."""
-        return self.server.subscribe(_cid(conn), [topics] if isinstance(topics, str) else list(topics))
+    def subscribe(self, conn: Connection | int, topics: list[str] | str, *, group: str | None = None) -> list[str]:
+        """Subscribe a connection on the server's authority (no ACL check). With ``group``, it
+        joins that queue group of each topic: each publication goes to one member, in turn."""
+        return self.server.subscribe(_cid(conn), [topics] if isinstance(topics, str) else list(topics), group)
+
+    def queue_groups(self, topic: str) -> dict[str, int]:
+        """The queue groups of ``topic`` and their member counts."""
+        return dict(self.server.queue_groups(topic))
 
     def unsubscribe(self, conn: Connection | int, topics: list[str] | str) -> list[str]:
         return self.server.unsubscribe(_cid(conn), [topics] if isinstance(topics, str) else list(topics))

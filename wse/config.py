@@ -102,6 +102,11 @@ class WSEConfig:
     recovery_ttl_ms: int = 300_000
     recovery_max_bytes: int = 64 << 20
     """Memory for all recovery buffers together."""
+    signing_key: str | None = None
+    """HMAC-SHA256 key (32+ bytes): the server's envelopes carry ``sig``; signed client
+    messages are verified (``INVALID_SIGNATURE`` when they do not)."""
+    require_signatures: bool = False
+    """Refuse unsigned application messages (needs ``signing_key``)."""
 
     def replace(self, **changes: object) -> WSEConfig:
         """A copy with some fields changed."""

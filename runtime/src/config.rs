@@ -139,6 +139,11 @@ pub struct Config {
     pub recovery_buffer: usize,
     pub recovery_ttl_ms: u64,
     pub recovery_max_bytes: usize,
+    /// HMAC-SHA256 key (at least 32 bytes): envelopes the server sends carry `sig`, and signed
+    /// client messages are verified.
+    pub signing_key: Option<String>,
+    /// Refuse application messages without a valid `sig` (needs `signing_key`).
+    pub require_signatures: bool,
 }
 
 impl Default for Config {
@@ -184,6 +189,8 @@ impl Default for Config {
             recovery_buffer: 256,
             recovery_ttl_ms: 300_000,
             recovery_max_bytes: 64 << 20,
+            signing_key: None,
+            require_signatures: false,
         }
     }
 }
@@ -206,6 +213,9 @@ impl Config {
         }
         if !(1000..5000).contains(&self.slow_consumer_close_code) {
             return Err("slow_consumer_close_code must be in 1000..5000".into());
+        }
+        if self.require_signatures && self.signing_key.is_none() {
+            return Err("require_signatures needs a signing_key".into());
         }
         if self.compression_level > 9 {
             return Err("compression_level must be 0..=9".into());

@@ -20,6 +20,7 @@ use crate::outbound::Outbound;
 use crate::protocol::frame::{self, Decoder, Event as FrameEvent};
 use crate::config::EncryptionPolicy;
 use crate::crypto::session::CryptoError;
+use crate::crypto::sign::SigError;
 use crate::protocol::compress::{self, InflateError};
 use crate::protocol::message::{classify, Inbound};
 use crate::protocol::msgpack;
@@ -168,6 +169,7 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
             Metrics::inc(&m.plaintext_refused);
             engine.send_error(conn, "ENCRYPTION_REQUIRED", "this server accepts application messages only encrypted (E: frames)");
         }
+        Inbound::App(json) if !signature_ok(engine, conn, json) => {}
         Inbound::App(json) => {
             let off = json.as_ptr() as usize - data.as_ptr() as usize;
             let data = data.slice(off..);
@@ -176,6 +178,21 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
         Inbound::Other if text => engine.inbound.push_data(Event::Raw { conn: conn.id, data }).await,
         Inbound::Other => engine.inbound.push_data(Event::Bin { conn: conn.id, data }).await,
     }
+}
+
+/// With a signing key: a signed message must verify; with `require_signatures`, every
+/// application message must be signed. A refusal is answered and counted.
+fn signature_ok(engine: &Engine, conn: &Conn, json: &[u8]) -> bool {
+    let Some(signer) = &engine.signer else { return true };
+    let reason = match signer.verify(json) {
+        Ok(()) => return true,
+        Err(SigError::Missing) if !engine.cfg.require_signatures => return true,
+        Err(SigError::Missing) => "message is not signed",
+        Err(SigError::Invalid) => "signature does not verify",
+    };
+    Metrics::inc(&engine.metrics.signature_failures);
+    engine.send_error(conn, "INVALID_SIGNATURE", reason);
+    false
 }
 
 /// Undoes the binary encodings: `E:` (decrypt), `C:` (inflate, capped), `M:` (msgpack to JSON).

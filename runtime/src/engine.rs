@@ -13,6 +13,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::config::{Config, EncryptionPolicy};
 use crate::connection::Conn;
 use crate::crypto::session;
+use crate::crypto::sign::Signer;
 use crate::deliver::{self, deliver_one};
 use crate::drain::{Event, Inbound};
 use crate::metrics::Metrics;
@@ -32,7 +33,10 @@ struct PendingSub {
     conn: u64,
     denied: Vec<(String, String)>,
     recover: HashMap<String, (u32, u64)>,
+    group: Option<String>,
 }
+
+pub const MAX_GROUP_LEN: usize = 64;
 
 /// A requested topic and, if asked, where its subscriber stopped (epoch, offset).
 type Wanted = (String, Option<(u32, u64)>);
@@ -45,6 +49,7 @@ pub struct Engine {
     /// Publications and sends from the application, on their way to the engine thread.
     pub pubq: PubQueue,
     pub verifier: Option<JwtVerifier>,
+    pub signer: Option<Signer>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     config_acl: TopicAcl,
@@ -61,6 +66,7 @@ impl Engine {
             Some(j) => Some(JwtVerifier::new(j)?),
             None => None,
         };
+        let signer = cfg.signing_key.as_deref().map(|k| Signer::new(k.as_bytes())).transpose()?;
         let metrics = Arc::new(Metrics::default());
         let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
             .map_err(|e| format!("eventfd: {e}"))?;
@@ -77,6 +83,7 @@ impl Engine {
             topics: Topics::new(recovery),
             pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
+            signer,
             conns: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             config_acl,
@@ -179,7 +186,10 @@ impl Engine {
     /// An envelope for one connection, with its own `seq`, in every encoding it may need.
     pub fn envelope_msg(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8], opcode: u8) -> Arc<OutMsg> {
         let seq = conn.next_seq();
-        let v = Envelope { category, msg_type, seq, topic: None, stamp: None, payload }.encode(HEADER_ROOM);
+        let mut v = Envelope { category, msg_type, seq, topic: None, stamp: None, payload }.encode(HEADER_ROOM);
+        if let Some(s) = &self.signer {
+            s.sign(&mut v, HEADER_ROOM);
+        }
         Arc::new(OutMsg::new(v, opcode, self.cfg.zip(), 0, 0))
     }
 
@@ -280,7 +290,10 @@ impl Engine {
         let n = t.next(
             |seq, epoch| {
                 let stamp = recovery.then_some((epoch, seq));
-                let v = Envelope { category, msg_type, seq, topic: Some(topic), stamp, payload }.encode(HEADER_ROOM);
+                let mut v = Envelope { category, msg_type, seq, topic: Some(topic), stamp, payload }.encode(HEADER_ROOM);
+                if let Some(s) = &self.signer {
+                    s.sign(&mut v, HEADER_ROOM);
+                }
                 Arc::new(OutMsg::new(v, op, zip, seq, now_ms()))
             },
             |msg| help = self.pubq.push(Target::Topic(t.clone()), msg),
@@ -292,17 +305,18 @@ impl Engine {
         n
     }
 
-    /// Subscribes on the server's authority (no ACL); returns the topics joined.
-    pub fn subscribe(&self, conn_id: u64, topics: &[String]) -> Vec<String> {
+    /// Subscribes on the server's authority (no ACL); returns the topics joined. With a
+    /// `group`, the connection joins that queue group of each topic.
+    pub fn subscribe(&self, conn_id: u64, topics: &[String], group: Option<&str>) -> Vec<String> {
         let Some(c) = self.get(conn_id) else { return vec![] };
-        topics.iter().filter(|t| self.join(&c, t, None).is_some()).cloned().collect()
+        topics.iter().filter(|t| self.join(&c, t, None, group).is_some()).cloned().collect()
     }
 
-    /// Adds `c` to `topic`, replaying what it missed if it said where it stopped.
-    /// `None` if the topic is new to it and over its limit.
-    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>) -> Option<Recovery> {
+    /// Adds `c` to `topic` (or to one of its queue groups), replaying what it missed if it
+    /// said where it stopped.
+    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>, group: Option<&str>) -> Option<Recovery> {
         let mut mine = c.topics.lock();
-        let (added, rec) = self.topics.subscribe(topic, c, recover);
+        let (added, rec) = self.topics.subscribe(topic, c, recover, group);
         if added {
             mine.insert(Arc::from(topic));
             Metrics::inc(&self.metrics.subscriptions);
@@ -362,7 +376,7 @@ impl Engine {
         Metrics::add(&self.metrics.subscriptions_denied, denied.len() as u64);
         failed.extend(denied);
         let wanted: Vec<Wanted> = allowed.iter().map(|t| (t.clone(), p.recover.remove(t))).collect();
-        let ok = self.join_within_limit(&c, &wanted, &mut failed);
+        let ok = self.join_within_limit(&c, &wanted, p.group.as_deref(), &mut failed);
         self.ack(&c, "subscribe", ok, failed);
         true
     }
@@ -371,6 +385,7 @@ impl Engine {
         &self,
         c: &Arc<Conn>,
         topics: &[Wanted],
+        group: Option<&str>,
         failed: &mut Vec<(String, String)>,
     ) -> Vec<(String, Option<Recovery>, bool)> {
         let mut ok = vec![];
@@ -383,7 +398,7 @@ impl Engine {
                 failed.push((t.clone(), "topic limit reached".into()));
                 continue;
             }
-            let rec = self.join(c, t, *recover);
+            let rec = self.join(c, t, *recover, group);
             ok.push((t.clone(), rec, recover.is_some()));
         }
         ok
@@ -505,6 +520,13 @@ impl Engine {
                 self.ack(c, "unsubscribe", valid.into_iter().map(|t| (t, None, false)).collect(), failed);
             }
             "subscribe" => {
+                let group = match p.get("group") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(g)) if !g.is_empty() && g.len() <= MAX_GROUP_LEN => Some(g.clone()),
+                    Some(_) => {
+                        return self.send_error(c, "INVALID_MESSAGE", "group must be a string of 1 to 64 bytes");
+                    }
+                };
                 let recover = self.recovery_points(p);
                 let mut allowed = vec![];
                 for t in valid {
@@ -519,7 +541,7 @@ impl Engine {
                 if self.cfg.subscribe_hook && !allowed.is_empty() {
                     let req = self.next_req.fetch_add(1, Relaxed);
                     let recover = allowed.iter().filter_map(|t| recover.get(t).map(|r| (t.clone(), *r))).collect();
-                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover });
+                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover, group });
                     self.inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: allowed });
                     return;
                 }
@@ -527,7 +549,7 @@ impl Engine {
                     let r = recover.get(&t).copied();
                     (t, r)
                 }).collect();
-                let ok = self.join_within_limit(c, &wanted, &mut failed);
+                let ok = self.join_within_limit(c, &wanted, group.as_deref(), &mut failed);
                 self.ack(c, "subscribe", ok, failed);
             }
             other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),

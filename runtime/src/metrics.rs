@@ -68,6 +68,7 @@ counters!(
     msgpack_out,
     sealed_out,
     sealed_in,
+    signature_failures,
 );
 
 impl Metrics {

@@ -114,8 +114,15 @@ impl Server {
         self.engine.send_raw(conn_id, data, text)
     }
 
-    fn subscribe(&self, conn_id: u64, topics: Vec<String>) -> Vec<String> {
-        self.engine.subscribe(conn_id, &topics)
+    /// Subscribes a connection (no ACL); with `group`, to that queue group of each topic.
+    #[pyo3(signature = (conn_id, topics, group = None))]
+    fn subscribe(&self, conn_id: u64, topics: Vec<String>, group: Option<&str>) -> Vec<String> {
+        self.engine.subscribe(conn_id, &topics, group)
+    }
+
+    /// Queue groups of a topic and their sizes.
+    fn queue_groups(&self, topic: &str) -> Vec<(String, usize)> {
+        self.engine.topics.get(topic).map(|t| t.groups()).unwrap_or_default()
     }
 
     fn unsubscribe(&self, conn_id: u64, topics: Vec<String>) -> Vec<String> {

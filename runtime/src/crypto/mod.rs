@@ -1,3 +1,4 @@
-//! Per-connection E2E encryption (and, later, message signing).
+//! Per-connection E2E encryption, and HMAC message signing.
 
 pub mod session;
+pub mod sign;

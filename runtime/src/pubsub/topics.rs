@@ -36,6 +36,8 @@ struct TopicState {
     epoch: u32,
     subs: Vec<Arc<Conn>>,
     index: HashMap<u64, usize>,
+    /// Queue groups: each publication goes to one member of each group, in turn.
+    groups: Vec<Group>,
     ring: VecDeque<Arc<OutMsg>>,
     ring_bytes: usize,
     /// Last publication or departure (ms): with recovery on, an idle topic (and its epoch)
@@ -56,9 +58,46 @@ impl TopicState {
             epoch,
             subs: Vec::new(),
             index: HashMap::new(),
+            groups: Vec::new(),
             ring: VecDeque::new(),
             ring_bytes: 0,
             last_active_ms: now_ms(),
+        }
+    }
+}
+
+struct Group {
+    name: Arc<str>,
+    members: Vec<Arc<Conn>>,
+    next: usize,
+}
+
+impl TopicState {
+    fn count(&self) -> usize {
+        self.subs.len() + self.groups.iter().map(|g| g.members.len()).sum::<usize>()
+    }
+
+    fn is_member(&self, conn: u64) -> bool {
+        self.index.contains_key(&conn) || self.groups.iter().any(|g| g.members.iter().any(|c| c.id == conn))
+    }
+
+    /// Hands each publication to the next member of each group that takes it.
+    fn push_groups(&mut self, msgs: &[Arc<OutMsg>], f: &mut PushMany) {
+        for g in &mut self.groups {
+            for m in msgs {
+                let one = Batch::new(std::slice::from_ref(m));
+                // A member that is closing or over budget passes the message to the next one.
+                for _ in 0..g.members.len() {
+                    let c = &g.members[g.next % g.members.len()];
+                    g.next = (g.next + 1) % g.members.len();
+                    let r = deliver(c, &one);
+                    let taken = r.queued > 0;
+                    f.add(r);
+                    if taken {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -82,7 +121,12 @@ impl Topic {
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.state.lock().subs.len()
+        self.state.lock().count()
+    }
+
+    /// Queue groups and their sizes.
+    pub fn groups(&self) -> Vec<(String, usize)> {
+        self.state.lock().groups.iter().map(|g| (g.name.to_string(), g.members.len())).collect()
     }
 
     /// Builds the next publication with the topic's next offset and epoch and hands it to
@@ -93,7 +137,7 @@ impl Topic {
         s.seq += 1;
         let (seq, epoch) = (s.seq, s.epoch);
         emit(build(seq, epoch));
-        s.subs.len()
+        s.count()
     }
 
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
@@ -104,6 +148,9 @@ impl Topic {
         let batch = Batch::new(msgs);
         for c in &s.subs {
             f.add(deliver(c, &batch));
+        }
+        if !s.groups.is_empty() {
+            s.push_groups(msgs, &mut f);
         }
         if let Some(last) = msgs.last() {
             s.pushed = last.offset;
@@ -126,11 +173,19 @@ impl Topic {
 
     /// Adds `conn` (false if it was there). With `recover = Some((epoch, offset))` the
     /// publications after `offset` are delivered to it first, if the topic still has them all.
-    fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>) -> (bool, Recovery) {
+    fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
         let mut s = self.state.lock();
         let mut rec = Recovery { epoch: s.epoch, offset: s.pushed, recovered: false, count: 0 };
-        if s.index.contains_key(&conn.id) {
+        if s.is_member(conn.id) {
             return (false, rec);
+        }
+        if let Some(name) = group {
+            // Group members share the stream: no per-member replay.
+            match s.groups.iter_mut().find(|g| &*g.name == name) {
+                Some(g) => g.members.push(conn.clone()),
+                None => s.groups.push(Group { name: Arc::from(name), members: vec![conn.clone()], next: 0 }),
+            }
+            return (true, rec);
         }
         if let Some((epoch, offset)) = recover {
             let first = s.ring.front().map_or(s.pushed + 1, |m| m.offset);
@@ -155,7 +210,7 @@ impl Topic {
         while s.ring.front().is_some_and(|m| m.at_ms < cutoff_ms) {
             evict_front(&mut s, total);
         }
-        s.subs.is_empty() && s.ring.is_empty() && s.last_active_ms < cutoff_ms
+        s.count() == 0 && s.ring.is_empty() && s.last_active_ms < cutoff_ms
     }
 }
 
@@ -196,8 +251,8 @@ impl Topics {
     }
 
     /// Adds `conn` to `topic` (replaying what it missed if asked); false if it was there.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>) -> (bool, Recovery) {
-        self.get_or_create(topic).add(conn, recover)
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
+        self.get_or_create(topic).add(conn, recover, group)
     }
 
     /// Hands a run of publications of one topic to its subscribers (and its ring).
@@ -210,14 +265,24 @@ impl Topics {
         let Some(t) = self.map.read().get(topic).cloned() else { return false };
         let empty = {
             let mut s = t.state.lock();
-            let Some(i) = s.index.remove(&conn_id) else { return false };
-            s.subs.swap_remove(i);
-            if i < s.subs.len() {
-                let moved = s.subs[i].id;
-                s.index.insert(moved, i);
+            if let Some(i) = s.index.remove(&conn_id) {
+                s.subs.swap_remove(i);
+                if i < s.subs.len() {
+                    let moved = s.subs[i].id;
+                    s.index.insert(moved, i);
+                }
+            } else {
+                let Some(gi) = s.groups.iter().position(|g| g.members.iter().any(|c| c.id == conn_id)) else {
+                    return false;
+                };
+                let g = &mut s.groups[gi];
+                g.members.retain(|c| c.id != conn_id);
+                if g.members.is_empty() {
+                    s.groups.swap_remove(gi);
+                }
             }
             s.last_active_ms = now_ms();
-            s.subs.is_empty()
+            s.count() == 0
         };
         // With recovery on, the sweeper removes idle topics after the TTL instead.
         if empty && self.recovery.is_none() {
@@ -230,7 +295,7 @@ impl Topics {
         let mut map = self.map.write();
         if let Some(t) = map.get(topic) {
             let s = t.state.lock();
-            if s.subs.is_empty() && s.ring.is_empty() {
+            if s.count() == 0 && s.ring.is_empty() {
                 drop(s);
                 map.remove(topic);
             }
