@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::connection::Conn;
 use crate::crypto::session::Session;
-use crate::outbound::{Push, PushMany};
+use crate::outbound::PushMany;
 use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
 use crate::protocol::outgoing::{Mode, OutMsg};
 
@@ -134,11 +134,6 @@ fn hold(conn: &Conn, cs: &mut CryptoState, msgs: &[Arc<OutMsg>]) -> PushMany {
         r.queued += 1;
     }
     r
-}
-
-/// Sends a system frame in plaintext whatever the mode (before or during the key exchange).
-pub fn push_plain(conn: &Conn, frame: Bytes) -> Push {
-    conn.out.push(frame, None).unwrap_or(Push::Closed)
 }
 
 /// Switches `conn` to encryption with `session`: `hello` (plaintext) goes first, then what

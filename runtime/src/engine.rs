@@ -203,10 +203,13 @@ impl Engine {
         let p = serde_json::to_vec(&payload).unwrap_or_default();
         let msg = self.envelope_msg(conn, envelope::CAT_SYSTEM, msg_type, &p, opcode);
         if conn.out.mode() == Mode::AwaitKey {
-            deliver::push_plain(conn, msg.frame_for(Mode::Json)).count(&self.metrics);
-        } else {
-            self.count(deliver_one(conn, msg));
+            // Refused if the exchange completed meanwhile: then it goes sealed like the rest.
+            if let Ok(p) = conn.out.push(msg.frame_for(Mode::Json), Some(Mode::AwaitKey)) {
+                p.count(&self.metrics);
+                return;
+            }
         }
+        self.count(deliver_one(conn, msg));
     }
 
     fn count(&self, r: PushMany) -> bool {
