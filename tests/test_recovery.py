@@ -217,3 +217,28 @@ def test_recovery_through_the_subscription_hook(make_server: Any) -> None:
         await ws.close()
 
     run(main())
+
+
+def test_recovery_memory_budget_is_kept(make_server: Any) -> None:
+    # Each publication here is about 200 bytes: a 2,000-byte budget keeps the last few only.
+    srv = make_server({**REC, "recovery_max_bytes": 2000, "recovery_buffer": 1000})
+
+    async def main() -> None:
+        ws, _ = await open_ready(srv.url)
+        await ws.send(sub(["b"]))
+        epoch = (await recv_type(ws, "subscription_update"))["p"]["recovery"]["b"]["epoch"]
+        await ws.close()
+        await publish(srv.url, "b", 200)
+        ws, _ = await open_ready(srv.url)
+        st = (await stats(ws))["engine"]
+        assert 0 < st["recovery_bytes"] <= 2000
+        await ws.send(sub(["b"], {"b": {"epoch": epoch, "offset": 0}}))
+        r = (await recv_type(ws, "subscription_update"))["p"]["recovery"]["b"]
+        assert r["recovered"] is False
+        await ws.close()
+        ws, _ = await open_ready(srv.url)
+        await ws.send(sub(["b"], {"b": {"epoch": epoch, "offset": 198}}))
+        assert [m["o"] for m in await take(ws, 2)] == [199, 200]
+        await ws.close()
+
+    run(main())

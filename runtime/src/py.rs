@@ -159,6 +159,7 @@ impl Server {
         }
         d.set_item("topics", self.engine.topics.topic_count())?;
         d.set_item("inbound_queue_len", self.engine.inbound.len())?;
+        d.set_item("recovery_bytes", self.engine.topics.ring_bytes())?;
         Ok(d)
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Nonces: ours are a per-key random 4-byte prefix and a 64-bit counter, so they never repeat
 //! under one key. The client's are its own; a replayed client IV is refused (a window of the
-//! last `REPLAY_WINDOW` IVs per key). Rotation derives the next key from the current one
+//! last `REPLAY_WINDOW` client IVs per key), and so is one with our prefix (a reflected frame). Rotation derives the next key from the current one
 //! (HKDF, info `wse-encryption/rotate/<generation>`); the previous key stays valid for inbound
 //! frames for a grace period, for what the client sent before it saw the rotation.
 
@@ -77,8 +77,6 @@ impl Key {
         let mut iv = [0u8; IV_LEN];
         iv[..4].copy_from_slice(&self.prefix);
         iv[4..].copy_from_slice(&self.counter.to_be_bytes());
-        // Our own IVs count as seen: a client frame reusing one is a reflection.
-        self.remember(iv);
         iv
     }
 
@@ -96,7 +94,8 @@ impl Key {
     }
 
     fn open(&mut self, iv: &[u8; IV_LEN], ct: &[u8], tag: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if self.seen.contains(iv) {
+        // One of our own nonces coming back is a frame of ours reflected at us.
+        if self.seen.contains(iv) || iv[..4] == self.prefix {
             // Only a replay if it also authenticates; otherwise it is just garbage.
             let mut buf = ct.to_vec();
             return match self.aead.decrypt_in_place_detached(&Nonce::from(*iv), b"", &mut buf, &tag_of(tag)) {
@@ -257,6 +256,9 @@ mod tests {
         let c = client.seal(b"hello", 0);
         assert_eq!(ex.session.open(&c[2..], 0).unwrap(), b"hello");
         assert_eq!(ex.session.open(&c[2..], 0), Err(CryptoError::Replayed));
+        // A server frame reflected back at the server.
+        let f = ex.session.seal(b"{}", 0);
+        assert_eq!(ex.session.open(&f[2..], 0), Err(CryptoError::Replayed));
 
         // Tampered and truncated.
         let mut t = client.seal(b"hello", 0);

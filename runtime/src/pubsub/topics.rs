@@ -38,7 +38,8 @@ struct TopicState {
     index: HashMap<u64, usize>,
     /// Queue groups: each publication goes to one member of each group, in turn.
     groups: Vec<Group>,
-    ring: VecDeque<Arc<OutMsg>>,
+    /// Publications kept for recovery, with the bytes each was counted for.
+    ring: VecDeque<(Arc<OutMsg>, usize)>,
     ring_bytes: usize,
     /// Last publication or departure (ms): with recovery on, an idle topic (and its epoch)
     /// outlives its subscribers by the TTL, so one that left before anything was published
@@ -158,10 +159,11 @@ impl Topic {
         }
         if let Some((lim, total)) = ring {
             for m in msgs {
+                // Counted once, here: encodings built later for replays are not re-counted.
                 let n = m.size();
                 s.ring_bytes += n;
                 total.fetch_add(n, Relaxed);
-                s.ring.push_back(m.clone());
+                s.ring.push_back((m.clone(), n));
             }
             // Over the count, or over the global budget: this topic gives up its oldest.
             while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
@@ -188,9 +190,10 @@ impl Topic {
             return (true, rec);
         }
         if let Some((epoch, offset)) = recover {
-            let first = s.ring.front().map_or(s.pushed + 1, |m| m.offset);
+            let first = s.ring.front().map_or(s.pushed + 1, |(m, _)| m.offset);
             if epoch == s.epoch && offset <= s.pushed && offset + 1 >= first {
-                let missed: Vec<Arc<OutMsg>> = s.ring.iter().filter(|m| m.offset > offset).cloned().collect();
+                let missed: Vec<Arc<OutMsg>> =
+                    s.ring.iter().filter(|(m, _)| m.offset > offset).map(|(m, _)| m.clone()).collect();
                 if !missed.is_empty() {
                     deliver(conn, &Batch::new(&missed));
                 }
@@ -207,7 +210,7 @@ impl Topic {
     /// Drops publications older than `cutoff_ms`; true if the topic is now empty and idle.
     fn expire(&self, cutoff_ms: u64, total: &AtomicUsize) -> bool {
         let mut s = self.state.lock();
-        while s.ring.front().is_some_and(|m| m.at_ms < cutoff_ms) {
+        while s.ring.front().is_some_and(|(m, _)| m.at_ms < cutoff_ms) {
             evict_front(&mut s, total);
         }
         s.count() == 0 && s.ring.is_empty() && s.last_active_ms < cutoff_ms
@@ -215,8 +218,7 @@ impl Topic {
 }
 
 fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
-    if let Some(m) = s.ring.pop_front() {
-        let n = m.size();
+    if let Some((_, n)) = s.ring.pop_front() {
         s.ring_bytes -= n;
         total.fetch_sub(n, Relaxed);
     }
