@@ -614,3 +614,16 @@ def test_pending_slot_freed_by_completed_handshake(make_server: Any) -> None:
     st = asyncio.run(main())
     assert st["record"]["connects"] == 21
     assert st["engine"]["connections_rejected_pending"] == 0
+
+
+def test_pending_handshake_slots_are_freed_after_the_upgrade(make_server: Any) -> None:
+    """The slowloris bound counts handshakes in progress only, not open connections."""
+    srv = make_server({"max_pending_handshakes": 4})
+
+    async def main() -> None:
+        conns = [(await open_ready(srv.url))[0] for _ in range(20)]
+        assert len(conns) == 20
+        for ws in conns:
+            await ws.close()
+
+    asyncio.run(main())

@@ -180,7 +180,7 @@ class WSEApp:
         if ready is not None:
             ready(self.address)
         else:
-            log.info("serving on ws://%s:%d%s", self.address[0], self.address[1], self.config.path)
+            log.info("serving on %s://%s:%d%s", self._scheme, self.address[0], self.address[1], self.config.path)
         try:
             await self._stopped.wait()
         finally:
@@ -200,7 +200,7 @@ class WSEApp:
     def run(self, host: str | None = None, port: int | None = None, *, announce: bool = False) -> None:
         """Serve in this thread until SIGINT or SIGTERM (uvloop if installed).
 
-        With ``announce``, print ``wse: serving ws://HOST:PORT/PATH`` on stdout once listening.
+        With ``announce``, print ``wse: serving ws://HOST:PORT/PATH`` (``wss://`` with TLS) on stdout once listening.
         """
         changes: dict[str, object] = {}
         if host is not None:
@@ -217,7 +217,7 @@ class WSEApp:
             await self.serve(ready=_announce if announce else None)
 
         def _announce(addr: tuple[str, int]) -> None:
-            print(f"wse: serving ws://{addr[0]}:{addr[1]}{self.config.path}", flush=True)
+            print(f"wse: serving {self._scheme}://{addr[0]}:{addr[1]}{self.config.path}", flush=True)
 
         try:
             import uvloop
@@ -227,6 +227,10 @@ class WSEApp:
             asyncio.run(main())
 
     # ---- the drain loop -------------------------------------------------------------------------
+
+    @property
+    def _scheme(self) -> str:
+        return "wss" if self.config.tls_cert_file else "ws"
 
     def _drain(self) -> int:
         """Handles one batch of engine events; returns how many there were."""

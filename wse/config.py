@@ -107,6 +107,9 @@ class WSEConfig:
     messages are verified (``INVALID_SIGNATURE`` when they do not)."""
     require_signatures: bool = False
     """Refuse unsigned application messages (needs ``signing_key``)."""
+    tls_cert_file: str | None = None
+    """PEM certificate chain: serve ``wss://`` on the client port (with ``tls_key_file``)."""
+    tls_key_file: str | None = None
 
     def replace(self, **changes: object) -> WSEConfig:
         """A copy with some fields changed."""

@@ -144,6 +144,9 @@ pub struct Config {
     pub signing_key: Option<String>,
     /// Refuse application messages without a valid `sig` (needs `signing_key`).
     pub require_signatures: bool,
+    /// PEM certificate chain and private key: serve `wss://` (TLS) on the client port.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for Config {
@@ -191,6 +194,8 @@ impl Default for Config {
             recovery_max_bytes: 64 << 20,
             signing_key: None,
             require_signatures: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -213,6 +218,9 @@ impl Config {
         }
         if !(1000..5000).contains(&self.slow_consumer_close_code) {
             return Err("slow_consumer_close_code must be in 1000..5000".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file go together".into());
         }
         if self.require_signatures && self.signing_key.is_none() {
             return Err("require_signatures needs a signing_key".into());

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::auth::acl::TopicAcl;
 use crate::deliver::CryptoState;
@@ -67,8 +66,11 @@ enum End {
 const READ_CHUNK: usize = 4096;
 
 /// Runs a connection until it ends, then unregisters it and tells Python.
-pub async fn run(engine: Arc<Engine>, conn: Arc<Conn>, stream: TcpStream, mut buf: BytesMut) {
-    let (mut rd, wr) = stream.into_split();
+pub async fn run<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, mut rd: R, wr: W, mut buf: BytesMut)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let writer = tokio::spawn(conn.out.clone().run_writer(
         wr,
         engine.cfg.max_frames_per_write,

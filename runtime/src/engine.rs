@@ -50,6 +50,8 @@ pub struct Engine {
     pub pubq: PubQueue,
     pub verifier: Option<JwtVerifier>,
     pub signer: Option<Signer>,
+    /// TLS on the client port, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     config_acl: TopicAcl,
@@ -67,6 +69,10 @@ impl Engine {
             None => None,
         };
         let signer = cfg.signing_key.as_deref().map(|k| Signer::new(k.as_bytes())).transpose()?;
+        let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
             .map_err(|e| format!("eventfd: {e}"))?;
@@ -84,6 +90,7 @@ impl Engine {
             pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
             signer,
+            tls,
             conns: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             config_acl,

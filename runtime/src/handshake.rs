@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tungstenite::handshake::server::create_response;
 use tungstenite::http;
 
@@ -19,8 +18,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{envelope, frame};
 
 /// A connection that passed the upgrade and the token check.
-pub struct Accepted {
-    pub stream: TcpStream,
+pub struct Accepted<S> {
+    pub stream: S,
     /// Bytes the client sent after its request (its first frames, if it did not wait).
     pub leftover: BytesMut,
     pub user_id: Option<String>,
@@ -40,7 +39,7 @@ fn find_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-async fn reply(stream: &mut TcpStream, status: &str, body: &str) {
+async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) {
     let msg = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -50,7 +49,7 @@ async fn reply(stream: &mut TcpStream, status: &str, body: &str) {
 }
 
 /// Runs the handshake. `None` means the client was answered and the socket is done.
-pub async fn accept(engine: &Arc<Engine>, mut stream: TcpStream, _addr: SocketAddr) -> Option<Accepted> {
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut stream: S, _addr: SocketAddr) -> Option<Accepted<S>> {
     let cfg = &engine.cfg;
     let m = &engine.metrics;
     let mut buf = BytesMut::with_capacity(1024);

@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod tls;
 
 #[cfg(feature = "python")]
 mod py;

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
-use crate::connection;
+use crate::connection::{self, Conn};
 use crate::engine::Engine;
-use crate::handshake;
+use crate::handshake::{self, Accepted};
 use crate::metrics::Metrics;
 
 /// Binds the listening socket. Done on the caller's thread, so a bad address fails at once.
@@ -44,6 +44,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         }
     };
     let pending = Arc::new(Semaphore::new(engine.cfg.max_pending_handshakes));
+    let tls = engine.tls.clone();
     let m = engine.metrics.clone();
     let sweeper = {
         let engine = engine.clone();
@@ -102,22 +103,31 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             continue;
         };
         let engine = engine.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let timeout = engine.cfg.handshake_timeout();
-            let accepted = match tokio::time::timeout(timeout, handshake::accept(&engine, stream, addr)).await {
-                Ok(a) => a,
-                Err(_) => {
-                    Metrics::inc(&engine.metrics.handshake_timeouts);
-                    None
+            match tls {
+                None => {
+                    if let Some((a, conn)) = upgrade(&engine, stream, addr, timeout, permit).await {
+                        let (rd, wr) = a.stream.into_split();
+                        connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                    }
                 }
-            };
-            drop(permit);
-            if let Some(a) = accepted {
-                let conn = engine.register(a.user_id, a.claims, addr.to_string(), a.msgpack, a.compression);
-                if engine.cfg.envelopes {
-                    engine.send_ready(&conn);
+                Some(acceptor) => {
+                    // The TLS handshake counts against the same timeout as the HTTP upgrade.
+                    let start = tokio::time::Instant::now();
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let left = timeout.saturating_sub(start.elapsed());
+                            if let Some((a, conn)) = upgrade(&engine, tls_stream, addr, left, permit).await {
+                                let (rd, wr) = tokio::io::split(a.stream);
+                                connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                            }
+                        }
+                        Ok(Err(_)) => Metrics::inc(&engine.metrics.tls_failures),
+                        Err(_) => Metrics::inc(&engine.metrics.handshake_timeouts),
+                    }
                 }
-                connection::run(engine.clone(), conn, a.stream, a.leftover).await;
             }
             engine.release_slot();
         });
@@ -129,4 +139,29 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         tokio::time::sleep(Duration::from_secs(5)).await;
         fanout.abort();
     });
+}
+
+/// The HTTP upgrade under `timeout`; on success the connection is registered and greeted.
+/// The pending-handshake `permit` is released when the upgrade is over, either way.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    engine: &Arc<Engine>,
+    stream: S,
+    addr: SocketAddr,
+    timeout: Duration,
+    permit: OwnedSemaphorePermit,
+) -> Option<(Accepted<S>, Arc<Conn>)> {
+    let upgraded = tokio::time::timeout(timeout, handshake::accept(engine, stream, addr)).await;
+    drop(permit);
+    let a = match upgraded {
+        Ok(a) => a?,
+        Err(_) => {
+            Metrics::inc(&engine.metrics.handshake_timeouts);
+            return None;
+        }
+    };
+    let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.msgpack, a.compression);
+    if engine.cfg.envelopes {
+        engine.send_ready(&conn);
+    }
+    Some((a, conn))
 }

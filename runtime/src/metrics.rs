@@ -69,6 +69,7 @@ counters!(
     sealed_out,
     sealed_in,
     signature_failures,
+    tls_failures,
 );
 
 impl Metrics {

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
@@ -245,7 +244,7 @@ impl Outbound {
     }
 
     /// The writer task: runs until the close frame is written, the peer is gone, or `abort`.
-    pub async fn run_writer(self: Arc<Self>, mut wr: OwnedWriteHalf, max_batch: usize, metrics: Arc<Metrics>) {
+    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut wr: W, max_batch: usize, metrics: Arc<Metrics>) {
         let mut batch: Vec<Bytes> = Vec::new();
         loop {
             let mut close = None;
@@ -311,7 +310,7 @@ fn check_mode(s: &State, built_for: Option<Mode>) -> Result<(), Mode> {
 }
 
 /// Writes every frame of `batch`, as few `writev` calls as the kernel allows.
-async fn write_batch(wr: &mut OwnedWriteHalf, batch: &[Bytes], metrics: &Metrics) -> bool {
+async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, batch: &[Bytes], metrics: &Metrics) -> bool {
     let mut idx = 0;
     let mut offset = 0;
     while idx < batch.len() {
