@@ -22,7 +22,8 @@ use crate::protocol::outgoing::{Mode, OutMsg};
 /// A connection's encryption state.
 #[derive(Default)]
 pub struct CryptoState {
-    pub session: Option<Session>,
+    /// Boxed: most connections never encrypt, and a session is over a kilobyte.
+    pub session: Option<Box<Session>>,
     /// Messages waiting for the key exchange (encryption required), with their bytes.
     held: Vec<Arc<OutMsg>>,
     held_bytes: usize,
@@ -143,7 +144,7 @@ pub fn start_encryption(conn: &Conn, session: Session, hello: Bytes) -> bool {
     if cs.session.is_some() {
         return false;
     }
-    cs.session = Some(session);
+    cs.session = Some(Box::new(session));
     let _ = conn.out.push_then_switch(hello, Mode::Sealed);
     let held = std::mem::take(&mut cs.held);
     cs.held_bytes = 0;
@@ -167,4 +168,13 @@ pub fn rotate_key(conn: &Conn, now_ms: u64, grace_ms: u64, announce: impl FnOnce
 /// When `conn`'s key was made, if it is encrypted.
 pub fn keyed_at(conn: &Conn) -> Option<u64> {
     conn.crypto.lock().session.as_ref().map(|s| s.keyed_at_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idle_crypto_state_is_small() {
+        // Every connection carries one; only encrypted ones pay for a session.
+        assert!(std::mem::size_of::<super::CryptoState>() <= 64, "{}", std::mem::size_of::<super::CryptoState>());
+    }
 }
