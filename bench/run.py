@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import report, scenarios  # noqa: E402
 from suite.servers import ALL, ROOT, Server, Skip, reference_python  # noqa: E402
 
-SCENARIOS = ["fanout", "inbound", "latency", "handshake", "idle"]
+SCENARIOS = ["fanout", "topics", "inbound", "latency", "handshake", "idle"]
 
 
 def machine() -> str:
@@ -165,6 +165,12 @@ class Driver:
                     self.record(name, f"fanout_{subs}", lambda s, n=subs: scenarios.fanout(lg, s, sh, n),
                                 starts=fanout_starts)
                 k += 1
+        if "topics" in which:
+            n = sh.topics_conns
+            for name in order(k):
+                self.record(name, "topics", lambda s: scenarios.fanout(lg, s, sh, n, per_user=True),
+                            starts=fanout_starts)
+            k += 1
         if "inbound" in which:
             for name in order(k):
                 self.record(name, "inbound", lambda s: scenarios.inbound(lg, s, sh))

@@ -102,3 +102,15 @@ def test_handshake_with_jwt(make_server: Any) -> None:
                                "--jwt-secret", "another-secret-0123456789abcdef-012345")
     assert code == 1, out
     assert rep is not None and rep["succeeded"] == 0 and rep["failed"] == 5
+
+
+def test_fanout_many_topics_per_user_sends(make_server: Any) -> None:
+    """Each subscriber on its own topic (and the shared one): it gets its own messages only."""
+    srv = make_server(target=BENCH_APP, env=bench_env())
+    code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "15", "--messages", "40",
+                               "--topic-per-subscriber", "u.")
+    assert code == 0, out
+    assert rep is not None and rep["ok"] is True and rep["topic_per_subscriber"] == "u."
+    r = rep["rounds"][0]
+    assert r["deliveries"] == 15 * 40 and r["duplicates"] == 0 and r["missing"] == 0
+    assert r["server_messages"][0]["p"]["published"] == 15 * 40

@@ -33,6 +33,17 @@ async def publish(hub: Hub, p: Any) -> int:
     return len(frames)
 
 
+async def user_sends(hub: Hub, p: Any) -> int:
+    """Per-user sends (``bench.users``), awaiting each; yields every 64 messages."""
+    n = 0
+    for n, (topic, f) in enumerate(hub.user_sends(p), 1):
+        for send in list(hub.topics.get(topic, ())):
+            await send(f)
+        if n % 64 == 0:
+            await asyncio.sleep(0)
+    return n
+
+
 async def dispatch(hub: Hub, key: Any, send: Any, data: bytes | str) -> None:
     """One inbound message; ``key`` is the connection's send function (its identity in the hub)."""
     m = parse(data)
@@ -47,6 +58,8 @@ async def dispatch(hub: Hub, key: Any, send: Any, data: bytes | str) -> None:
         await send(hub.subscribe(key, p))
     elif t == "bench.publish":
         await send(hub.done(await publish(hub, p)))
+    elif t == "bench.users":
+        await send(hub.done(await user_sends(hub, p)))
     elif t == "bench.stats":
         await send(hub.stats())
 

@@ -12,6 +12,8 @@ answers just enough of it for every scenario, with the same message shapes as th
 - ``bench.publish`` ``{topic, count, size}``: ``count`` messages of about ``size`` bytes of JSON
   ``{"s": seq, "d": "xx.."}`` in the envelope ``{c,t,seq,tp,p}`` (serialised once, sent to every
   subscriber), then ``bench.done`` to the requester;
+- ``bench.users`` ``{prefix, users, count, size}``: per-user sends (the many-topics scenario):
+  ``count`` messages to each topic ``prefix + i`` for i < ``users``, then ``bench.done``;
 - ``count``: counted (the inbound scenario's trivial handler); ``bench.stats`` answers
   ``{"received": N}``;
 - ``echo``: the payload is sent back (the latency scenario).
@@ -24,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -155,6 +157,16 @@ class Hub:
         d = pad_for(int(p.get("size", 60)))
         return topic, [dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": topic, "p": {"s": s, "d": d}})
                        for s in range(count)]
+
+    @staticmethod
+    def user_sends(p: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+        """(topic, frame) of every per-user send a ``bench.users`` asks for, message by message."""
+        prefix = str(p.get("prefix", "u."))
+        topics = [f"{prefix}{u}" for u in range(int(p.get("users", 0)))]
+        d = pad_for(int(p.get("size", 60)))
+        for s in range(int(p.get("count", 1))):
+            for t in topics:
+                yield t, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": t, "p": {"s": s, "d": d}})
 
     @staticmethod
     def done(count: int) -> bytes:

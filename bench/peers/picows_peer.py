@@ -39,6 +39,15 @@ async def main() -> None:
                 await asyncio.sleep(0)
         requester.send(TEXT, hub.done(len(frames)))
 
+    async def user_sends(requester: WSTransport, p: Any) -> None:
+        n = 0
+        for n, (topic, f) in enumerate(hub.user_sends(p), 1):
+            for t in list(hub.topics.get(topic, ())):
+                t.send(TEXT, f)
+            if n % 64 == 0:
+                await asyncio.sleep(0)
+        requester.send(TEXT, hub.done(n))
+
     class Listener(WSListener):  # type: ignore[misc]
         def __init__(self, user: str) -> None:
             self.user = user
@@ -79,6 +88,8 @@ async def main() -> None:
                 transport.send(TEXT, hub.subscribe(transport, p))
             elif t == "bench.publish":
                 loop.create_task(publish(transport, p))
+            elif t == "bench.users":
+                loop.create_task(user_sends(transport, p))
             elif t == "bench.stats":
                 transport.send(TEXT, hub.stats())
 

@@ -86,6 +86,15 @@ def main() -> None:
                 for s in range(count):
                     broadcast(topic, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": topic, "p": {"s": s, "d": d}}).decode())
                 send(cid, dumps({"c": "U", "t": "bench.done", "p": {"published": count}}).decode())
+            elif t == "bench.users":
+                prefix = str(p.get("prefix", "u."))
+                topics = [f"{prefix}{u}" for u in range(int(p.get("users", 0)))]
+                count = int(p.get("count", 1))
+                d = pad_for(int(p.get("size", 60)))
+                for s in range(count):
+                    for tp in topics:
+                        broadcast(tp, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": tp, "p": {"s": s, "d": d}}).decode())
+                send(cid, dumps({"c": "U", "t": "bench.done", "p": {"published": count * len(topics)}}).decode())
             elif t == "bench.stats":
                 send(cid, dumps({"c": "U", "t": "bench.stats", "p": {"received": received}}).decode())
     server.stop()

@@ -61,6 +61,11 @@ def main() -> None:
             for f in frames:
                 app.publish(topic, f, OpCode.TEXT)
             ws.send(hub.done(len(frames)), OpCode.TEXT)
+        elif t == "bench.users":
+            n = 0
+            for n, (topic, f) in enumerate(hub.user_sends(p), 1):
+                app.publish(topic, f, OpCode.TEXT)
+            ws.send(hub.done(n), OpCode.TEXT)
         elif t == "bench.stats":
             ws.send(hub.stats(), OpCode.TEXT)
 

@@ -56,6 +56,13 @@ async def main() -> None:
                         if i % 64 == 63:
                             await asyncio.sleep(0)
                     await ws.send(hub.done(len(frames)), text=True)
+                elif t == "bench.users":
+                    n = 0
+                    for n, (topic, f) in enumerate(hub.user_sends(p), 1):
+                        broadcast(list(hub.topics.get(topic, ())), f, text=True)
+                        if n % 64 == 0:
+                            await asyncio.sleep(0)
+                    await ws.send(hub.done(n), text=True)
                 elif t == "bench.stats":
                     await ws.send(hub.stats(), text=True)
         except Exception:

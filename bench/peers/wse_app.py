@@ -44,6 +44,20 @@ def bench_publish(conn: Connection, msg: Message) -> None:
     app.send(conn, {"published": count}, type="bench.done")
 
 
+@app.on("bench.users")
+def bench_users(conn: Connection, msg: Message) -> None:
+    """Per-user sends: ``count`` messages to each of ``users`` topics ``prefix + i``."""
+    p: dict[str, Any] = msg.payload or {}
+    topics = [f"{p.get('prefix', 'u.')}{u}" for u in range(int(p.get("users", 0)))]
+    count = int(p.get("count", 1))
+    d = pad_for(int(p.get("size", 60)))
+    publish = app.publish
+    for s in range(count):
+        for t in topics:
+            publish(t, {"s": s, "d": d}, type="tick")
+    app.send(conn, {"published": count * len(topics)}, type="bench.done")
+
+
 @app.on("count")
 def count(conn: Connection, msg: Message) -> None:
     global received

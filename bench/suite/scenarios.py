@@ -36,6 +36,7 @@ class Shape:
     handshake_count: int
     idle_conns: tuple[int, ...]
     runs: int
+    topics_conns: int = 10_000
     fanout_max_messages: int = 100_000
 
 
@@ -46,7 +47,7 @@ FULL = Shape(fanout_subs=(100, 1000, 10000), fanout_round_s=2.0, fanout_rounds=3
              inbound_s=4.0, latency_conns=50, latency_rate=5000.0, latency_s=10.0, handshake_count=4000,
              idle_conns=(10000, 50000), runs=3)
 SMOKE = Shape(fanout_subs=(20, 100), fanout_round_s=0.05, fanout_rounds=3, inbound_conns=10, inbound_s=0.2,
-              latency_conns=5, latency_rate=300.0, latency_s=0.5, handshake_count=50, idle_conns=(200,), runs=3,
+              latency_conns=5, latency_rate=300.0, latency_s=0.5, handshake_count=50, idle_conns=(200,), runs=3, topics_conns=100,
               fanout_max_messages=2000)
 
 
@@ -84,10 +85,13 @@ def _sample(rate: float, per_cpu: float | None, rep: dict[str, Any], **extra: An
             "server_cpu_s": rep.get("server_cpu_s"), **extra}
 
 
-def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int) -> tuple[list[dict[str, Any]], list[Any]]:
-    """One invocation: 2 warm-up rounds (they size the measured ones) then ``fanout_rounds``."""
+def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int,
+           per_user: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One invocation: 2 warm-up rounds (they size the measured ones) then ``fanout_rounds``.
+    ``per_user``: the many-topics shape (each subscriber also on its own topic, per-user sends)."""
     sources = 8 if subs > 2000 else 1
-    args = ["fanout", *common(server, sources), "--subscribers", str(subs), "--messages", str(max(5, 20_000 // subs)),
+    extra = ["--topic-per-subscriber", "u."] if per_user else []
+    args = ["fanout", *common(server, sources), *extra, "--subscribers", str(subs), "--messages", str(max(5, 20_000 // subs)),
             "--rounds", str(2 + shape.fanout_rounds), "--warmup", "2", "--target-round-s", str(shape.fanout_round_s),
             "--min-messages", "5", "--max-messages", str(shape.fanout_max_messages), "--connect-concurrency", "256",
             "--timeout-s", "60", "--idle-timeout-s", "5"]

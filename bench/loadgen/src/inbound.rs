@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use memchr::memmem::Finder;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::codec;
@@ -153,7 +153,10 @@ pub async fn run(a: Args) -> Result<Value, String> {
                 if Instant::now() >= deadline {
                     return Err("no reply to --stats-msg with the processed field".into());
                 }
-                conns[0].send_text(msg).await.map_err(|e| format!("stats: {e}"))?;
+                conns[0]
+                    .send_text(msg)
+                    .await
+                    .map_err(|e| format!("stats: {e}"))?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let base = shared.processed.load(Acquire);
@@ -174,8 +177,8 @@ pub async fn run(a: Args) -> Result<Value, String> {
     let start = window.t0();
     let end = start + Duration::from_secs_f64(a.duration_s);
     let mut writers = Vec::with_capacity(live);
-    for conn in conns.iter().cloned() {
-        let (shared, a2) = (shared.clone(), a.clone());
+    for conn in &conns {
+        let (conn, shared, a2) = (conn.clone(), shared.clone(), a.clone());
         writers.push(tokio::spawn(async move {
             write_loop(&conn, &a2, per_conn_rate, start, end, &shared).await
         }));
@@ -380,10 +383,17 @@ async fn read_loop(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>) {
         shared.received.fetch_add(n, Relaxed);
         for m in others.drain(..) {
             if let Some(k) = &shared.processed_key {
-                if let Some(v) = k.find(&m).and_then(|i| parse_int(&m[i + k.needle().len()..])) {
+                if let Some(v) = k
+                    .find(&m)
+                    .and_then(|i| parse_int(&m[i + k.needle().len()..]))
+                {
                     let v = v.max(0) as u64;
                     // The first reply replaces the "none yet" marker; later ones only move up.
-                    if shared.processed.compare_exchange(u64::MAX, v, AcqRel, Acquire).is_err() {
+                    if shared
+                        .processed
+                        .compare_exchange(u64::MAX, v, AcqRel, Acquire)
+                        .is_err()
+                    {
                         shared.processed.fetch_max(v, AcqRel);
                     }
                     continue;

@@ -41,6 +41,9 @@ pub struct Args {
     pub subscribers: usize,
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Each subscriber also on its own topic PREFIX<i>; the round publishes to those (see above).
+    #[arg(long)]
+    pub topic_per_subscriber: Option<String>,
     /// Messages per round; each subscriber must get sequences 0 .. M-1.
     #[arg(long, default_value_t = 2000)]
     pub messages: u64,
@@ -113,9 +116,15 @@ pub async fn run(a: Args) -> Result<Value, String> {
         verify_every: a.verify_every.max(1),
         publisher: 0,
     });
-    let subscribe =
-        json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":[a.topic]}})
-            .to_string();
+    let (topic, prefix) = (a.topic.clone(), a.topic_per_subscriber.clone());
+    let subscribe = Box::new(move |i: usize| {
+        let topics = match &prefix {
+            Some(p) => json!([topic, format!("{p}{i}")]),
+            None => json!([topic]),
+        };
+        json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":topics}})
+            .to_string()
+    });
     let sem = Arc::new(Semaphore::new(a.common.connect_concurrency.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<Arc<Conn>, String>)>();
     let t_setup = Instant::now();
@@ -231,6 +240,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("server_ready".into(), json!(ready == Ready::Wait));
     o.insert("ack_wait".into(), json!(!a.no_ack_wait));
     o.insert("topic".into(), json!(a.topic));
+    o.insert("topic_per_subscriber".into(), json!(a.topic_per_subscriber));
     o.insert("messages".into(), json!(a.messages));
     o.insert("messages_measured".into(), json!(m));
     o.insert("warmup_rounds".into(), json!(a.warmup.min(rounds.len())));

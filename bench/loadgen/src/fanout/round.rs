@@ -21,9 +21,18 @@ pub async fn round(
     live: &[usize],
     r: u64,
 ) -> Value {
-    let msg = match &a.publish_msg {
-        Some(t) => t.replace("{topic}", &a.topic).replace("{messages}", &m.to_string()).replace("{size}", &a.size.to_string()),
-        None => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}}).to_string(),
+    let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
+    let msg = match (&a.publish_msg, &a.topic_per_subscriber) {
+        (Some(t), _) => t
+            .replace("{topic}", &a.topic)
+            .replace("{prefix}", prefix)
+            .replace("{subscribers}", &a.subscribers.to_string())
+            .replace("{messages}", &m.to_string())
+            .replace("{size}", &a.size.to_string()),
+        (None, Some(p)) => json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":m,"size":a.size}})
+            .to_string(),
+        (None, None) => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}})
+            .to_string(),
     };
     shared.complete.store(0, SeqCst);
     shared.live.store(live.len(), SeqCst);
