@@ -211,12 +211,15 @@ def main() -> None:
     ap.add_argument("--ref-python", help='command of a Python >= 3.12 with wse-server 2.5.1, e.g. "python3.13"')
     ap.add_argument("--loadgen", help="the generator's command (default: target/release/wse-loadgen)")
     ap.add_argument("--no-report", action="store_true", help="write the results file only")
+    ap.add_argument("--out", type=Path, help="the results file (default: bench/results/MODE.json)")
+    ap.add_argument("--doc", type=Path, default=report.DOC,
+                    help="the markdown file the report goes into (plots: img/ beside it)")
     args = ap.parse_args()
 
     if args.mode == "report":
         path = Path(args.results_file or ROOT / "bench/results/quick.json")
-        report.write(json.loads(path.read_text()))
-        print(f"wrote docs/BENCHMARKS.md and docs/img/ from {path}")
+        report.write(json.loads(path.read_text()), args.doc)
+        print(f"wrote {args.doc} and its img/ from {path}")
         return
     shape = scenarios.SMOKE if args.smoke else (scenarios.QUICK if args.mode == "quick" else scenarios.FULL)
     servers = [s for s in args.servers.split(",") if s]
@@ -235,14 +238,14 @@ def main() -> None:
           f"generator {' '.join(d.lg.argv0)}", flush=True)
     d.run(servers, which)
     name = "smoke" if args.smoke else args.mode
-    out = ROOT / "bench" / "results" / f"{name}.json"
+    out = (args.out or ROOT / "bench" / "results" / f"{name}.json").resolve()
     results: dict[str, Any] = {
         "meta": {
             "mode": args.mode, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "elapsed_s": time.monotonic() - t0, "machine": machine(), "commit": commit(),
             "loadgen": "wse-loadgen " + ("(binary)" if "wse-loadgen" in d.lg.argv0[0] else "(wse bench)"),
             "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "results_file": str(out.relative_to(ROOT)), "servers": servers, "scenarios": which,
+            "results_file": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else out.name, "servers": servers, "scenarios": which,
             "shape": {**dataclasses.asdict(shape), "fanout_starts": 1 if args.mode == "quick" else shape.runs},
             "server_versions": d.descs, "skipped": d.skipped,
         },
@@ -250,10 +253,10 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"results: {out.relative_to(ROOT)} ({results['meta']['elapsed_s']:.0f} s)")
+    print(f"results: {results['meta']['results_file']} ({results['meta']['elapsed_s']:.0f} s)")
     if not args.no_report:
-        report.write(results)
-        print("report: docs/BENCHMARKS.md, docs/img/bench-fanout.png, docs/img/bench-latency.png")
+        report.write(results, args.doc)
+        print(f"report: {args.doc}, plots in {args.doc.parent / 'img'}")
         print("\n".join(report.targets(results)))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .servers import ROOT, SERVERS
 
 BEGIN, END = "<!-- bench:suite:begin -->", "<!-- bench:suite:end -->"
-IMG = ROOT / "docs" / "img"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
 
 # (scenario prefix, title, unit of rate, unit of per-CPU-second)
 TARGETS = [
@@ -209,13 +209,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def plots(results: dict[str, Any]) -> list[Path]:
+def plots(results: dict[str, Any], img: Path) -> list[Path]:
+    """bench-fanout.png and bench-latency.png in ``img``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    IMG.mkdir(parents=True, exist_ok=True)
+    img.mkdir(parents=True, exist_ok=True)
     idx = by(results)
     m = results["meta"]
     tag = " (SMOKE RUN, not a measurement)" if m.get("smoke") else ""
@@ -247,7 +248,7 @@ def plots(results: dict[str, Any]) -> list[Path]:
     axes[0].legend(fontsize=8)
     fig.suptitle("Fan-out, one topic, ~60-byte messages" + tag)
     fig.tight_layout()
-    p = IMG / "bench-fanout.png"
+    p = img / "bench-fanout.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     out.append(p)
@@ -265,14 +266,15 @@ def plots(results: dict[str, Any]) -> list[Path]:
     ax.legend()
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    p = IMG / "bench-latency.png"
+    p = img / "bench-latency.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     out.append(p)
     return out
 
 
-def write(results: dict[str, Any], doc: Path = ROOT / "docs" / "BENCHMARKS.md") -> None:
+def write(results: dict[str, Any], doc: Path = DOC) -> None:
+    """The section into ``doc`` (between the markers), the plots into ``img/`` beside it."""
     section = markdown(results)
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     if BEGIN in text:
@@ -282,4 +284,4 @@ def write(results: dict[str, Any], doc: Path = ROOT / "docs" / "BENCHMARKS.md") 
         i = text.find("\n## ")
         text = (text + "\n\n" + section + "\n") if i < 0 else (text[:i + 1] + "\n" + section + "\n\n" + text[i + 1:])
     doc.write_text(text)
-    plots(results)
+    plots(results, doc.parent / "img")
