@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import signal
 
 import orjson
@@ -55,7 +56,8 @@ def main() -> None:
                            rate_limit_refill=1e12, ping_interval=600, idle_timeout=1200, **kw)
     server.enable_drain_mode()
     server.start()
-    print(f"reference: serving ws://{args.host}:{args.port}/wse pid {os.getpid()} wse-server {REF_VERSION}", flush=True)
+    print(f"reference: serving ws://{args.host}:{args.port}/wse pid {os.getpid()} wse-server {REF_VERSION} "
+          f"python {platform.python_version()}", flush=True)
     dumps = orjson.dumps
     broadcast = server.broadcast
     send = server.send

@@ -166,13 +166,16 @@ def markdown(results: dict[str, Any]) -> str:
                   f"One publish request; the server's Python publishes about 60-byte JSON messages to the topic. "
                   f"Samples: {sh['fanout_rounds']} measured rounds per server start (after 2 warm-up rounds that size "
                   f"them to about {sh['fanout_round_s']} s), {sh['fanout_starts']} start(s). Latency: publish request to "
-                  "delivery, p99.", "",
-                  *rate_table(results, sc, "deliveries", [("publish-to-delivery p99", "p99_us", us)]), ""]
+                  "delivery, p99. wse's frames carry the whole v2 envelope (`id`, `ts` added by the engine); the "
+                  "peers send the smallest envelope the check needs (`c`, `t`, `seq`, `tp`, `p`).", "",
+                  *rate_table(results, sc, "deliveries", [("publish-to-delivery p99", "p99_us", us),
+                                                          ("frame payload bytes", "frame_bytes", si)]), ""]
     parts += [f"### Many topics: {sh['topics_conns']:,} connections, each on its own topic and one shared topic", "",
               "Per-user sends: the server's Python sends each round's messages to every connection's own topic "
               "(one publication per user per message; every connection also holds the shared topic). Samples "
               "as for fan-out.", "",
-              *rate_table(results, "topics", "deliveries", [("publish-to-delivery p99", "p99_us", us)]), ""]
+              *rate_table(results, "topics", "deliveries", [("publish-to-delivery p99", "p99_us", us),
+                                                            ("frame payload bytes", "frame_bytes", si)]), ""]
     parts += ["### Inbound through a trivial Python handler", "",
               f"{sh['inbound_conns']} connections send `{{\"t\":\"count\",...}}` (about 50 bytes) for {sh['inbound_s']} s "
               "each run, with at most 50,000 sent and not yet processed; the server's handler counts them and the "

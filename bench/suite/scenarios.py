@@ -103,7 +103,8 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int,
         samples.append(_sample(r.get("deliveries_per_s", 0.0), r.get("per_server_cpu_s"), r, ok=bool(r.get("ok")),
                                messages=r.get("messages"), deliveries=r.get("deliveries"),
                                missing=r.get("missing"), duplicates=r.get("duplicates"), gaps=r.get("gaps"),
-                               p99_us=(r.get("latency_from_publish") or {}).get("p99_us")))
+                               p99_us=(r.get("latency_from_publish") or {}).get("p99_us"),
+                               frame_bytes=r.get("avg_frame_payload_bytes")))
     brief = {k: rep.get(k) for k in ("ok", "connected", "connect_failures", "connect_errors", "setup_s",
                                      "server_ready", "messages_measured")}
     if not samples:

@@ -200,6 +200,6 @@ class Server:
     def describe(self) -> str:
         label, pkgs, _ = SERVERS[self.name]
         if self.name == "reference":
-            m = next((re.search(r"wse-server (\S+)", x) for x in self.lines if "wse-server" in x), None)
-            return f"wse-server {m.group(1) if m else '?'} (Python >= 3.12)"
+            m = next((re.search(r"wse-server (\S+) python (\S+)", x) for x in self.lines if "wse-server" in x), None)
+            return f"wse-server {m.group(1)} (Python {m.group(2)})" if m else "wse-server (version unknown)"
         return f"{label}: {versions(pkgs)}"
