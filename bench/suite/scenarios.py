@@ -41,7 +41,7 @@ class Shape:
 
 
 QUICK = Shape(fanout_subs=(100, 1000, 10000), fanout_round_s=0.4, fanout_rounds=3, inbound_conns=100,
-              inbound_s=1.0, latency_conns=50, latency_rate=2000.0, latency_s=1.5, handshake_count=1000,
+              inbound_s=1.0, latency_conns=50, latency_rate=2000.0, latency_s=1.5, handshake_count=2000,
               idle_conns=(10000,), runs=3)
 FULL = Shape(fanout_subs=(100, 1000, 10000), fanout_round_s=2.0, fanout_rounds=3, inbound_conns=100,
              inbound_s=4.0, latency_conns=50, latency_rate=5000.0, latency_s=10.0, handshake_count=4000,
