@@ -196,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
               "connection (upgraded, `server_ready` sent), one fresh server per reading.", ""]
     idx = by(results)
     cols = [f"idle_{n}" for n in sh["idle_conns"]]
-    parts += ["| server | " + " | ".join(f"bytes per connection at {c[5:]} connections: min / median / max" for c in cols)
+    parts += ["| server | " + " | ".join(f"bytes per connection at {int(c[5:]):,} connections: min / median / max" for c in cols)
               + " |", "|---|" + "---|" * len(cols)]
     for name in m["servers"]:
         cells: list[str] = []
@@ -279,6 +279,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
 def write(results: dict[str, Any], doc: Path = DOC) -> None:
     """The section into ``doc`` (between the markers), the plots into ``img/`` beside it."""
     section = markdown(results)
+    doc.parent.mkdir(parents=True, exist_ok=True)
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     if BEGIN in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
