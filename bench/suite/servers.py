@@ -137,16 +137,16 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start and wait until it serves. The reference's chroot wrapper re-mounts the working
-        directory on each start and may find it still busy just after the previous one exited:
-        that is retried."""
-        for attempt in range(5):
+        directory on each start and finds it busy while another reference process (the previous
+        one exiting, or someone else's on a shared machine) still runs: retried for about 30 s."""
+        for attempt in range(8):
             try:
                 return self._start(timeout)
             except Skip as e:
-                if "target is busy" not in str(e) or attempt == 4:
+                if "target is busy" not in str(e) or attempt == 7:
                     raise
                 self.lines.clear()
-                time.sleep(1.0 + attempt)
+                time.sleep(min(2.0 + attempt, 6.0))
 
     def _start(self, timeout: float) -> None:
         missing = [m for m in SERVERS[self.name][2] if importlib.util.find_spec(m) is None]
