@@ -218,6 +218,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     img.mkdir(parents=True, exist_ok=True)
     idx = by(results)
@@ -244,7 +245,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
         ax.set_yscale("log")
         subs = m["shape"]["fanout_subs"]
         ax.set_xticks(subs, [f"{n:,}" for n in subs])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("subscribers")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
