@@ -2,7 +2,7 @@
 
 from typing import Any, final
 
-__all__ = ["Server", "EV_CONNECT", "EV_DISCONNECT", "EV_MSG", "EV_RAW", "EV_BIN", "EV_SUB_REQUEST", "__version__"]
+__all__ = ["Server", "EV_CONNECT", "EV_DISCONNECT", "EV_MSG", "EV_RAW", "EV_BIN", "EV_SUB_REQUEST", "__version__", "loadgen"]
 
 EV_CONNECT: int
 EV_DISCONNECT: int
@@ -11,6 +11,9 @@ EV_RAW: int
 EV_BIN: int
 EV_SUB_REQUEST: int
 __version__: str
+
+def loadgen(argv: list[str]) -> int:
+    """The load generator's command line (``wse bench``); present when built with ``loadgen``."""
 
 @final
 class Server:

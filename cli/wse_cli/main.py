@@ -1,4 +1,4 @@
-"""``wse run module:app``: serve a WSE application."""
+"""``wse run module:app``: serve a WSE application. ``wse bench ...``: load-test a WebSocket server."""
 
 from __future__ import annotations
 
@@ -55,6 +55,42 @@ def run(
     if not isinstance(wse_app, WSEApp):
         raise typer.BadParameter(f"{target!r} is a {type(wse_app).__name__}, not a wse.WSEApp")
     wse_app.run(host=host, port=port, announce=True)
+
+
+BENCH_HELP = """Load-test a WebSocket server (yours, or any) with WSE's Rust load generator.
+
+Subcommands: fanout, inbound, latency, handshake, idle. Each prints one JSON report on its last
+line of stdout (with the generator's own CPU share; --server-pid PID adds the server's CPU and
+the rate per server CPU-second) and exits 0 only when the run was clean. For example:
+
+    wse bench fanout --url ws://127.0.0.1:5006/wse --subscribers 1000 --messages 2000
+
+Options of each: `wse bench fanout --help`. Run it pinned to another core than the server
+(`taskset -c 1 wse bench ...`).
+"""
+
+
+@app.command(
+    help=BENCH_HELP,
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench(ctx: typer.Context) -> None:
+    from wse import _runtime
+
+    loadgen = getattr(_runtime, "loadgen", None)
+    if loadgen is None:
+        typer.echo(
+            "wse bench: this build of the engine has no load generator (it was built without the "
+            "`loadgen` feature). Reinstall wse with `pip install .` from the repository (the wheel "
+            "turns it on), or build the standalone one: `cargo build --release -p wse-loadgen`, "
+            "then run target/release/wse-loadgen with the same arguments.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    raise typer.Exit(loadgen(["wse bench", *ctx.args]))
 
 
 @app.command()

@@ -48,7 +48,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     )));
     let stats = Arc::new(Mutex::new(Stats::default()));
     let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
-    let window = report::Window::start(a.common.server_pid, a.common.threads);
+    let window = report::Window::start(&a.common.server_pid, a.common.threads);
     let mut tasks = Vec::with_capacity(a.count);
     for i in 0..a.count {
         let permit = sem

@@ -3,18 +3,27 @@
 //! counts what its handler received; this side reports what it sent and its own CPU.
 //! Replies are read (and dropped) so the server never blocks on a full socket; at the end each
 //! connection closes with a close handshake, so no unread data is reset away.
+//!
+//! With `--stats-msg` the server's own count is read: that message is sent on the first
+//! connection every `--stats-interval-ms`, and the reply's `--processed-field` (a number) is the
+//! server's processed total. The writers then keep at most `--max-in-flight` messages sent but not
+//! yet processed (a slow server is not buried under a backlog in the socket buffers), and the
+//! measured window ends when the server has processed everything sent: `processed_per_s` and the
+//! per-server-CPU-second figure count what the handler really received.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::codec;
 use crate::conn::{self, Conn, Reader, Status};
 use crate::report::{self, rate};
+use crate::seq::parse_int;
 use crate::Common;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -43,6 +52,21 @@ pub struct Args {
     /// After sending: wait this long for each server's close reply.
     #[arg(long, default_value_t = 5.0)]
     pub close_timeout_s: f64,
+    /// A message that makes the server reply with its processed count (e.g.
+    /// '{"t":"bench.stats"}'); see the module notes.
+    #[arg(long)]
+    pub stats_msg: Option<String>,
+    /// The reply's field carrying the count, found as `"FIELD":N`.
+    #[arg(long, default_value = "received")]
+    pub processed_field: String,
+    #[arg(long, default_value_t = 5)]
+    pub stats_interval_ms: u64,
+    /// With --stats-msg: messages sent but not yet processed, at most (0: no limit).
+    #[arg(long, default_value_t = 50_000)]
+    pub max_in_flight: u64,
+    /// With --stats-msg: stop waiting for the server's count after this long without progress.
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_timeout_s: f64,
 }
 
 struct Shared {
@@ -50,6 +74,22 @@ struct Shared {
     received: AtomicU64,
     closed_early: AtomicU64,
     closing: std::sync::atomic::AtomicBool,
+    /// The server's processed total from its last stats reply (u64::MAX: none yet), and the
+    /// total before this run sent anything.
+    processed: AtomicU64,
+    processed_base: AtomicU64,
+    processed_key: Option<Finder<'static>>,
+}
+
+impl Shared {
+    /// Processed by the server in this run (0 before the first reply).
+    fn processed(&self) -> u64 {
+        let p = self.processed.load(Acquire);
+        if p == u64::MAX {
+            return 0;
+        }
+        p.saturating_sub(self.processed_base.load(Acquire))
+    }
 }
 
 pub async fn run(a: Args) -> Result<Value, String> {
@@ -86,6 +126,12 @@ pub async fn run(a: Args) -> Result<Value, String> {
         received: AtomicU64::new(0),
         closed_early: AtomicU64::new(0),
         closing: Default::default(),
+        processed: AtomicU64::new(u64::MAX),
+        processed_base: AtomicU64::new(0),
+        processed_key: a
+            .stats_msg
+            .as_ref()
+            .map(|_| Finder::new(format!("\"{}\":", a.processed_field).as_bytes()).into_owned()),
     });
     let live = conns.len();
     let per_conn_rate = if a.rate > 0.0 {
@@ -93,19 +139,46 @@ pub async fn run(a: Args) -> Result<Value, String> {
     } else {
         0.0
     };
-    let window = report::Window::start(a.common.server_pid, a.common.threads);
-    let start = window.t0();
-    let end = start + Duration::from_secs_f64(a.duration_s);
     let (conns, reader_states): (Vec<Arc<Conn>>, Vec<Reader>) = conns.into_iter().unzip();
     let mut readers = Vec::with_capacity(live);
-    let mut writers = Vec::with_capacity(live);
     for (conn, reader) in conns.iter().cloned().zip(reader_states) {
-        readers.push(tokio::spawn(read_loop(
-            conn.clone(),
-            reader,
-            shared.clone(),
-        )));
-        let (shared, a2) = (shared.clone(), a.clone());
+        readers.push(tokio::spawn(read_loop(conn, reader, shared.clone())));
+    }
+    // The server's count before this run, then a poller that keeps it fresh.
+    let interval = Duration::from_millis(a.stats_interval_ms.max(1));
+    let poller = match &a.stats_msg {
+        Some(msg) => {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while shared.processed.load(Acquire) == u64::MAX {
+                if Instant::now() >= deadline {
+                    return Err("no reply to --stats-msg with the processed field".into());
+                }
+                conns[0]
+                    .send_text(msg)
+                    .await
+                    .map_err(|e| format!("stats: {e}"))?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let base = shared.processed.load(Acquire);
+            shared.processed_base.store(base, Release);
+            let (conn, shared, msg) = (conns[0].clone(), shared.clone(), msg.clone());
+            Some(tokio::spawn(async move {
+                while !shared.closing.load(Acquire) {
+                    if conn.send_text(&msg).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(interval).await;
+                }
+            }))
+        }
+        None => None,
+    };
+    let window = report::Window::start(&a.common.server_pid, a.common.threads);
+    let start = window.t0();
+    let end = start + Duration::from_secs_f64(a.duration_s);
+    let mut writers = Vec::with_capacity(live);
+    for conn in &conns {
+        let (conn, shared, a2) = (conn.clone(), shared.clone(), a.clone());
         writers.push(tokio::spawn(async move {
             write_loop(&conn, &a2, per_conn_rate, start, end, &shared).await
         }));
@@ -116,18 +189,42 @@ pub async fn run(a: Args) -> Result<Value, String> {
             write_errors += 1;
         }
     }
-    let w = window.end();
     let sent = shared.sent.load(Acquire);
+    let mut stalled = false;
+    if a.stats_msg.is_some() {
+        // Until the server has processed everything sent, or stops making progress.
+        let (mut last, mut last_at) = (shared.processed(), Instant::now());
+        while shared.processed() < sent {
+            tokio::time::sleep(interval).await;
+            let p = shared.processed();
+            if p > last {
+                (last, last_at) = (p, Instant::now());
+            } else if last_at.elapsed().as_secs_f64() > a.stall_timeout_s {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    let w = window.end();
+    let processed = shared.processed();
     eprintln!(
-        "inbound: sent {sent} in {:.3}s = {:.2}M msg/s, generator cpu {:.0}%",
+        "inbound: sent {sent} in {:.3}s = {:.2}M msg/s{}, generator cpu {:.0}%",
         w.wall,
         rate(sent, w.wall) / 1e6,
+        if a.stats_msg.is_some() {
+            format!(", server processed {processed}")
+        } else {
+            String::new()
+        },
         w.share() * 100.0
     );
 
     // Close handshake on every connection; the readers end on the server's reply.
     let t_close = Instant::now();
     shared.closing.store(true, Release);
+    if let Some(p) = poller {
+        let _ = p.await;
+    }
     for conn in &conns {
         let _ = conn.close(1000).await;
     }
@@ -143,8 +240,16 @@ pub async fn run(a: Args) -> Result<Value, String> {
     let expected = a.messages_per_conn * live as u64;
     let mut out = a.common.describe("inbound");
     let o = out.as_object_mut().expect("object");
-    let ok = errors.is_empty() && write_errors == 0 && sent == expected;
-    let win = w.json(sent);
+    let counted = a.stats_msg.is_some();
+    let ok = errors.is_empty()
+        && write_errors == 0
+        && if counted {
+            // A --duration-s cap may stop the sending early: what counts is that all was processed.
+            !stalled && processed == sent && sent > 0
+        } else {
+            sent == expected
+        };
+    let win = w.json(if counted { processed } else { sent });
     o.insert("ok".into(), json!(ok));
     o.insert("connections".into(), json!(c));
     o.insert("connected".into(), json!(live));
@@ -155,6 +260,12 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("sent".into(), json!(sent));
     o.insert("offered_rate".into(), json!(a.rate));
     o.insert("sent_per_s".into(), json!(rate(sent, w.wall)));
+    if counted {
+        o.insert("processed".into(), json!(processed));
+        o.insert("processed_per_s".into(), json!(rate(processed, w.wall)));
+        o.insert("stalled".into(), json!(stalled));
+        o.insert("max_in_flight".into(), json!(a.max_in_flight));
+    }
     o.insert(
         "payload_bytes".into(),
         json!(message(&a.msg_type, 0, a.payload_bytes).len()),
@@ -213,8 +324,16 @@ async fn write_loop(
     let proto = message(&a.msg_type, 0, a.payload_bytes);
     let cut = proto.find(r#""i":0"#).map(|i| i + 4).unwrap_or(0);
     let (head, tail) = (&proto[..cut], &proto[cut + 1..]);
+    let gate = a.stats_msg.is_some() && a.max_in_flight > 0;
     while sent < total {
-        let now = Instant::now();
+        let mut now = Instant::now();
+        while gate
+            && now < end
+            && shared.sent.load(Relaxed).saturating_sub(shared.processed()) > a.max_in_flight
+        {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+            now = Instant::now();
+        }
         if now >= end {
             break;
         }
@@ -263,6 +382,23 @@ async fn read_loop(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>) {
             .await;
         shared.received.fetch_add(n, Relaxed);
         for m in others.drain(..) {
+            if let Some(k) = &shared.processed_key {
+                if let Some(v) = k
+                    .find(&m)
+                    .and_then(|i| parse_int(&m[i + k.needle().len()..]))
+                {
+                    let v = v.max(0) as u64;
+                    // The first reply replaces the "none yet" marker; later ones only move up.
+                    if shared
+                        .processed
+                        .compare_exchange(u64::MAX, v, AcqRel, Acquire)
+                        .is_err()
+                    {
+                        shared.processed.fetch_max(v, AcqRel);
+                    }
+                    continue;
+                }
+            }
             conn::answer_keepalive(&conn, &m).await;
         }
         match res {

@@ -110,7 +110,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         hist: Mutex::new((report::new_hist(), report::new_hist())),
     });
     let end = shared.start + Duration::from_secs_f64(a.warmup_s + a.duration_s);
-    let window = report::Window::start(a.common.server_pid, a.common.threads);
+    let window = report::Window::start(&a.common.server_pid, a.common.threads);
     let mut readers = Vec::new();
     let mut all = Vec::new();
     for (k, (conn, reader)) in conns.into_iter().enumerate() {

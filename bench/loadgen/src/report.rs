@@ -40,23 +40,34 @@ pub fn proc_cpu(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
+/// The summed CPU seconds of several processes (a server's workers); None if none is readable.
+pub fn procs_cpu(pids: &[u32]) -> Option<f64> {
+    let v: Vec<f64> = pids.iter().filter_map(|&p| proc_cpu(p)).collect();
+    if v.is_empty() {
+        None
+    } else {
+        Some(v.iter().sum())
+    }
+}
+
 /// A measured window: wall time and the CPU of this process (and of the server, if known).
 pub struct Window {
     t0: Instant,
     threads: usize,
     cpu0: (f64, f64),
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     server0: Option<f64>,
 }
 
 impl Window {
-    pub fn start(server_pid: Option<u32>, threads: usize) -> Window {
-        let server0 = server_pid.and_then(proc_cpu);
+    pub fn start(server_pids: &[u32], threads: usize) -> Window {
+        let server_pids = server_pids.to_vec();
+        let server0 = procs_cpu(&server_pids);
         Window {
             t0: Instant::now(),
             threads: threads.max(1),
             cpu0: self_cpu_split(),
-            server_pid,
+            server_pids,
             server0,
         }
     }
@@ -71,7 +82,7 @@ impl Window {
         let (u, s) = self_cpu_split();
         let (user, sys) = (u - self.cpu0.0, s - self.cpu0.1);
         let cpu = user + sys;
-        let server = match (self.server_pid.and_then(proc_cpu), self.server0) {
+        let server = match (procs_cpu(&self.server_pids), self.server0) {
             (Some(b), Some(a)) => Some(b - a),
             _ => None,
         };

@@ -41,6 +41,9 @@ pub struct Args {
     pub subscribers: usize,
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Each subscriber also on its own topic PREFIX<i>; the round publishes to those (see above).
+    #[arg(long)]
+    pub topic_per_subscriber: Option<String>,
     /// Messages per round; each subscriber must get sequences 0 .. M-1.
     #[arg(long, default_value_t = 2000)]
     pub messages: u64,
@@ -62,6 +65,15 @@ pub struct Args {
     pub idle_timeout_s: f64,
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Size the measured rounds to last about this long: after each warm-up round the message
+    /// count becomes this x the round's deliveries/s / subscribers (within --min-messages ..=
+    /// --max-messages). 0: every round publishes --messages.
+    #[arg(long, default_value_t = 0.0)]
+    pub target_round_s: f64,
+    #[arg(long, default_value_t = 10)]
+    pub min_messages: u64,
+    #[arg(long, default_value_t = 100_000)]
+    pub max_messages: u64,
     /// The first W rounds are warm-up: reported, but left out of the summary.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
@@ -104,9 +116,15 @@ pub async fn run(a: Args) -> Result<Value, String> {
         verify_every: a.verify_every.max(1),
         publisher: 0,
     });
-    let subscribe =
-        json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":[a.topic]}})
-            .to_string();
+    let (topic, prefix) = (a.topic.clone(), a.topic_per_subscriber.clone());
+    let subscribe = Box::new(move |i: usize| {
+        let topics = match &prefix {
+            Some(p) => json!([topic, format!("{p}{i}")]),
+            None => json!([topic]),
+        };
+        json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":topics}})
+            .to_string()
+    });
     let sem = Arc::new(Semaphore::new(a.common.connect_concurrency.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<Arc<Conn>, String>)>();
     let t_setup = Instant::now();
@@ -183,9 +201,18 @@ pub async fn run(a: Args) -> Result<Value, String> {
         .ok_or("the publisher connection failed")?;
 
     let mut rounds = Vec::new();
+    let mut m = a.messages;
     for r in 1..=a.rounds.max(1) {
         tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
-        rounds.push(round(&a, &shared, &publisher, &live, r as u64).await);
+        let v = round(&a, m, &shared, &publisher, &live, r as u64).await;
+        if a.target_round_s > 0.0 && r <= a.warmup && !live.is_empty() {
+            let rate = v["deliveries_per_s"].as_f64().unwrap_or(0.0);
+            if rate > 0.0 {
+                let want = a.target_round_s * rate / live.len() as f64;
+                m = (want as u64).clamp(a.min_messages.max(1), a.max_messages.max(1));
+            }
+        }
+        rounds.push(v);
     }
 
     // Close every connection politely, then give the reader tasks a moment to see the replies.
@@ -213,7 +240,9 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("server_ready".into(), json!(ready == Ready::Wait));
     o.insert("ack_wait".into(), json!(!a.no_ack_wait));
     o.insert("topic".into(), json!(a.topic));
+    o.insert("topic_per_subscriber".into(), json!(a.topic_per_subscriber));
     o.insert("messages".into(), json!(a.messages));
+    o.insert("messages_measured".into(), json!(m));
     o.insert("warmup_rounds".into(), json!(a.warmup.min(rounds.len())));
     o.insert("summary".into(), summary);
     o.insert("rounds".into(), json!(rounds));

@@ -13,17 +13,32 @@ use crate::report::{self, hist_json, rate};
 use crate::seq::SeqCheck;
 
 /// One publish round.
-pub async fn round(a: &Args, shared: &Shared, publisher: &Conn, live: &[usize], r: u64) -> Value {
-    let m = a.messages;
-    let msg = match &a.publish_msg {
-        Some(t) => t.replace("{topic}", &a.topic).replace("{messages}", &m.to_string()).replace("{size}", &a.size.to_string()),
-        None => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}}).to_string(),
+pub async fn round(
+    a: &Args,
+    m: u64,
+    shared: &Shared,
+    publisher: &Conn,
+    live: &[usize],
+    r: u64,
+) -> Value {
+    let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
+    let msg = match (&a.publish_msg, &a.topic_per_subscriber) {
+        (Some(t), _) => t
+            .replace("{topic}", &a.topic)
+            .replace("{prefix}", prefix)
+            .replace("{subscribers}", &a.subscribers.to_string())
+            .replace("{messages}", &m.to_string())
+            .replace("{size}", &a.size.to_string()),
+        (None, Some(p)) => json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":m,"size":a.size}})
+            .to_string(),
+        (None, None) => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}})
+            .to_string(),
     };
     shared.complete.store(0, SeqCst);
     shared.live.store(live.len(), SeqCst);
     shared.hist.lock().expect("hist").reset();
     shared.inbox.lock().expect("inbox").clear();
-    let window = report::Window::start(a.common.server_pid, a.common.threads);
+    let window = report::Window::start(&a.common.server_pid, a.common.threads);
     let t0 = window.t0();
     *shared.info.lock().expect("info") = (m, t0);
     shared.round.store(r, Release);
@@ -120,7 +135,7 @@ pub async fn round(a: &Args, shared: &Shared, publisher: &Conn, live: &[usize], 
     let win = w.json(t.received);
     let saturated = w.saturated();
     let mut v = json!({
-        "round": r, "warmup": (r as usize) <= a.warmup, "ok": ok,
+        "round": r, "warmup": (r as usize) <= a.warmup, "ok": ok, "messages": m,
         "expected": expected, "deliveries": t.received, "distinct": t.distinct, "missing": missing,
         "duplicates": t.duplicates, "gaps": t.gaps, "gap_missing": t.gap_missing, "reordered": t.reordered,
         "out_of_range": t.out_of_range, "verified_in_full": tot.verified, "verify_failed": verify_failed,

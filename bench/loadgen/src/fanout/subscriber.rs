@@ -48,7 +48,8 @@ pub struct Shared {
 }
 
 pub struct SetupCfg {
-    pub subscribe: String,
+    /// The subscribe message of subscriber i.
+    pub subscribe: Box<dyn Fn(usize) -> String + Send + Sync>,
     pub topic: String,
     pub ready_timeout: Duration,
     pub ack: bool,
@@ -70,7 +71,7 @@ pub async fn setup(
         let msgs = conn::read_messages(&conn, &mut reader, cfg.ready_timeout).await?;
         got_first = !msgs.is_empty();
     }
-    conn.send_text(&cfg.subscribe)
+    conn.send_text(&(cfg.subscribe)(i))
         .await
         .map_err(|e| format!("subscribe: {e}"))?;
     if cfg.ack {

@@ -1,0 +1,141 @@
+"""The ASGI peers' applications: FastAPI (served by uvicorn) and a plain ASGI app (served by granian).
+
+Both speak the benchmark protocol of ``common.py``. Every connection has its own task (the
+ASGI model), so a publication is sent by awaiting ``send`` for each subscriber in turn; JWT is
+checked from the connection's headers before ``accept`` (a bad token: close 1008).
+Configuration comes from the environment (``BENCH_JWT_SECRET``), as ASGI servers import apps
+by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Auth, Hub, parse, server_ready  # noqa: E402
+
+auth = Auth(os.environ.get("BENCH_JWT_SECRET") or None)
+
+
+async def publish(hub: Hub, p: Any) -> int:
+    """Every publication to every subscriber, awaiting each send; yields every 64 messages."""
+    topic, frames = hub.frames(p)
+    for i, f in enumerate(frames):
+        for send in list(hub.topics.get(topic, ())):
+            await send(f)
+        if i % 64 == 63:
+            await asyncio.sleep(0)
+    return len(frames)
+
+
+async def user_sends(hub: Hub, p: Any) -> int:
+    """Per-user sends (``bench.users``), awaiting each; yields every 64 messages."""
+    n = 0
+    for n, (topic, f) in enumerate(hub.user_sends(p), 1):
+        for send in list(hub.topics.get(topic, ())):
+            await send(f)
+        if n % 64 == 0:
+            await asyncio.sleep(0)
+    return n
+
+
+async def dispatch(hub: Hub, key: Any, send: Any, data: bytes | str) -> None:
+    """One inbound message; ``key`` is the connection's send function (its identity in the hub)."""
+    m = parse(data)
+    if m is None:
+        return
+    t, p = m
+    if t == "count":
+        hub.received += 1
+    elif t == "echo":
+        await send(hub.echo(p))
+    elif t == "subscription_update":
+        await send(hub.subscribe(key, p))
+    elif t == "bench.publish":
+        await send(hub.done(await publish(hub, p)))
+    elif t == "bench.users":
+        await send(hub.done(await user_sends(hub, p)))
+    elif t == "bench.stats":
+        await send(hub.stats())
+
+
+# --- FastAPI --------------------------------------------------------------------------------
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # noqa: E402
+
+fastapi_app = FastAPI()
+fastapi_hub = Hub(lambda c, d: None)
+
+
+@fastapi_app.websocket("/wse")
+async def wse_endpoint(ws: WebSocket) -> None:
+    user = auth.check(list(ws.headers.items()))
+    if user is None:
+        await ws.close(code=1008)
+        return
+    await ws.accept()
+
+    async def send(data: bytes) -> None:
+        await ws.send_text(data.decode())
+
+    await send(server_ready(user))
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            data = msg.get("text") or msg.get("bytes")
+            if data:
+                await dispatch(fastapi_hub, send, send, data)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        fastapi_hub.drop(send)
+
+
+# --- plain ASGI (granian) -------------------------------------------------------------------
+raw_hub = Hub(lambda c, d: None)
+
+
+async def raw_app(scope: dict[str, Any], receive: Any, send_event: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            ev = await receive()
+            if ev["type"] == "lifespan.startup":
+                await send_event({"type": "lifespan.startup.complete"})
+            elif ev["type"] == "lifespan.shutdown":
+                await send_event({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "websocket":
+        await send_event({"type": "http.response.start", "status": 404, "headers": []})
+        await send_event({"type": "http.response.body", "body": b""})
+        return
+    ev = await receive()
+    if ev["type"] != "websocket.connect":
+        return
+    user = auth.check([(k.decode(), v.decode()) for k, v in scope["headers"]])
+    if user is None:
+        await send_event({"type": "websocket.close", "code": 1008})
+        return
+    await send_event({"type": "websocket.accept"})
+
+    async def send(data: bytes) -> None:
+        await send_event({"type": "websocket.send", "text": data.decode()})
+
+    await send(server_ready(user))
+    try:
+        while True:
+            ev = await receive()
+            if ev["type"] != "websocket.receive":
+                break
+            data = ev.get("text") or ev.get("bytes")
+            if data:
+                await dispatch(raw_hub, send, send, data)
+    except Exception:
+        pass
+    finally:
+        raw_hub.drop(send)

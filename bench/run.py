@@ -1,0 +1,264 @@
+"""The benchmark suite: wse against its peers, every scenario, one command.
+
+    python bench/run.py quick          # about 10 minutes on 2 cores: tables + plots
+    python bench/run.py full           # the full matrix (longer runs, 50,000 idle connections)
+    python bench/run.py quick --smoke  # tiny counts: checks the harness, figures mean nothing
+    python bench/run.py report bench/results/quick.json   # rewrite the report from a results file
+
+Every server (wse, the published wse-server 2.5.1, python websockets + uvloop, picows, uvicorn +
+FastAPI, granian, socketify) is started pinned to core 0 and measured by the same Rust load
+generator (``wse-loadgen``) pinned to core 1, on the same message shapes. Server CPU is that of
+all its processes and threads (/proc/PID/stat). A server that cannot be installed or started is
+reported as skipped, with the reason. Results go to ``bench/results/MODE.json``; the report to
+docs/BENCHMARKS.md (between the ``bench:suite`` markers) and docs/img/bench-*.png.
+
+Needs: ``pip install -e ".[bench]" ./cli``; the generator (built here with
+``cargo build --release -p wse-loadgen`` when missing; else ``wse bench``, the same code in the
+wheel); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python "python3.13"``,
+or ``WSE_REFERENCE_PYTHON``, or the machine's reference-wse.sh wrapper (found by itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite import report, scenarios  # noqa: E402
+from suite.servers import ALL, ROOT, Server, Skip, reference_python  # noqa: E402
+
+SCENARIOS = ["fanout", "topics", "inbound", "latency", "handshake", "idle"]
+
+
+def machine() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem = 0
+    import os
+
+    return (f"{model}, {os.cpu_count()} CPUs, {mem / 1048576:.1f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def commit() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    c = git("rev-parse", "--short", "HEAD") or "?"
+    return c + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def find_loadgen(flag: str | None) -> list[str]:
+    if flag:
+        return shlex.split(flag)
+    binary = ROOT / "target" / "release" / "wse-loadgen"
+    if shutil.which("cargo"):
+        # Also when it exists: an older build lacks options the suite uses (a no-op when fresh).
+        print("building the load generator: cargo build --release -p wse-loadgen", flush=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "wse-loadgen"], cwd=ROOT, check=False)
+    if binary.exists():
+        help_text = subprocess.run([str(binary), "fanout", "--help"], capture_output=True, text=True).stdout
+        if "--topic-per-subscriber" in help_text:
+            return [str(binary)]
+        print(f"{binary.relative_to(ROOT)} is older than this suite; using `wse bench`", flush=True)
+    from wse import _runtime
+
+    if hasattr(_runtime, "loadgen"):
+        return [sys.executable, "-m", "wse_cli.main", "bench"]
+    sys.exit("no load generator: build it with `cargo build --release -p wse-loadgen` "
+             "(or install wse with its `loadgen` feature for `wse bench`)")
+
+
+def scrub(text: str) -> str:
+    """No machine paths in the committed results: the repository and the home directory shortened."""
+    return text.replace(str(ROOT), ".").replace(str(Path.home()), "~")
+
+
+def free_port(start: int) -> int:
+    p = start
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                p += 1
+
+
+class Driver:
+    def __init__(self, args: argparse.Namespace, shape: scenarios.Shape) -> None:
+        self.args = args
+        self.shape = shape
+        self.lg = scenarios.Loadgen(find_loadgen(args.loadgen))
+        self.ref = reference_python(args.ref_python)
+        self.port = 7100
+        self.skipped: dict[str, str] = {}
+        self.descs: dict[str, str] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def server(self, name: str, jwt: bool = False) -> Server:
+        self.port = free_port(self.port + 1)
+        s = Server(name, self.port, jwt=jwt, ref_python=self.ref)
+        s.start()
+        self.descs.setdefault(name, s.describe())
+        return s
+
+    def record(self, name: str, scenario: str, fn: Any, jwt: bool = False, starts: int = 1) -> None:
+        """``starts`` fresh servers, each given to ``fn`` (returns samples, raw)."""
+        rec: dict[str, Any] = {"server": name, "scenario": scenario, "status": "ok", "reason": "", "samples": [],
+                               "raw": []}
+        t0 = time.monotonic()
+        if name in self.skipped:
+            rec.update(status="skipped", reason=self.skipped[name])
+        else:
+            for _ in range(starts):
+                try:
+                    s = self.server(name, jwt)
+                except Skip as e:
+                    if e.permanent:  # not installed: the later scenarios need not try
+                        self.skipped[name] = str(e)
+                    rec.update(status="skipped", reason=str(e))
+                    break
+                try:
+                    samples, raw = fn(s)
+                    rec["samples"] += samples
+                    rec["raw"] += raw
+                    if not s.alive():
+                        rec.update(status="failed", reason="the server exited: " + " | ".join(list(s.lines)[-2:]))
+                except Exception as e:  # noqa: BLE001 - a failed run is reported, the suite goes on
+                    rec.update(status="failed", reason=f"{type(e).__name__}: {e}"[:300])
+                finally:
+                    s.stop()
+        rec["reason"] = scrub(rec["reason"])
+        rec["elapsed_s"] = round(time.monotonic() - t0, 2)
+        ok = [x for x in rec["samples"] if x.get("ok")]
+        med = sorted(x["per_cpu"] for x in ok if x.get("per_cpu"))
+        print(f"  {scenario:14} {name:10} {rec['status']:7} {len(ok)}/{len(rec['samples'])} clean"
+              f"{'  median per server CPU-s ' + report.si(med[len(med) // 2]) if med else ''}"
+              f"{'  ' + rec['reason'][:120] if rec['reason'] else ''}  ({rec['elapsed_s']:.1f} s)", flush=True)
+        self.records.append(rec)
+
+    def run(self, servers: list[str], which: list[str]) -> None:
+        sh, lg = self.shape, self.lg
+        fanout_starts = 1 if self.args.mode == "quick" else sh.runs
+        def order(k: int) -> list[str]:
+            """The servers' order alternates from one scenario to the next."""
+            return servers if k % 2 == 0 else servers[::-1]
+
+        k = 0
+        if "fanout" in which:
+            for subs in sh.fanout_subs:
+                for name in order(k):
+                    self.record(name, f"fanout_{subs}", lambda s, n=subs: scenarios.fanout(lg, s, sh, n),
+                                starts=fanout_starts)
+                k += 1
+        if "topics" in which:
+            n = sh.topics_conns
+            for name in order(k):
+                self.record(name, "topics", lambda s: scenarios.fanout(lg, s, sh, n, per_user=True),
+                            starts=fanout_starts)
+            k += 1
+        if "inbound" in which:
+            for name in order(k):
+                self.record(name, "inbound", lambda s: scenarios.inbound(lg, s, sh))
+            k += 1
+        if "latency" in which:
+            for name in order(k):
+                self.record(name, "latency", lambda s: scenarios.latency(lg, s, sh))
+            k += 1
+        if "handshake" in which:
+            for name in order(k):
+                self.record(name, "handshake", lambda s: scenarios.handshake(lg, s, sh), jwt=True)
+            k += 1
+        if "idle" in which:
+            limit = scenarios.fd_limit()
+            for n in sh.idle_conns:
+                for name in order(k):
+                    if n + 1000 > limit:
+                        self.records.append({"server": name, "scenario": f"idle_{n}", "status": "skipped", "samples": [],
+                                             "raw": [], "reason": f"{n:,} connections exceed the open-files limit "
+                                             f"({limit:,} per process) of one server process and of one generator"})
+                        continue
+                    self.record(name, f"idle_{n}", lambda s, n=n: ([scenarios.idle(lg, s, n)], []), starts=sh.runs)
+                k += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["quick", "full", "report"])
+    ap.add_argument("results_file", nargs="?", help="report: the results file to render")
+    ap.add_argument("--smoke", action="store_true", help="tiny counts (checks the harness; not a measurement)")
+    ap.add_argument("--servers", default=",".join(ALL), help=f"comma-separated, from {','.join(ALL)}")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}")
+    ap.add_argument("--ref-python", help='command of a Python >= 3.12 with wse-server 2.5.1, e.g. "python3.13"')
+    ap.add_argument("--loadgen", help="the generator's command (default: target/release/wse-loadgen)")
+    ap.add_argument("--no-report", action="store_true", help="write the results file only")
+    ap.add_argument("--out", type=Path, help="the results file (default: bench/results/MODE.json)")
+    ap.add_argument("--doc", type=Path, default=report.DOC,
+                    help="the markdown file the report goes into (plots: img/ beside it)")
+    args = ap.parse_args()
+
+    if args.mode == "report":
+        path = Path(args.results_file or ROOT / "bench/results/quick.json")
+        report.write(json.loads(path.read_text()), args.doc)
+        print(f"wrote {args.doc} and its img/ from {path}")
+        return
+    shape = scenarios.SMOKE if args.smoke else (scenarios.QUICK if args.mode == "quick" else scenarios.FULL)
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = [s for s in servers if s not in ALL]
+    if unknown:
+        sys.exit(f"unknown servers: {unknown}; known: {ALL}")
+    which = [s for s in args.scenarios.split(",") if s]
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # the running server is stopped on the way out
+
+    signal.signal(signal.SIGTERM, interrupted)
+    d = Driver(args, shape)
+    t0 = time.monotonic()
+    print(f"bench/run.py {args.mode}{' --smoke' if args.smoke else ''}: servers {', '.join(servers)}; "
+          f"generator {' '.join(d.lg.argv0)}", flush=True)
+    d.run(servers, which)
+    name = "smoke" if args.smoke else args.mode
+    out = (args.out or ROOT / "bench" / "results" / f"{name}.json").resolve()
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": args.mode, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "elapsed_s": time.monotonic() - t0, "machine": machine(), "commit": commit(),
+            "loadgen": "wse-loadgen " + ("(binary)" if "wse-loadgen" in d.lg.argv0[0] else "(wse bench)"),
+            "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "results_file": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else out.name, "servers": servers, "scenarios": which,
+            "shape": {**dataclasses.asdict(shape), "fanout_starts": 1 if args.mode == "quick" else shape.runs},
+            "server_versions": d.descs, "skipped": d.skipped,
+        },
+        "records": d.records,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results: {results['meta']['results_file']} ({results['meta']['elapsed_s']:.0f} s)")
+    if not args.no_report:
+        report.write(results, args.doc)
+        print(f"report: {args.doc}, plots in {args.doc.parent / 'img'}")
+        print("\n".join(report.targets(results)))
+
+
+if __name__ == "__main__":
+    main()
