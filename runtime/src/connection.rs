@@ -31,6 +31,8 @@ pub struct Conn {
     pub seq: AtomicU64,
     pub last_rx_ms: AtomicU64,
     pub last_ping_ms: AtomicU64,
+    /// The rate limit on what this client sends (None: no limit).
+    pub rate: Option<Mutex<crate::limits::rate::RateState>>,
 }
 
 impl Conn {
@@ -145,6 +147,9 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
     let m = &engine.metrics;
     Metrics::inc(&m.messages_in);
     Metrics::add(&m.bytes_in, data.len() as u64);
+    if !crate::limits::rate::admit(engine, conn) {
+        return;
+    }
     if !engine.cfg.envelopes {
         let ev = if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } };
         return engine.inbound.push_data(ev).await;
@@ -152,6 +157,9 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
     match classify(&data) {
         Inbound::System { msg_type, payload } => engine.on_system(conn, &msg_type, payload),
         Inbound::App(json) => {
+            if !engine.inbound_first(conn, json) {
+                return;
+            }
             let off = json.as_ptr() as usize - data.as_ptr() as usize;
             let data = data.slice(off..);
             engine.inbound.push_data(Event::Msg { conn: conn.id, data }).await

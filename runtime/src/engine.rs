@@ -28,6 +28,8 @@ const PUBLISH_QUEUE_BYTES: usize = 8 << 20;
 struct PendingSub {
     conn: u64,
     denied: Vec<(String, String)>,
+    /// The client asked for presence events of these topics.
+    presence: bool,
 }
 
 pub struct Engine {
@@ -45,6 +47,11 @@ pub struct Engine {
     pending: Mutex<HashMap<u64, PendingSub>>,
     /// Connections counted against `max_connections`: in the handshake or registered.
     slots: AtomicUsize,
+    // ---- presence, dedup, per-user limits (pubsub/presence*.rs, pubsub/dedup.rs, limits/) ----
+    pub presence: crate::pubsub::presence::Presence<Arc<Conn>>,
+    pub dedup_publish: crate::pubsub::dedup::Dedup,
+    pub dedup_inbound: crate::pubsub::dedup::Dedup,
+    pub user_slots: crate::limits::users::UserSlots,
 }
 
 impl Engine {
@@ -58,7 +65,14 @@ impl Engine {
         let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
             .map_err(|e| format!("eventfd: {e}"))?;
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
+        let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
+        let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
+        let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         Ok(Self {
+            presence,
+            dedup_publish,
+            dedup_inbound,
+            user_slots: Default::default(),
             cfg: Arc::new(cfg),
             metrics,
             inbound,
@@ -124,6 +138,7 @@ impl Engine {
             seq: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(now),
             last_ping_ms: AtomicU64::new(now),
+            rate: crate::limits::rate::for_connection(&self.cfg, now),
         });
         self.conns.write().insert(id, conn.clone());
         Metrics::inc(&self.metrics.connections_active);
@@ -149,7 +164,9 @@ impl Engine {
             if self.topics.unsubscribe(&t, conn.id) {
                 Metrics::dec(&self.metrics.subscriptions);
             }
+            self.presence_left(conn, &t);
         }
+        self.user_gone(conn);
         Metrics::dec(&self.metrics.connections_active);
         self.inbound.push_lifecycle(Event::Disconnect { conn: conn.id, code });
     }
@@ -161,7 +178,7 @@ impl Engine {
         frame_in_place(opcode, v)
     }
 
-    fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
+    pub(crate) fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
         self.send_system_as(conn, msg_type, payload, self.opcode());
     }
 
@@ -186,7 +203,7 @@ impl Engine {
             "details": {
                 "version": self.cfg.server_version,
                 "protocol_version": 2,
-                "features": features(),
+                "features": features(&self.cfg),
                 "connection_id": conn.id.to_string(),
                 "server_time": crate::protocol::time::rfc3339(now_ms()),
                 "user_id": conn.user_id,
@@ -262,13 +279,20 @@ impl Engine {
     }
 
     fn join(&self, c: &Arc<Conn>, topic: &str) -> bool {
-        let mut mine = c.topics.lock();
-        if mine.contains(topic) {
-            return true;
-        }
-        if self.topics.subscribe(topic, c) {
-            mine.insert(Arc::from(topic));
-            Metrics::inc(&self.metrics.subscriptions);
+        let joined = {
+            let mut mine = c.topics.lock();
+            if mine.contains(topic) {
+                return true;
+            }
+            let joined = self.topics.subscribe(topic, c);
+            if joined {
+                mine.insert(Arc::from(topic));
+                Metrics::inc(&self.metrics.subscriptions);
+            }
+            joined
+        };
+        if joined {
+            self.presence_joined(c, topic);
         }
         true
     }
@@ -283,12 +307,17 @@ impl Engine {
     /// Removes `c` from `topics`; returns those it was in.
     fn leave(&self, c: &Conn, topics: &[String]) -> Vec<String> {
         let mut out = vec![];
-        let mut mine = c.topics.lock();
-        for t in topics {
-            if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
-                Metrics::dec(&self.metrics.subscriptions);
-                out.push(t.clone());
+        {
+            let mut mine = c.topics.lock();
+            for t in topics {
+                if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
+                    Metrics::dec(&self.metrics.subscriptions);
+                    out.push(t.clone());
+                }
             }
+        }
+        for t in &out {
+            self.presence_left(c, t);
         }
         out
     }
@@ -319,7 +348,10 @@ impl Engine {
         Metrics::add(&self.metrics.subscriptions_denied, denied.len() as u64);
         failed.extend(denied);
         let ok = self.join_within_limit(&c, allowed, &mut failed);
-        self.ack(&c, "subscribe", ok, failed);
+        self.ack(&c, "subscribe", ok.clone(), failed);
+        if p.presence {
+            self.presence_watch(&c, &ok);
+        }
         true
     }
 
@@ -383,9 +415,11 @@ impl Engine {
                     json!({
                         "server_version": cfg.server_version,
                         "protocol_version": 2,
-                        "features": features(),
+                        "features": features(&self.cfg),
                         "limits": {
                             "max_message_size": cfg.max_message_bytes,
+                            "rate_limit_capacity": cfg.rate_limit_capacity,
+                            "rate_limit_refill": cfg.rate_limit_refill,
                         },
                         "ping_interval": cfg.ping_interval_ms,
                         "connection_id": c.id.to_string(),
@@ -393,6 +427,7 @@ impl Engine {
                     }),
                 );
             }
+            "presence_update" => self.client_presence_update(c, &p),
             _ => {} // PONG replies: the read itself refreshed the idle timer.
         }
     }
@@ -427,14 +462,18 @@ impl Engine {
                         failed.push((t, "not allowed".into()));
                     }
                 }
+                let presence = p.get("presence").and_then(Value::as_bool).unwrap_or(false);
                 if self.cfg.subscribe_hook && !allowed.is_empty() {
                     let req = self.next_req.fetch_add(1, Relaxed);
-                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed });
+                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, presence });
                     self.inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: allowed });
                     return;
                 }
                 let ok = self.join_within_limit(c, &allowed, &mut failed);
-                self.ack(c, "subscribe", ok, failed);
+                self.ack(c, "subscribe", ok.clone(), failed);
+                if presence {
+                    self.presence_watch(c, &ok);
+                }
             }
             other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),
         }
@@ -467,7 +506,7 @@ impl Engine {
     }
 }
 
-fn features() -> Value {
+fn features(cfg: &Config) -> Value {
     json!({
         "compression": false,
         "encryption": false,
@@ -475,6 +514,6 @@ fn features() -> Value {
         "batching": false,
         "subscriptions": true,
         "recovery": false,
-        "presence": false,
+        "presence": cfg.presence,
     })
 }

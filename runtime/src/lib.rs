@@ -7,6 +7,7 @@ pub mod connection;
 pub mod drain;
 pub mod engine;
 pub mod handshake;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;

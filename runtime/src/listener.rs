@@ -112,12 +112,14 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
                 }
             };
             drop(permit);
-            if let Some(a) = accepted {
-                let conn = engine.register(a.user_id, a.claims, addr.to_string());
-                if engine.cfg.envelopes {
-                    engine.send_ready(&conn);
+            if let Some(mut a) = accepted {
+                if crate::limits::users::admit(&engine, a.user_id.as_deref(), &mut a.stream).await {
+                    let conn = engine.register(a.user_id, a.claims, addr.to_string());
+                    if engine.cfg.envelopes {
+                        engine.send_ready(&conn);
+                    }
+                    connection::run(engine.clone(), conn, a.stream, a.leftover).await;
                 }
-                connection::run(engine.clone(), conn, a.stream, a.leftover).await;
             }
             engine.release_slot();
         });

@@ -51,6 +51,14 @@ counters!(
     backpressure_waits,
     subscriptions,
     subscriptions_denied,
+    rate_limited,
+    rate_limit_warnings,
+    rate_limit_closes,
+    connections_rejected_user,
+    dedup_publish_dropped,
+    dedup_inbound_dropped,
+    presence_events,
+    presence_refused,
 );
 
 impl Metrics {
