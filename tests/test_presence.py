@@ -24,7 +24,8 @@ def auth(user: str) -> dict[str, Any]:
 
 
 async def connect(url: str, user: str) -> ClientConnection:
-    ws, ready = await open_ready(url, **auth(user))
+    # A deep client queue: watchers here read late, and a full queue would stall their close.
+    ws, ready = await open_ready(url, max_queue=4096, **auth(user))
     assert ready["p"]["details"]["features"]["presence"] is True
     return ws
 
@@ -259,8 +260,8 @@ async def stats_of(ws: ClientConnection) -> dict[str, Any]:
     return await ask(ws, "stats", {})
 
 
-def test_many_watchers_see_every_join_in_order(make_server: Any) -> None:
-    """20 watchers, 30 users joining: each watcher gets the 30 joins, in the same order."""
+def test_many_watchers_see_every_join_and_leave_in_order(make_server: Any) -> None:
+    """20 watchers, 30 users joining then leaving: each watcher gets every join and leave, in order."""
     srv = make_server(cfg())
 
     async def main() -> None:
@@ -283,8 +284,17 @@ def test_many_watchers_see_every_join_in_order(make_server: Any) -> None:
             seen.append(joins)
         assert all(s == [f"user{i}" for i in range(30)] for s in seen)
         assert (await ask(users[0], "presence", {"topic": "lobby"}))["count"] == [50, 50]
-        for c in users + watchers:
-            await c.close()
+        for u in users:
+            await u.close()
+        for w in watchers:
+            leaves = []
+            while len(leaves) < 30:
+                ev = await next_presence(w)
+                if ev["t"] == "presence_leave" and ev["p"]["user_id"].startswith("user"):
+                    leaves.append(ev["p"]["user_id"])
+            assert leaves == [f"user{i}" for i in range(30)]
+        for w in watchers:
+            await w.close()
 
     asyncio.run(main())
 
