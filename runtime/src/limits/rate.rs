@@ -141,7 +141,7 @@ pub fn admit(engine: &Engine, conn: &Arc<Conn>) -> bool {
                     "rate_limit_warning",
                     json!({
                         "limit": cfg.rate_limit_capacity,
-                        "remaining": remaining.floor(),
+                        "remaining": remaining.floor() as u64,
                         "refill_per_sec": cfg.rate_limit_refill,
                         "message": "rate limit nearly reached",
                     }),
