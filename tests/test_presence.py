@@ -311,3 +311,29 @@ def test_raw_client_presence_join_over_binary_frames(make_server: Any) -> None:
         assert op == 0x2 and orjson.loads(payload)["t"] == "presence_state"
     finally:
         w.close()
+
+
+def test_presence_with_the_authorization_hook_and_server_side_subscribe(make_server: Any) -> None:
+    """Watching follows the hook's decision; `app.subscribe` makes a user present too."""
+    srv = make_server(cfg(), env={"WSE_TEST_DENY_PREFIX": "secret."})
+
+    async def main() -> None:
+        w = await connect(srv.url, "w")
+        ack = await subscribe(w, ["room", "secret.x"], presence=True)
+        assert ack["p"]["success_topics"] == ["room"] and ack["p"]["failed_topics"] == ["secret.x"]
+        state = await next_presence(w)
+        assert state["p"]["topic"] == "room"
+        # The application subscribes ann to the refused topic on its own authority: ann is present
+        # there, but w hears nothing of it; then ann's own subscribe to room is a join w sees.
+        ann = await connect(srv.url, "ann")
+        assert await ask(ann, "join_topic", {"topic": "secret.x"}) == {"joined": ["secret.x"]}
+        await subscribe(ann, ["room"])
+        ev = await next_presence(w)
+        assert (ev["t"], ev["p"]["topic"], ev["p"]["user_id"]) == ("presence_join", "room", "ann")
+        assert (await ask(w, "presence", {"topic": "secret.x"}))["count"] == [1, 1]
+        st = await stats_of(w)
+        assert [e[:3] for e in st["record"]["presence"] if e[2] == "ann"] == [["join", "secret.x", "ann"], ["join", "room", "ann"]]
+        await ann.close()
+        await w.close()
+
+    asyncio.run(main())

@@ -279,19 +279,14 @@ impl Engine {
     }
 
     fn join(&self, c: &Arc<Conn>, topic: &str) -> bool {
-        let joined = {
-            let mut mine = c.topics.lock();
-            if mine.contains(topic) {
-                return true;
-            }
-            let joined = self.topics.subscribe(topic, c);
-            if joined {
-                mine.insert(Arc::from(topic));
-                Metrics::inc(&self.metrics.subscriptions);
-            }
-            joined
-        };
-        if joined {
+        let mut mine = c.topics.lock();
+        if mine.contains(topic) {
+            return true;
+        }
+        if self.topics.subscribe(topic, c) {
+            mine.insert(Arc::from(topic));
+            Metrics::inc(&self.metrics.subscriptions);
+            // Under the connection's topic lock, so an unregister racing with this sees both.
             self.presence_joined(c, topic);
         }
         true
@@ -307,17 +302,13 @@ impl Engine {
     /// Removes `c` from `topics`; returns those it was in.
     fn leave(&self, c: &Conn, topics: &[String]) -> Vec<String> {
         let mut out = vec![];
-        {
-            let mut mine = c.topics.lock();
-            for t in topics {
-                if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
-                    Metrics::dec(&self.metrics.subscriptions);
-                    out.push(t.clone());
-                }
+        let mut mine = c.topics.lock();
+        for t in topics {
+            if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
+                Metrics::dec(&self.metrics.subscriptions);
+                self.presence_left(c, t);
+                out.push(t.clone());
             }
-        }
-        for t in &out {
-            self.presence_left(c, t);
         }
         out
     }

@@ -13,6 +13,7 @@ them over the wire:
 - raw text/binary messages are echoed back unchanged (used by Autobahn)
 - ``publish_once`` ``{"topic", "key", "payload"}`` → publishes with an idempotency key, answers
   ``published`` with ``{"queued"}``
+- ``join_topic`` ``{"topic"}`` → ``app.subscribe`` on the server's authority (no ACL, no hook)
 - ``presence`` ``{"topic"}`` → ``presence`` with ``app.presence()`` and ``app.presence_count()``;
   ``presence_set`` ``{"user", "data"}`` → ``app.update_presence``, answers ``presence_set`` with
   ``{"topics"}`` or ``{"error"}``; presence events are recorded under ``record["presence"]``
@@ -113,6 +114,11 @@ def _presence(conn: Connection, msg: Message) -> None:
     topic = msg.payload["topic"]
     members = {u: {"data": m.data, "connections": m.connections} for u, m in app.presence(topic).items()}
     app.send(conn, {"members": members, "count": list(app.presence_count(topic))}, type="presence")
+
+
+@app.on("join_topic")
+def _join_topic(conn: Connection, msg: Message) -> None:
+    app.send(conn, {"joined": app.subscribe(conn, msg.payload["topic"])}, type="join_topic")
 
 
 @app.on("presence_set")
