@@ -119,9 +119,11 @@ def test_continued_flood_closes_with_4429(make_server: Any) -> None:
         st = await wait_stats(bystander, lambda s: s["record"]["disconnects"] == 1)
         assert st["record"]["codes"] == {"4429": 1}
         assert st["engine"]["rate_limit_closes"] == 1
-        # Every message the flooder sent before the close: processed or counted as refused.
-        assert st["record"]["messages"] + 1 + st["engine"]["rate_limited"] >= 31
-        assert 10 <= st["record"]["messages"] <= 12
+        # The flooder's first 10 messages (and any token refilled meanwhile) were processed; the
+        # rest it sent up to the close were refused: 21 refusals at least (the 21st closes).
+        processed = st["record"]["messages"] - 1  # the bystander's echo counts too
+        assert 10 <= processed <= 12
+        assert st["engine"]["rate_limited"] >= 21
         await bystander.close()
 
     asyncio.run(main())
