@@ -48,6 +48,14 @@ def run_feature(srv: ServerProc, mode: str) -> dict:  # type: ignore[type-arg]
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def run_reference(*args: str) -> dict:  # type: ignore[type-arg]
+    out = subprocess.run(
+        ["bash", str(reference_script()), "python", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def engine_stats(srv: ServerProc) -> dict:  # type: ignore[type-arg]
     import asyncio
 
@@ -90,3 +98,28 @@ def test_published_client_recovers_after_reconnect(make_server) -> None:  # type
     assert r["state"]["feat"][1] == 12
     st = engine_stats(srv)
     assert st["recovery_recovered"] == 1 and st["recovered_messages"] == 7
+def test_published_client_receives_presence_events(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: ServerProc = make_server({"jwt": {"secret": SECRET}, "presence": True})
+    res = run_reference(
+        "tests/interop/ref_presence_rate.py", "presence", srv.url,
+        make_token({"sub": "ref-a"}), make_token({"sub": "ref-b"}),
+    )
+    got = [(e["type"], e["payload"].get("user_id"), e["payload"].get("data")) for e in res["events"]]
+    assert got == [
+        ("presence_join", "ref-b", None),
+        ("presence_update", "ref-b", {"status": "away"}),
+        ("presence_leave", "ref-b", {"status": "away"}),
+    ]
+    assert all(e["payload"]["topic"] == "room" for e in res["events"])
+
+
+def test_published_client_sees_rate_limit_warning_and_rate_limited(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: ServerProc = make_server(
+        {"jwt": {"secret": SECRET}, "rate_limit_capacity": 20, "rate_limit_refill": 2, "rate_limit_close_after": 0}
+    )
+    res = run_reference("tests/interop/ref_presence_rate.py", "rate", srv.url, make_token({"sub": "ref-r"}), "40")
+    assert len(res["warnings"]) == 1
+    assert res["warnings"][0]["limit"] == 20 and res["warnings"][0]["remaining"] < 4
+    limited = [e for e in res["errors"] if e["code"] == "RATE_LIMITED"]
+    assert len(limited) == 1 and 0 < limited[0]["retry_after"] <= 1.0
+    assert res["echo"] == {"back": 1} and res["connected"] is True

@@ -6,13 +6,15 @@ import asyncio
 import inspect
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 
 from . import _runtime
+from .breaker import PROBE, REJECT, Breaker, BreakerStatus
 from .config import WSEConfig
 
 log = logging.getLogger("wse")
@@ -23,6 +25,8 @@ _EV_MSG = _runtime.EV_MSG
 _EV_RAW = _runtime.EV_RAW
 _EV_BIN = _runtime.EV_BIN
 _EV_SUB_REQUEST = _runtime.EV_SUB_REQUEST
+_EV_PRESENCE = _runtime.EV_PRESENCE
+_CHANGES: tuple[Literal["join", "leave", "update"], ...] = ("join", "leave", "update")
 
 
 @dataclass(eq=False)
@@ -54,6 +58,27 @@ class Message(NamedTuple):
     envelope: dict[str, Any]
 
 
+class PresenceEvent(NamedTuple):
+    """A user joined a topic (first connection), left it (last connection), or changed their data."""
+
+    change: Literal["join", "leave", "update"]
+    topic: str
+    user_id: str
+    data: Any
+    conn_id: int
+    """The connection that caused it; 0 when the application did (``update_presence``)."""
+
+
+class PresenceMember(NamedTuple):
+    data: Any
+    connections: int
+
+
+class PresenceCount(NamedTuple):
+    users: int
+    connections: int
+
+
 # NOTE: the drain loop builds a Message per inbound message; tuple.__new__ skips a Python-level
 # __init__ call (a dataclass cost about 4x more here).
 _new_message = tuple.__new__
@@ -64,6 +89,7 @@ LifecycleHandler = Callable[[Connection], Any]
 DisconnectHandler = Callable[[Connection, int], Any]
 RawHandler = Callable[[Connection, bytes, bool], Any]
 SubscribeHook = Callable[[Connection, str], Any]
+PresenceHandler = Callable[[PresenceEvent], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -84,6 +110,9 @@ class WSEApp:
         self._on_disconnect: list[tuple[DisconnectHandler, bool]] = []
         self._on_raw: tuple[RawHandler, bool] | None = None
         self._authorize: SubscribeHook | None = None
+        self._on_presence: list[tuple[PresenceHandler, bool]] = []
+        # Circuit breakers by message type, made at a type's first failure.
+        self._breakers: dict[str, Breaker] = {}
         self._server: _runtime.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -121,6 +150,12 @@ class WSEApp:
         self._on_raw = (fn, _is_async(fn))
         return fn
 
+    def on_presence(self, fn: F) -> F:
+        """``fn(event: PresenceEvent)`` when a user joins or leaves a topic or changes their data
+        (needs ``WSEConfig.presence``). Never dropped, in order with connects and disconnects."""
+        self._on_presence.append((fn, _is_async(fn)))
+        return fn
+
     def authorize_subscription(self, fn: F) -> F:
         """``fn(conn, topic) -> bool`` (or awaitable) decides each client subscription."""
         self._authorize = fn
@@ -134,9 +169,17 @@ class WSEApp:
             raise RuntimeError("the application is not running")
         return self._server
 
-    def publish(self, topic: str, payload: Any, *, type: str = "message", category: str = "U") -> int:
-        """Send ``payload`` to every subscriber of ``topic``; returns how many it was queued for."""
-        return self.server.publish(topic, _dumps(payload), type, category)
+    def publish(
+        self, topic: str, payload: Any, *, type: str = "message", category: str = "U", idempotency_key: str | None = None
+    ) -> int:
+        """Send ``payload`` to every subscriber of ``topic``; returns how many it was queued for.
+
+        With ``idempotency_key``, a key already published within the dedup window
+        (``WSEConfig.dedup_window``, ``dedup_window_ms``) publishes nothing and returns 0.
+        """
+        if idempotency_key is None:
+            return self.server.publish(topic, _dumps(payload), type, category)
+        return self.server.publish(topic, _dumps(payload), type, category, idempotency_key)
 
     def send(self, conn: Connection | int, payload: Any, *, type: str = "message", category: str = "U") -> bool:
         """Send one envelope to one connection; False if it is gone or over its outbound budget."""
@@ -163,8 +206,76 @@ class WSEApp:
         return self.server.disconnect(_cid(conn), code, reason)
 
     def stats(self) -> dict[str, int]:
-        """The engine's counters and gauges."""
-        return self.server.stats()
+        """The engine's counters and gauges, and ``breakers_open`` (message types refused now)."""
+        st = self.server.stats()
+        st["breakers_open"] = sum(1 for b in self._breakers.values() if b.state != "closed")
+        return st
+
+    # ---- presence -------------------------------------------------------------------------------
+
+    def presence(self, topic: str) -> dict[str, PresenceMember]:
+        """Users present in ``topic``, with their data and how many connections each has there."""
+        return {u: PresenceMember(orjson.loads(d), n) for u, d, n in self.server.presence(topic)}
+
+    def presence_count(self, topic: str) -> PresenceCount:
+        """How many users and connections are present in ``topic`` (no listing: cheap)."""
+        return PresenceCount(*self.server.presence_count(topic))
+
+    def update_presence(self, user: Connection | str, data: Any) -> int:
+        """Set a user's presence data; every topic they are in hears ``presence_update``.
+
+        Returns how many topics. Raises ``ValueError`` if presence is off or ``data`` serializes
+        to more than ``presence_max_data_bytes``.
+        """
+        user_id = user.user_id if isinstance(user, Connection) else user
+        if user_id is None:
+            raise ValueError("presence needs an authenticated user (the connection has no user_id)")
+        return self.server.update_presence(user_id, orjson.dumps(data))
+
+    # ---- circuit breakers -----------------------------------------------------------------------
+
+    def breakers(self) -> dict[str, BreakerStatus]:
+        """The circuit breaker of every message type whose handler has failed at least once."""
+        now = time.monotonic()
+        return {t: b.status(now) for t, b in self._breakers.items()}
+
+    def _handler_failed(self, msg_type: str, probe: bool) -> None:
+        cfg = self.config
+        if cfg.breaker_failures <= 0:
+            return
+        br = self._breakers.get(msg_type)
+        if br is None:
+            br = Breaker(cfg.breaker_failures, cfg.breaker_reset_ms / 1000, cfg.breaker_probes)
+            self._breakers[msg_type] = br
+        was = br.state
+        br.failure(time.monotonic(), probe)
+        if br.state == "open" and was != "open":
+            log.warning("wse: circuit breaker for %r opened after %d failures", msg_type, br.consecutive)
+
+    def _handler_ok(self, msg_type: str, probe: bool) -> None:
+        br = self._breakers.get(msg_type)
+        if br is not None:
+            was = br.state
+            br.success(probe)
+            if br.state == "closed" and was != "closed":
+                log.warning("wse: circuit breaker for %r closed again", msg_type)
+
+    async def _guarded(self, aw: Awaitable[Any], cid: int, msg_type: str, probe: bool) -> None:
+        """Runs an async handler with the handler timeout, and tells its breaker how it went."""
+        timeout_ms = self.config.handler_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000 if timeout_ms > 0 else None):
+                await aw
+        except TimeoutError:
+            log.warning("wse: handler for %r timed out after %d ms", msg_type, timeout_ms)
+            self._reply_error(cid, "HANDLER_TIMEOUT", f"the handler for {msg_type!r} timed out")
+            self._handler_failed(msg_type, probe)
+        except Exception:
+            log.exception("wse: handler for %r failed", msg_type)
+            self._reply_error(cid, "HANDLER_ERROR", f"the handler for {msg_type!r} failed")
+            self._handler_failed(msg_type, probe)
+        else:
+            self._handler_ok(msg_type, probe)
 
     # ---- serving --------------------------------------------------------------------------------
 
@@ -241,6 +352,9 @@ class WSEApp:
         connections = self.connections
         handlers = self._handlers
         default = self._default
+        breakers = self._breakers
+        slow_s = self.config.handler_timeout_ms / 1000 if self.config.handler_timeout_ms > 0 else float("inf")
+        clock = time.monotonic
         loads = orjson.loads
         # NOTE: the message branch is written out inline: it runs once per inbound message.
         for kind, cid, a, b in events:
@@ -259,17 +373,32 @@ class WSEApp:
                     self._reply_error(cid, "UNKNOWN_MESSAGE_TYPE", f"no handler for {msg_type!r}")
                     continue
                 fn, is_async = h
+                probe = False
+                br = breakers.get(msg_type)
+                if br is not None and br.state != "closed":
+                    verdict = br.allow(clock())
+                    if verdict == REJECT:
+                        self._reply_unavailable(cid, msg_type, br)
+                        continue
+                    probe = verdict == PROBE
                 msg = _new_message(Message, (msg_type, env["p"] if "p" in env else env.get("payload"), env.get("id"), env))
                 try:
                     if is_async:
-                        self._spawn(fn(conn, msg))
+                        self._spawn(self._guarded(fn(conn, msg), cid, msg_type, probe))
                     else:
+                        t0 = clock()
                         result = fn(conn, msg)
                         if result is not None and inspect.isawaitable(result):
-                            self._spawn(result)
+                            self._spawn(self._guarded(result, cid, msg_type, probe))
+                        elif clock() - t0 > slow_s:
+                            log.warning("wse: handler for %r ran past the handler timeout", msg_type)
+                            self._handler_failed(msg_type, probe)
+                        elif br is not None:
+                            self._handler_ok(msg_type, probe)
                 except Exception:
                     log.exception("wse: handler for %r failed", msg_type)
                     self._reply_error(cid, "HANDLER_ERROR", f"the handler for {msg_type!r} failed")
+                    self._handler_failed(msg_type, probe)
                 continue
             try:
                 if kind == _EV_CONNECT:
@@ -289,12 +418,32 @@ class WSEApp:
                         self._call(self._on_raw, peer, a, kind == _EV_RAW)
                 elif kind == _EV_SUB_REQUEST:
                     self._spawn(self._authorize_topics(cid, a, b))
+                elif kind == _EV_PRESENCE:
+                    if self._on_presence:
+                        change, topic, user = a
+                        pev = PresenceEvent(_CHANGES[change], topic, user, loads(b), cid)
+                        for h_pres in self._on_presence:
+                            self._call(h_pres, pev)
             except Exception:
                 log.exception("wse: event handler failed")
         return len(events)
 
     def _reply_error(self, cid: int, code: str, message: str) -> None:
         self.server.send(cid, _dumps({"code": code, "message": message}), "error", "WSE")
+
+    def _reply_unavailable(self, cid: int, msg_type: str, br: Breaker) -> None:
+        retry = round(br.retry_after(time.monotonic()), 3)
+        self.server.send(
+            cid,
+            _dumps({
+                "code": "HANDLER_UNAVAILABLE",
+                "message": f"the handler for {msg_type!r} is failing; its messages are refused for now",
+                "type": msg_type,
+                "retry_after": retry,
+            }),
+            "error",
+            "WSE",
+        )
 
     def _call(self, handler: tuple[Callable[..., Any], bool], *args: Any) -> None:
         fn, is_async = handler

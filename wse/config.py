@@ -111,6 +111,44 @@ class WSEConfig:
     """PEM certificate chain: serve ``wss://`` on the client port (with ``tls_key_file``)."""
     tls_key_file: str | None = None
 
+    # ---- limits on what clients send ----
+    rate_limit_capacity: float = 100_000.0
+    """Token bucket per connection: messages a client may send in a burst (0 turns the limit off).
+    The default matches the published engine's; set it lower for public endpoints."""
+    rate_limit_refill: float = 10_000.0
+    """Messages per second the bucket refills."""
+    rate_limit_warn_at: float = 0.2
+    """``rate_limit_warning`` goes out once when this fraction of the bucket is left."""
+    rate_limit_close_after: int = 500
+    """Refused messages in a row before the connection is closed (0: never)."""
+    rate_limit_close_code: int = 4429
+    max_connections_per_user: int = 0
+    """Connections one user (token ``sub``) may hold at once; 0 for no limit. Over it: close 4429."""
+
+    # ---- presence and dedup ----
+    presence: bool = False
+    """Track which users are in each topic: ``on_presence`` events, ``presence()``, and
+    ``presence_join``/``presence_leave``/``presence_update`` to clients that ask."""
+    presence_max_data_bytes: int = 4096
+    """Largest presence ``data`` (serialized JSON) a user may carry."""
+    dedup_window: int = 50_000
+    """Idempotency keys and client message ids remembered (0 turns dedup off)..."""
+    dedup_window_ms: int = 300_000
+    """...and for how long at most."""
+    dedup_inbound: bool = True
+    """Drop a client message whose ``id`` the same user already sent within the window."""
+
+    # ---- handlers (Python side) ----
+    handler_timeout_ms: int = 30_000
+    """An async handler running longer is cancelled and counts as a failure (0: no timeout);
+    a sync handler running longer counts as a failure once it returns."""
+    breaker_failures: int = 5
+    """Failures in a row that open a message type's circuit breaker (0: no breaker)."""
+    breaker_reset_ms: int = 10_000
+    """How long an open breaker refuses before it lets probe messages through."""
+    breaker_probes: int = 1
+    """Probe messages that must succeed, while half-open, to close the breaker."""
+
     def replace(self, **changes: object) -> WSEConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -118,6 +156,7 @@ class WSEConfig:
     def engine_json(self, *, subscribe_hook: bool = False) -> str:
         """The settings the Rust engine reads."""
         data = dataclasses.asdict(self)
-        data.pop("drain_batch")
+        for python_only in ("drain_batch", "handler_timeout_ms", "breaker_failures", "breaker_reset_ms", "breaker_probes"):
+            data.pop(python_only)
         data["subscribe_hook"] = subscribe_hook
         return orjson.dumps(data).decode()

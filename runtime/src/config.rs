@@ -147,6 +147,27 @@ pub struct Config {
     /// PEM certificate chain and private key: serve `wss://` (TLS) on the client port.
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    // ---- client limits (limits/) ----
+    /// Token bucket per connection on the messages a client sends: burst size (0: no limit).
+    pub rate_limit_capacity: f64,
+    /// Tokens (messages) per second refilled.
+    pub rate_limit_refill: f64,
+    /// `rate_limit_warning` goes out when this fraction of the bucket is left.
+    pub rate_limit_warn_at: f64,
+    /// Refused messages in a row before the connection is closed (0: never closed).
+    pub rate_limit_close_after: u64,
+    pub rate_limit_close_code: u16,
+    /// Connections one user (`sub`) may hold at once (0: no limit).
+    pub max_connections_per_user: usize,
+    // ---- presence and dedup (pubsub/) ----
+    /// Track which users are in each topic and tell the application and watchers.
+    pub presence: bool,
+    pub presence_max_data_bytes: usize,
+    /// Ids remembered for dedup (0: off), and for how long at most.
+    pub dedup_window: usize,
+    pub dedup_window_ms: u64,
+    /// Drop a client message whose `id` the same user sent within the window.
+    pub dedup_inbound: bool,
 }
 
 impl Default for Config {
@@ -196,6 +217,17 @@ impl Default for Config {
             require_signatures: false,
             tls_cert_file: None,
             tls_key_file: None,
+            rate_limit_capacity: 100_000.0,
+            rate_limit_refill: 10_000.0,
+            rate_limit_warn_at: 0.2,
+            rate_limit_close_after: 500,
+            rate_limit_close_code: 4429,
+            max_connections_per_user: 0,
+            presence: false,
+            presence_max_data_bytes: 4096,
+            dedup_window: 50_000,
+            dedup_window_ms: 300_000,
+            dedup_inbound: true,
         }
     }
 }
@@ -230,6 +262,15 @@ impl Config {
         }
         if self.recovery && (self.recovery_buffer == 0 || self.recovery_max_bytes == 0) {
             return Err("recovery_buffer and recovery_max_bytes must be positive".into());
+        }
+        if !(1000..5000).contains(&self.rate_limit_close_code) {
+            return Err("rate_limit_close_code must be in 1000..5000".into());
+        }
+        if !(self.rate_limit_capacity >= 0.0 && self.rate_limit_refill >= 0.0) {
+            return Err("rate_limit_capacity and rate_limit_refill must not be negative".into());
+        }
+        if !(0.0..=1.0).contains(&self.rate_limit_warn_at) {
+            return Err("rate_limit_warn_at must be between 0 and 1".into());
         }
         Ok(())
     }

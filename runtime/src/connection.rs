@@ -43,6 +43,8 @@ pub struct Conn {
     /// The client accepts `C:` (zlib) frames: it said so in the URL or in `client_hello`.
     pub zip: AtomicBool,
     pub created_ms: u64,
+    /// The rate limit on what this client sends (None: no limit).
+    pub rate: Option<Mutex<crate::limits::rate::RateState>>,
 }
 
 impl Conn {
@@ -160,6 +162,9 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
     let m = &engine.metrics;
     Metrics::inc(&m.messages_in);
     Metrics::add(&m.bytes_in, data.len() as u64);
+    if !crate::limits::rate::admit(engine, conn) {
+        return;
+    }
     if !engine.cfg.envelopes {
         let ev = if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } };
         return engine.inbound.push_data(ev).await;
@@ -173,6 +178,9 @@ async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: b
         }
         Inbound::App(json) if !signature_ok(engine, conn, json) => {}
         Inbound::App(json) => {
+            if !engine.inbound_first(conn, json) {
+                return;
+            }
             let off = json.as_ptr() as usize - data.as_ptr() as usize;
             let data = data.slice(off..);
             engine.inbound.push_data(Event::Msg { conn: conn.id, data }).await

@@ -25,6 +25,9 @@ pub enum Event {
     Bin { conn: u64, data: Bytes },
     /// Topics waiting for the Python authorization hook.
     SubRequest { conn: u64, req: u64, topics: Vec<String> },
+    /// A user joined or left a topic, or changed their data (`change`: 0 join, 1 leave, 2 update);
+    /// `conn` is the connection that caused it (0: the application).
+    Presence { conn: u64, change: u8, topic: String, user: String, data: Bytes },
 }
 
 impl Event {

@@ -34,6 +34,8 @@ struct PendingSub {
     denied: Vec<(String, String)>,
     recover: HashMap<String, (u32, u64)>,
     group: Option<String>,
+    /// The client asked for presence events of these topics.
+    presence: bool,
 }
 
 pub const MAX_GROUP_LEN: usize = 64;
@@ -59,6 +61,11 @@ pub struct Engine {
     pending: Mutex<HashMap<u64, PendingSub>>,
     /// Connections counted against `max_connections`: in the handshake or registered.
     slots: AtomicUsize,
+    // ---- presence, dedup, per-user limits (pubsub/presence*.rs, pubsub/dedup.rs, limits/) ----
+    pub presence: crate::pubsub::presence::Presence<Arc<Conn>>,
+    pub dedup_publish: crate::pubsub::dedup::Dedup,
+    pub dedup_inbound: crate::pubsub::dedup::Dedup,
+    pub user_slots: crate::limits::users::UserSlots,
 }
 
 impl Engine {
@@ -82,7 +89,14 @@ impl Engine {
             max_bytes: cfg.recovery_max_bytes,
         });
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
+        let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
+        let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
+        let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         Ok(Self {
+            presence,
+            dedup_publish,
+            dedup_inbound,
+            user_slots: Default::default(),
             cfg: Arc::new(cfg),
             metrics,
             inbound,
@@ -160,6 +174,7 @@ impl Engine {
             rotation: AtomicBool::new(false),
             zip: AtomicBool::new(compression),
             created_ms: now,
+            rate: crate::limits::rate::for_connection(&self.cfg, now),
         });
         self.conns.write().insert(id, conn.clone());
         Metrics::inc(&self.metrics.connections_active);
@@ -185,7 +200,9 @@ impl Engine {
             if self.topics.unsubscribe(&t, conn.id) {
                 Metrics::dec(&self.metrics.subscriptions);
             }
+            self.presence_left(conn, &t);
         }
+        self.user_gone(conn);
         Metrics::dec(&self.metrics.connections_active);
         self.inbound.push_lifecycle(Event::Disconnect { conn: conn.id, code });
     }
@@ -200,7 +217,7 @@ impl Engine {
         Arc::new(OutMsg::new(v, opcode, self.cfg.zip(), 0, 0))
     }
 
-    fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
+    pub(crate) fn send_system(&self, conn: &Conn, msg_type: &str, payload: Value) {
         self.send_system_as(conn, msg_type, payload, self.opcode());
     }
 
@@ -330,6 +347,8 @@ impl Engine {
         if added {
             mine.insert(Arc::from(topic));
             Metrics::inc(&self.metrics.subscriptions);
+            // Under the connection's topic lock, so an unregister racing with this sees both.
+            self.presence_joined(c, topic);
         }
         if recover.is_some() {
             let m = &self.metrics;
@@ -354,6 +373,7 @@ impl Engine {
         for t in topics {
             if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
                 Metrics::dec(&self.metrics.subscriptions);
+                self.presence_left(c, t);
                 out.push(t.clone());
             }
         }
@@ -387,7 +407,11 @@ impl Engine {
         failed.extend(denied);
         let wanted: Vec<Wanted> = allowed.iter().map(|t| (t.clone(), p.recover.remove(t))).collect();
         let ok = self.join_within_limit(&c, &wanted, p.group.as_deref(), &mut failed);
+        let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
         self.ack(&c, "subscribe", ok, failed);
+        if p.presence {
+            self.presence_watch(&c, &joined);
+        }
         true
     }
 
@@ -463,6 +487,7 @@ impl Engine {
                 );
             }
             "client_hello" => self.client_hello(c, &p),
+            "presence_update" => self.client_presence_update(c, &p),
             _ => {} // PONG replies: the read itself refreshed the idle timer.
         }
     }
@@ -475,7 +500,11 @@ impl Engine {
             "server_version": cfg.server_version,
             "protocol_version": 2,
             "features": self.features(),
-            "limits": {"max_message_size": cfg.max_message_bytes},
+            "limits": {
+                "max_message_size": cfg.max_message_bytes,
+                "rate_limit_capacity": cfg.rate_limit_capacity,
+                "rate_limit_refill": cfg.rate_limit_refill,
+            },
             "ping_interval": cfg.ping_interval_ms,
             "connection_id": c.id.to_string(),
             "server_time": rfc3339(now_ms()),
@@ -548,10 +577,11 @@ impl Engine {
                         failed.push((t, "not allowed".into()));
                     }
                 }
+                let presence = p.get("presence").and_then(Value::as_bool).unwrap_or(false);
                 if self.cfg.subscribe_hook && !allowed.is_empty() {
                     let req = self.next_req.fetch_add(1, Relaxed);
                     let recover = allowed.iter().filter_map(|t| recover.get(t).map(|r| (t.clone(), *r))).collect();
-                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover, group });
+                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover, group, presence });
                     self.inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: allowed });
                     return;
                 }
@@ -560,7 +590,11 @@ impl Engine {
                     (t, r)
                 }).collect();
                 let ok = self.join_within_limit(c, &wanted, group.as_deref(), &mut failed);
+                let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
                 self.ack(c, "subscribe", ok, failed);
+                if presence {
+                    self.presence_watch(c, &joined);
+                }
             }
             other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),
         }
@@ -649,7 +683,7 @@ impl Engine {
             "batching": false,
             "subscriptions": true,
             "recovery": cfg.recovery,
-            "presence": false,
+            "presence": cfg.presence,
         })
     }
 }

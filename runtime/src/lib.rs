@@ -9,6 +9,7 @@ pub mod deliver;
 pub mod drain;
 pub mod engine;
 pub mod handshake;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;

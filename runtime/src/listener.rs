@@ -152,13 +152,16 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Option<(Accepted<S>, Arc<Conn>)> {
     let upgraded = tokio::time::timeout(timeout, handshake::accept(engine, stream, addr)).await;
     drop(permit);
-    let a = match upgraded {
+    let mut a = match upgraded {
         Ok(a) => a?,
         Err(_) => {
             Metrics::inc(&engine.metrics.handshake_timeouts);
             return None;
         }
     };
+    if !crate::limits::users::admit(engine, a.user_id.as_deref(), &mut a.stream).await {
+        return None;
+    }
     let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.msgpack, a.compression);
     if engine.cfg.envelopes {
         engine.send_ready(&conn);

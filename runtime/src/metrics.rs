@@ -70,6 +70,14 @@ counters!(
     sealed_in,
     signature_failures,
     tls_failures,
+    rate_limited,
+    rate_limit_warnings,
+    rate_limit_closes,
+    connections_rejected_user,
+    dedup_publish_dropped,
+    dedup_inbound_dropped,
+    presence_events,
+    presence_refused,
 );
 
 impl Metrics {

@@ -19,6 +19,7 @@ pub const EV_MSG: u8 = 2;
 pub const EV_RAW: u8 = 3;
 pub const EV_BIN: u8 = 4;
 pub const EV_SUB_REQUEST: u8 = 5;
+pub const EV_PRESENCE: u8 = 6;
 
 #[pyclass(frozen, module = "wse._runtime")]
 pub struct Server {
@@ -43,6 +44,10 @@ fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
         Event::Bin { conn, data } => (EV_BIN, conn, PyBytes::new(py, &data).into_any(), none),
         Event::SubRequest { conn, req, topics } => {
             (EV_SUB_REQUEST, conn, req.into_pyobject(py)?.into_any(), topics.into_pyobject(py)?.into_any())
+        }
+        Event::Presence { conn, change, topic, user, data } => {
+            let what = (change, topic, user).into_pyobject(py)?.into_any();
+            (EV_PRESENCE, conn, what, PyBytes::new(py, &data).into_any())
         }
     };
     PyTuple::new(py, [kind.into_pyobject(py)?.into_any(), conn.into_pyobject(py)?.into_any(), a, b])
@@ -97,9 +102,10 @@ impl Server {
     }
 
     /// Frames `payload` (JSON bytes) once for every subscriber of `topic`; returns their number.
-    #[pyo3(signature = (topic, payload, msg_type = "message", category = "U"))]
-    fn publish(&self, topic: &str, payload: &[u8], msg_type: &str, category: &str) -> usize {
-        self.engine.publish(topic, category, msg_type, payload)
+    /// With `idempotency_key`, a key already used within the dedup window publishes nothing (0).
+    #[pyo3(signature = (topic, payload, msg_type = "message", category = "U", idempotency_key = None))]
+    fn publish(&self, topic: &str, payload: &[u8], msg_type: &str, category: &str, idempotency_key: Option<&str>) -> usize {
+        self.engine.publish_keyed(idempotency_key, topic, category, msg_type, payload)
     }
 
     /// Sends one envelope to one connection; False if it is gone or over its budget.
@@ -151,6 +157,35 @@ impl Server {
         self.engine.conn_count()
     }
 
+    /// Users present in `topic`: `(user_id, data as JSON bytes, connections)`.
+    fn presence<'py>(&self, py: Python<'py>, topic: &str) -> PyResult<Vec<(String, Bound<'py, PyBytes>, u32)>> {
+        let members = self.engine.presence.members(topic);
+        members
+            .into_iter()
+            .map(|(u, d, n)| {
+                let data = serde_json::to_vec(&*d).map_err(|e| PyValueError::new_err(e.to_string()))?;
+                Ok((u.to_string(), PyBytes::new(py, &data), n))
+            })
+            .collect()
+    }
+
+    /// `(users, connections)` present in `topic`.
+    fn presence_count(&self, topic: &str) -> (usize, usize) {
+        self.engine.presence.count(topic)
+    }
+
+    /// Sets `user_id`'s presence data (JSON bytes); returns the number of topics told.
+    fn update_presence(&self, user_id: &str, data: &[u8]) -> PyResult<usize> {
+        let v: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| PyValueError::new_err(format!("presence data: {e}")))?;
+        self.engine.update_presence(user_id, v, 0).map_err(PyValueError::new_err)
+    }
+
+    /// Open connections of `user_id`.
+    fn user_connection_count(&self, user_id: &str) -> usize {
+        self.engine.user_slots.count(user_id)
+    }
+
     /// Every counter and gauge, by name.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -160,6 +195,11 @@ impl Server {
         d.set_item("topics", self.engine.topics.topic_count())?;
         d.set_item("inbound_queue_len", self.engine.inbound.len())?;
         d.set_item("recovery_bytes", self.engine.topics.ring_bytes())?;
+        let (ptopics, pusers) = self.engine.presence.totals();
+        d.set_item("presence_topics", ptopics)?;
+        d.set_item("presence_users", pusers)?;
+        d.set_item("dedup_publish_keys", self.engine.dedup_publish.len())?;
+        d.set_item("dedup_inbound_keys", self.engine.dedup_inbound.len())?;
         Ok(d)
     }
 }
@@ -182,6 +222,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_RAW", EV_RAW)?;
     m.add("EV_BIN", EV_BIN)?;
     m.add("EV_SUB_REQUEST", EV_SUB_REQUEST)?;
+    m.add("EV_PRESENCE", EV_PRESENCE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

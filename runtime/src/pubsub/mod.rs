@@ -1,4 +1,7 @@
 //! Topics and fan-out.
 
+pub mod dedup;
 pub mod fanout;
+pub mod presence;
+pub mod presence_hooks;
 pub mod topics;
