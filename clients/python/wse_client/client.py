@@ -561,7 +561,7 @@ class WSEClient:
         try:
             async for frame in ws:
                 self._last_rx = loop.time()
-                if type(frame) is str:
+                if isinstance(frame, str):
                     stats["frames_text"] += 1
                 else:
                     stats["frames_binary"] += 1
