@@ -36,11 +36,17 @@ async def collect_pubs(client: WSEClient, n: int, gaps: list[Event] | None = Non
 
 def test_reconnects_after_the_server_closes_the_connection(our_server: Any) -> None:
     """The server drops the connection mid-stream: the client comes back, subscribed again, and
-    says that what was published meanwhile is unknown (this server has no recovery yet)."""
+    says that what was published meanwhile is unknown (this server has no recovery yet). The token
+    comes from an async provider, asked again for every connection."""
     srv: OurServer = our_server(JWT)
+    issued: list[str] = []
+
+    async def fresh_token() -> str:
+        issued.append(token(f"user-{len(issued)}"))
+        return issued[-1]
 
     async def main() -> None:
-        async with connect(srv.url, token=token(), **FAST) as client:
+        async with connect(srv.url, token=fresh_token, **FAST) as client:
             await client.subscribe("live")
             await client.send("stream", {"topic": "live", "count": 400, "interval": 0.005})
             first = await collect_pubs(client, 30)
@@ -53,7 +59,9 @@ def test_reconnects_after_the_server_closes_the_connection(our_server: Any) -> N
             assert seen == sorted(seen) and len(set(seen)) == len(seen)  # in order, no duplicates
             assert [g.payload["topic"] for g in gaps] == ["live"]
             assert gaps[0].payload["reason"] == "no_recovery"
-            assert (await client.request("rpc", {"after": "kick"})).payload["echo"] == {"after": "kick"}
+            reply = await client.request("rpc", {"after": "kick"})
+            assert reply.payload == {"echo": {"after": "kick"}, "user": "user-1"}  # the second token
+            assert len(issued) == 2
 
     asyncio.run(main())
 

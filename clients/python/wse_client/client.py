@@ -29,6 +29,8 @@ PROTOCOL_VERSION = 2
 AUTH_CLOSE = 4401
 
 Overflow = Literal["block", "drop_oldest", "drop_newest", "error"]
+TokenSource = str | Callable[[], str | Awaitable[str]]
+"""A token, or a function (plain or async) called for a fresh token before every connection."""
 Handler = Callable[[Event], Any]
 H = TypeVar("H", bound=Handler)
 
@@ -49,7 +51,7 @@ class WSEClient:
         self,
         url: str,
         *,
-        token: str | None = None,
+        token: TokenSource | None = None,
         headers: dict[str, str] | None = None,
         encryption: bool = False,
         msgpack: bool = False,
@@ -78,8 +80,7 @@ class WSEClient:
             raise ValueError("max_queue must be >= 0 (0: no queue, handlers only)")
         self.url = _with_format(url, "msgpack") if msgpack else url
         self._headers = dict(headers or {})
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._token = token
         self.encryption = encryption
         self.msgpack = msgpack
         self.key_rotation = key_rotation
@@ -186,7 +187,7 @@ class WSEClient:
     @property
     def connected(self) -> bool:
         """True while a connection is up and its handshake is done."""
-        return self._ready.is_set()
+        return self._ready.is_set() and self._lost is None and not self._closing
 
     @property
     def closed(self) -> bool:
@@ -361,10 +362,20 @@ class WSEClient:
 
     async def _open(self, *, resubscribe: bool) -> None:
         loop = asyncio.get_running_loop()
+        headers = dict(self._headers)
+        source = self._token
+        token: str | None
+        if callable(source):
+            fresh = source()
+            token = await fresh if inspect.isawaitable(fresh) else fresh
+        else:
+            token = source
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             ws = await ws_connect(
                 self.url,
-                additional_headers=self._headers or None,
+                additional_headers=headers or None,
                 open_timeout=self.open_timeout,
                 ping_interval=None,
                 max_size=self._max_size,
@@ -402,6 +413,8 @@ class WSEClient:
                 await asyncio.wait_for(self._restore(ws), self.request_timeout)
         except BaseException:
             self._reader.cancel()
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             await _abort(ws)
             raise
         self._ready.set()
@@ -454,7 +467,7 @@ class WSEClient:
                 raise
             except Exception:  # noqa: BLE001 - the reader's own failure: reconnect
                 log.exception("receive loop failed")
-            if self._closing:
+            if self._closing or self._lost is not None:
                 return
             ws = self._ws
             code = ws.close_code if ws is not None else None
@@ -473,9 +486,9 @@ class WSEClient:
 
     async def _reconnect(self) -> bool:
         attempt = 0
-        while not self._closing:
+        while not self._closing and self._lost is None:
             await asyncio.sleep(self.backoff_delay(attempt))
-            if self._closing:
+            if self._closing or self._lost is not None:
                 return False
             try:
                 await self._open(resubscribe=True)
@@ -610,7 +623,7 @@ class WSEClient:
         tp = msg.get("tp")
         if tp is not None:
             o = msg.get("o")
-            if o is not None and not self._fresh(tp, msg.get("e"), o):
+            if type(o) is int and not self._fresh(tp, msg.get("e"), o):
                 return True
         return self._deliver(Event(msg))
 
@@ -818,9 +831,10 @@ def _with_format(url: str, fmt: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def connect(url: str, *, token: str | None = None, **options: Any) -> WSEClient:
+def connect(url: str, *, token: TokenSource | None = None, **options: Any) -> WSEClient:
     """A client for ``url`` (``ws://`` or ``wss://``), authenticated with ``token`` (a JWT sent
-    as ``Authorization: Bearer``).
+    as ``Authorization: Bearer``; or a function, plain or async, that returns a fresh one before
+    every connection and reconnection).
 
     Use it as ``async with connect(url, token=...) as client`` or ``client = await connect(...)``.
     ``options`` are those of :class:`WSEClient` (``encryption``, ``msgpack``, ``reconnect``,

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .client import H, WSEClient
+from .client import H, TokenSource, WSEClient
 from .errors import ConnectionLost
 from .events import Event, SubscribeResult
 
@@ -21,7 +21,7 @@ class SyncClient:
     :meth:`close`.
     """
 
-    def __init__(self, url: str, *, token: str | None = None, connect_timeout: float = 30.0, **options: Any) -> None:
+    def __init__(self, url: str, *, token: TokenSource | None = None, connect_timeout: float = 30.0, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wse-client", daemon=True)
         self._thread.start()
@@ -103,10 +103,10 @@ class SyncClient:
         self.close()
 
 
-async def _make(url: str, token: str | None, options: dict[str, Any]) -> WSEClient:
+async def _make(url: str, token: TokenSource | None, options: dict[str, Any]) -> WSEClient:
     return await WSEClient(url, token=token, **options).connect()
 
 
-def connect_sync(url: str, *, token: str | None = None, **options: Any) -> SyncClient:
+def connect_sync(url: str, *, token: TokenSource | None = None, **options: Any) -> SyncClient:
     """A connected :class:`SyncClient` (options as for :func:`~wse_client.connect`)."""
     return SyncClient(url, token=token, **options)
