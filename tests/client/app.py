@@ -9,6 +9,8 @@ port, so that a test can restart the server on the same address). Messages it un
 - ``stream`` ``{topic, count, interval, start}`` → publications ``{"i": start..start+count-1}``
   one every ``interval`` seconds, from a task (the sender does not wait)
 - ``kick`` ``{code}`` → the server closes the sender's connection
+- ``garbage`` → frames no client can decode (not JSON, bad zlib, bad encryption), then
+  ``echo`` ``{"after": "garbage"}``
 - ``rpc`` → a reply of type ``rpc.reply`` carrying the request's ``cid`` and ``{"echo": payload}``
   (built with ``send_raw``: ``app.send`` cannot set ``cid``); ``rpc.fail`` → an ``error`` with the
   ``cid``; ``rpc.silent`` → no reply
@@ -95,3 +97,11 @@ def _rpc_fail(conn: Connection, msg: Message) -> None:
 @app.on("rpc.silent")
 def _rpc_silent(conn: Connection, msg: Message) -> None:
     pass
+
+
+@app.on("garbage")
+def _garbage(conn: Connection, msg: Message) -> None:
+    for data in (b"not json", b"C:not zlib", b"E:" + bytes(40), b"\x78\x9cbroken"):
+        app.send_raw(conn, data)
+    app.send_raw(conn, b"{unterminated", text=True)
+    app.send(conn, {"after": "garbage"}, type="echo")

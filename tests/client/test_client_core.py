@@ -112,6 +112,20 @@ def test_send_request_and_handlers(our_server: Any) -> None:
     asyncio.run(main())
 
 
+def test_undecodable_frames_are_counted_and_skipped(our_server: Any) -> None:
+    srv: OurServer = our_server(JWT)
+
+    async def main() -> None:
+        async with connect(srv.url, token=token()) as client:
+            await client.send("garbage", {})
+            ev = await client.recv(5)
+            assert (ev.type, ev.payload) == ("echo", {"after": "garbage"})
+            assert client.stats["bad_frames"] == 5
+            assert client.connected and client.stats["reconnects"] == 0
+
+    asyncio.run(main())
+
+
 def test_subscribe_acks_and_unsubscribe(our_server: Any) -> None:
     srv: OurServer = our_server({**JWT, "topics_deny": ["admin.*"]})
 

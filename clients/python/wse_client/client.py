@@ -571,24 +571,29 @@ class WSEClient:
         decrypt = session.decrypt if session is not None else None
         stats = self.stats
         kinds = {b"E:": "frames_encrypted", b"C:": "frames_zlib", b"M:": "frames_msgpack"}
+        loads = _codec.loads
         try:
             async for frame in ws:
                 self._last_rx = loop.time()
-                if isinstance(frame, str):
-                    stats["frames_text"] += 1
-                else:
-                    stats["frames_binary"] += 1
-                    kind = kinds.get(frame[:2]) or ("frames_zlib" if frame[:1] == b"\x78" else None)
-                    if kind is not None:
-                        stats[kind] += 1
                 try:
-                    msg = decode(frame, decrypt)
-                except (WSEError, UnicodeDecodeError) as exc:
-                    self.stats["bad_frames"] += 1
+                    if isinstance(frame, str):
+                        stats["frames_text"] += 1
+                        msg = decode(frame, decrypt)
+                    else:
+                        stats["frames_binary"] += 1
+                        if frame[:1] == b"{":  # plain JSON, the common case
+                            msg = loads(frame)
+                        else:
+                            kind = kinds.get(frame[:2]) or ("frames_zlib" if frame[:1] == b"\x78" else None)
+                            if kind is not None:
+                                stats[kind] += 1
+                            msg = decode(frame, decrypt)
+                except (WSEError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
+                    stats["bad_frames"] += 1
                     log.warning("dropped a frame that could not be decoded: %s", exc)
                     continue
                 if type(msg) is not dict:
-                    self.stats["bad_frames"] += 1
+                    stats["bad_frames"] += 1
                     continue
                 if not self._dispatch(msg, ws):
                     await self._wait_space()
