@@ -11,6 +11,9 @@ port, so that a test can restart the server on the same address). Messages it un
 - ``kick`` ``{code}`` → the server closes the sender's connection
 - ``garbage`` → frames no client can decode (not JSON, bad zlib, bad encryption), then
   ``echo`` ``{"after": "garbage"}``
+- with ``WSE_CLIENT_TEST_HOOK=1``: client subscriptions go through an async
+  ``authorize_subscription`` that answers after a random delay (acks come out of order) and
+  refuses topics starting with ``deny.``
 - ``rpc`` → a reply of type ``rpc.reply`` carrying the request's ``cid`` and ``{"echo": payload}``
   (built with ``send_raw``: ``app.send`` cannot set ``cid``); ``rpc.fail`` → an ``error`` with the
   ``cid``; ``rpc.silent`` → no reply
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from typing import Any
 
 import orjson
@@ -105,3 +109,11 @@ def _garbage(conn: Connection, msg: Message) -> None:
         app.send_raw(conn, data)
     app.send_raw(conn, b"{unterminated", text=True)
     app.send(conn, {"after": "garbage"}, type="echo")
+
+
+if os.environ.get("WSE_CLIENT_TEST_HOOK"):
+
+    @app.authorize_subscription
+    async def _authorize(conn: Connection, topic: str) -> bool:
+        await asyncio.sleep(random.uniform(0, 0.05))
+        return not topic.startswith("deny.")

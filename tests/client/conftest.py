@@ -31,7 +31,8 @@ def free_port() -> int:
 class OurServer:
     """``tests.client.app`` on one port across restarts."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.port = free_port()
         self.config = {**config, "port": self.port}
         self.url = f"ws://127.0.0.1:{self.port}/wse"
@@ -42,7 +43,7 @@ class OurServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                self.proc = ServerProc("tests.client.app:app", self.config)
+                self.proc = ServerProc("tests.client.app:app", self.config, self.env)
                 return
             except RuntimeError:
                 if time.monotonic() > deadline:  # the port is still held by the previous process
@@ -77,8 +78,8 @@ def our_server() -> Iterator[Any]:
     """``our_server(config)`` starts ``tests.client.app``; stopped (and checked) after the test."""
     started: list[OurServer] = []
 
-    def start(config: dict[str, Any] | None = None) -> OurServer:
-        s = OurServer(config or {})
+    def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> OurServer:
+        s = OurServer(config or {}, env)
         started.append(s)
         return s
 

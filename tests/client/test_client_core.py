@@ -147,6 +147,25 @@ def test_subscribe_acks_and_unsubscribe(our_server: Any) -> None:
     asyncio.run(main())
 
 
+def test_concurrent_subscribes_get_their_own_acks(our_server: Any) -> None:
+    """With an async authorization hook the server's acks come out of order; each subscribe
+    still gets the ack for its own topics."""
+    srv: OurServer = our_server(JWT, env={"WSE_CLIENT_TEST_HOOK": "1"})
+
+    async def main() -> None:
+        async with connect(srv.url, token=token()) as client:
+            topics = [f"deny.{i}" if i % 3 == 0 else f"room.{i}" for i in range(30)]
+            results = await asyncio.gather(*(client.subscribe(t) for t in topics))
+            for t, res in zip(topics, results):
+                if t.startswith("deny."):
+                    assert (res.success_topics, res.failed_topics) == ([], [t])
+                else:
+                    assert (res.success_topics, res.failed_topics) == ([t], [])
+            assert sorted(client.subscriptions) == sorted(t for t in topics if t.startswith("room."))
+
+    asyncio.run(main())
+
+
 def test_bad_token_is_refused_without_retry(our_server: Any) -> None:
     srv: OurServer = our_server(JWT)
 

@@ -138,7 +138,7 @@ class WSEClient:
         self._handlers: dict[str, list[Handler]] = {}
 
         self._pending: dict[str, asyncio.Future[Event]] = {}
-        self._sub_waiters: deque[tuple[str, asyncio.Future[SubscribeResult]]] = deque()
+        self._sub_waiters: deque[tuple[str, frozenset[str], asyncio.Future[SubscribeResult]]] = deque()
         self._topics: dict[str, None] = {}
         self._positions: dict[str, list[Any]] = {}  # topic -> [epoch, offset | None]
         self._recovering: set[str] = set()
@@ -285,7 +285,7 @@ class WSEClient:
                 p["recovery"] = positions
                 self._recovering.update(positions)
         fut: asyncio.Future[SubscribeResult] = asyncio.get_running_loop().create_future()
-        entry = (action, fut)
+        entry = (action, frozenset(topics), fut)
         self._sub_waiters.append(entry)
         try:
             await self._send(ws, {"c": "WSE", "t": "subscription_update", "p": p})
@@ -524,7 +524,7 @@ class WSEClient:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
-        for _, sfut in self._sub_waiters:
+        for _, _, sfut in self._sub_waiters:
             if not sfut.done():
                 sfut.set_exception(exc)
         self._sub_waiters.clear()
@@ -702,14 +702,18 @@ class WSEClient:
             recovery=recovery,
             raw=msg,
         )
+        # Acks come in request order, except when an application hook decides some requests
+        # asynchronously: prefer the oldest request for exactly these topics, then the oldest one.
         action = p.get("action")
-        for entry in self._sub_waiters:
-            if action is None or entry[0] == action:
-                self._sub_waiters.remove(entry)
-                if not entry[1].done():
-                    entry[1].set_result(result)
-                return
-        log.debug("unsolicited subscription_update: %s", p)
+        answered = frozenset(result.success_topics) | frozenset(result.failed_topics)
+        candidates = [e for e in self._sub_waiters if action is None or e[0] == action]
+        entry = next((e for e in candidates if e[1] == answered), candidates[0] if candidates else None)
+        if entry is None:
+            log.debug("unsolicited subscription_update: %s", p)
+            return
+        self._sub_waiters.remove(entry)
+        if not entry[2].done():
+            entry[2].set_result(result)
 
     def _error(self, msg: dict[str, Any]) -> None:
         p = msg.get("p")
