@@ -176,6 +176,10 @@ def test_bad_token_is_refused_without_retry(our_server: Any) -> None:
             await connect(srv.url).connect()
 
     asyncio.run(main())
+    threads = threading.active_count()
+    with pytest.raises(AuthError):
+        connect_sync(srv.url, token="not-a-jwt")
+    assert threading.active_count() == threads  # the sync client's thread is gone
 
 
 def test_sync_wrapper_from_threads(our_server: Any) -> None:

@@ -204,3 +204,22 @@ def test_replayed_messages_already_seen_are_dropped(server: Any) -> None:
             assert client.stats["duplicates"] == 7
 
     asyncio.run(main())
+
+
+def test_encryption_with_msgpack(server: Any) -> None:
+    need(server, "encryption")
+    need(server, "msgpack")
+
+    async def main() -> None:
+        async with connect(server.url, token=token(), encryption=True, msgpack=True) as client:
+            assert client.encrypted
+            payload = {"both": True, "n": [1, 2, 3]}
+            await client.send("echo", payload)
+            ev = await client.recv(10)
+            assert (ev.type, ev.payload) == ("echo", payload)
+            await client.subscribe("em")
+            await client.send("publish", {"topic": "em", "count": 20})
+            assert await collect_pubs(client, 20) == list(range(20))
+            assert client.stats["bad_frames"] == 0
+
+    asyncio.run(main())

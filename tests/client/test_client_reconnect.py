@@ -206,7 +206,8 @@ def test_overflow_block_loses_nothing(our_server: Any) -> None:
         async with connect(srv.url, token=token(), max_queue=10, overflow="block") as client:
             await client.subscribe("t")
             await client.send("publish", {"topic": "t", "count": 3000})
-            await asyncio.sleep(1.0)  # the user is busy; the queue fills
+            await until(lambda: len(client._queue) == 10, what="the queue to fill")  # the user is busy
+            await asyncio.sleep(0.3)
             assert len(client._queue) == 10
             assert await collect_pubs(client, 3000) == list(range(3000))
             assert client.stats["dropped"] == 0
