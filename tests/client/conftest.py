@@ -106,6 +106,19 @@ def require_feature(srv: OurServer, name: str) -> None:
         pytest.skip(f"our server does not advertise features.{name} yet")
 
 
+def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 10.0) -> bool:
+    """True once ``port`` accepts connections (the reference binds in the background after
+    ``start()`` returns), False if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
 class RefServer:
     """The reference server (``tests/client/ref_server.py``) in its chroot."""
 
@@ -125,7 +138,7 @@ class RefServer:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert proc.stdout is not None
             line = proc.stdout.readline()
-            if line.startswith("ref: serving"):
+            if line.startswith("ref: serving") and wait_listening(self.port, proc):
                 self.proc = proc
                 return
             proc.kill()
