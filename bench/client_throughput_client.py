@@ -4,7 +4,7 @@ Runs with either client library under the import name ``wse_client``: this repos
 ``wse-engine-client`` (host Python) or the published ``wse-client`` 2.5.1 (in the reference chroot,
 where ``wse_client`` is that package). Usage:
 
-    python bench/client_throughput_client.py URL --count 200000 --size 60 [--warmup 2000]
+    python bench/client_throughput_client.py URL --count 50000 --size 60 [--warmup 2000]
 
 It connects with the seed's snippet, subscribes to ``bench``, asks the server
 (``bench/fanout_app.py``) for ``count`` publications of about ``size`` bytes and times from the
@@ -72,7 +72,7 @@ async def receive(client: Any, count: int, timeout: float) -> tuple[int, int]:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
-    ap.add_argument("--count", type=int, default=200_000)
+    ap.add_argument("--count", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=2_000)
     ap.add_argument("--timeout", type=float, default=120.0)
