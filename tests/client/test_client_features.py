@@ -223,3 +223,28 @@ def test_encryption_with_msgpack(server: Any) -> None:
             assert client.stats["bad_frames"] == 0
 
     asyncio.run(main())
+
+
+def test_recovery_of_a_quiet_topic(server: Any) -> None:
+    """A topic the client has not yet received anything on still recovers: its position comes
+    from the subscribe ack. Messages published while the client is away arrive after it returns."""
+    need(server, "recovery")
+
+    async def main() -> None:
+        async with connect(server.url, token=token("publisher")) as pub:
+            await pub.send("publish", {"topic": "quiet", "count": 3})  # the topic exists, with offsets
+            await pub.recv(10)
+            async with connect(server.url, token=token(), backoff_initial=1.0, backoff_max=1.0) as client:
+                res = await client.subscribe("quiet")
+                assert res.recovery["quiet"].epoch is not None
+                await client.send("kick", {})
+                await until(lambda: not client.connected, what="the kick")
+                await pub.send("publish", {"topic": "quiet", "count": 5, "payload": {"while": "away"}})
+                await pub.recv(10)
+                gaps: list[Event] = []
+                assert await collect_pubs(client, 5, gaps) == [0, 1, 2, 3, 4]
+                assert gaps == [] and client.stats["gaps"] == 0
+                await until(lambda: client.connected, what="the reconnect to finish")  # replays come first
+                assert client.stats["reconnects"] == 1
+
+    asyncio.run(main())

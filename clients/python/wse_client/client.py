@@ -142,6 +142,9 @@ class WSEClient:
         self._topics: dict[str, None] = {}
         self._positions: dict[str, list[Any]] = {}  # topic -> [epoch, offset | None]
         self._recovering: set[str] = set()
+        # Positions taken from a subscribe ack rather than from a message: the next message of the
+        # topic is accepted whatever its offset (it may have been published while the ack was made).
+        self._soft: set[str] = set()
         self._last_rx = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -256,7 +259,17 @@ class WSEClient:
         result = await self._subscription("subscribe", names, recover, timeout)
         for t in result.success_topics:
             self._topics[t] = None
+            self._position_from_ack(t, result.recovery.get(t))
         return result
+
+    def _position_from_ack(self, topic: str, rec: TopicRecovery | None) -> None:
+        """A quiet topic's position, from the ack, so that recovery works before its first message."""
+        pos = self._positions.get(topic)
+        if rec is None or rec.epoch is None or type(rec.offset) is not int:
+            return
+        if pos is None or pos[1] is None or pos[0] != rec.epoch:
+            self._positions[topic] = [rec.epoch, rec.offset]
+            self._soft.add(topic)
 
     async def unsubscribe(self, topics: str | Iterable[str], *, timeout: float | None = None) -> SubscribeResult:
         """Unsubscribes and waits for the server's ack."""
@@ -264,6 +277,7 @@ class WSEClient:
         for t in names:
             self._topics.pop(t, None)
             self._positions.pop(t, None)
+            self._soft.discard(t)
         return await self._subscription("unsubscribe", names, False, timeout)
 
     async def _subscription(self, action: str, topics: list[str], recover: bool, timeout: float | None) -> SubscribeResult:
@@ -438,22 +452,23 @@ class WSEClient:
     async def _restore(self, ws: ClientConnection) -> None:
         """After a reconnect: subscribe again, with recovery, and report what cannot be recovered."""
         topics = list(self._topics)
+        before = {t: list(p) for t, p in self._positions.items()}  # live messages may follow the ack
         result = await self._subscribe_on(ws, "subscribe", topics, True)
         for t in topics:
             if t in result.failed_topics:
                 self._topics.pop(t, None)
                 log.warning("topic %r refused on resubscribe: %s", t, result.errors.get(t, ""))
                 continue
-            pos = self._positions.get(t)
+            pos = before.get(t)
             rec = result.recovery.get(t)
-            if pos is None or pos[1] is None:
-                self._gap(Gap(t, None, None, "no_recovery"))
-            elif rec is None:
-                self._gap(Gap(t, pos[0], pos[1], "no_recovery"))
+            if pos is None or pos[1] is None or rec is None:
+                self._gap(Gap(t, pos[0] if pos else None, pos[1] if pos else None, "no_recovery"))
             elif not rec.recovered:
                 self._gap(Gap(t, pos[0], pos[1], "not_recovered", rec.epoch, rec.offset))
                 # Start again from the server's new position: the next message is not a gap.
-                self._positions[t] = [rec.epoch, None]
+                if self._positions.get(t) == pos:
+                    self._positions[t] = [rec.epoch, None]
+            self._position_from_ack(t, rec)
 
     async def _supervise(self) -> None:
         while True:
@@ -638,7 +653,9 @@ class WSEClient:
         if pos is None:
             self._positions[topic] = [epoch, offset]
             return True
-        if pos[0] == epoch and pos[1] is not None:
+        if topic in self._soft:
+            self._soft.discard(topic)
+        elif pos[0] == epoch and pos[1] is not None:
             last = pos[1]
             if offset <= last:
                 self.stats["duplicates"] += 1
