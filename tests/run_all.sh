@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every suite.
-#   1. the package (Rust extension built by maturin) and the CLI, with the test extras
+#   1. the package (Rust extension built by maturin) and the CLI, with the test extras, and the
+#      Python client (clients/python, pure Python) with its crypto and msgpack extras
 #   2. the reference engine's chroot (interop tests against the published wse-client)
 #   3. cargo test for the Rust units (engine and load generator)
 #   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli
+python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli -e "./clients/python[crypto,msgpack]"
 bash tests/setup_reference.sh
 cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"

@@ -174,11 +174,13 @@ impl Topic {
     }
 
     /// Adds `conn` (false if it was there). With `recover = Some((epoch, offset))` the
-    /// publications after `offset` are delivered to it first, if the topic still has them all.
+    /// publications after `offset` are delivered to it first, if the topic still has them all;
+    /// to a connection already in the topic, they are delivered all the same (a gap fill).
     fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
         let mut s = self.state.lock();
         let mut rec = Recovery { epoch: s.epoch, offset: s.pushed, recovered: false, count: 0 };
-        if s.is_member(conn.id) {
+        let member = s.is_member(conn.id);
+        if member && (recover.is_none() || group.is_some()) {
             return (false, rec);
         }
         if let Some(name) = group {
@@ -200,6 +202,11 @@ impl Topic {
                 rec.recovered = true;
                 rec.count = missed.len();
             }
+        }
+        if member {
+            // A gap fill for a topic it is already in: the replay may repeat what it has (the
+            // client drops those by offset); live traffic goes on as before.
+            return (false, rec);
         }
         let i = s.subs.len();
         s.subs.push(conn.clone());
