@@ -2,7 +2,20 @@
 
 from typing import Any, final
 
-__all__ = ["Server", "EV_CONNECT", "EV_DISCONNECT", "EV_MSG", "EV_RAW", "EV_BIN", "EV_SUB_REQUEST", "__version__"]
+__all__ = [
+    "Server",
+    "EV_CONNECT",
+    "EV_DISCONNECT",
+    "EV_MSG",
+    "EV_RAW",
+    "EV_BIN",
+    "EV_SUB_REQUEST",
+    "EXT_MORE",
+    "EXT_IDLE",
+    "EXT_CLOSE",
+    "EXT_DONE",
+    "__version__",
+]
 
 EV_CONNECT: int
 EV_DISCONNECT: int
@@ -10,12 +23,16 @@ EV_MSG: int
 EV_RAW: int
 EV_BIN: int
 EV_SUB_REQUEST: int
+EXT_MORE: int
+EXT_IDLE: int
+EXT_CLOSE: int
+EXT_DONE: int
 __version__: str
 
 @final
 class Server:
     def __new__(cls, config_json: str) -> Server: ...
-    def start(self) -> tuple[str, int]: ...
+    def start(self, listen: bool = True) -> tuple[str, int] | None: ...
     def stop(self) -> None: ...
     @property
     def fd(self) -> int: ...
@@ -31,3 +48,18 @@ class Server:
     def subscriber_count(self, topic: str) -> int: ...
     def connection_count(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
+    @property
+    def ext_fd(self) -> int: ...
+    def ext_open(
+        self,
+        addr: str,
+        origin: str | None = None,
+        cookie: str | None = None,
+        authorization: str | None = None,
+        query: str | None = None,
+    ) -> tuple[int, int, bytes | None, str]: ...
+    def ext_feed(self, conn_id: int, data: bytes, text: bool) -> int: ...
+    def ext_retry(self, conn_id: int) -> int: ...
+    def ext_take(self, conn_id: int, max: int = 64) -> tuple[list[bytes | str], int, tuple[int, str] | None]: ...
+    def ext_ready(self) -> list[int]: ...
+    def ext_end(self, conn_id: int, code: int) -> bool: ...
