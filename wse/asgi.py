@@ -107,9 +107,9 @@ async def _read(app: WSEApp, server: _runtime.Server, cid: int, receive: Receive
         if kind != "websocket.receive" or closing:
             # Once the server is closing, what the client still sends is read and dropped.
             continue
-        data = msg.get("bytes")
+        data: bytes | None = msg.get("bytes")
         text = data is None
-        if text:
+        if data is None:
             s = msg.get("text")
             if s is None:
                 continue
