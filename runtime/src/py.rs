@@ -21,6 +21,9 @@ pub const EV_RAW: u8 = 3;
 pub const EV_BIN: u8 = 4;
 pub const EV_SUB_REQUEST: u8 = 5;
 
+/// What `ext_take` returns: the messages, the state, and the close (code, reason) if it is one.
+type Taken<'py> = (Bound<'py, PyList>, u8, Option<(u16, String)>);
+
 /// `ext_take` states.
 pub const EXT_MORE: u8 = 0;
 pub const EXT_IDLE: u8 = 1;
@@ -226,7 +229,7 @@ impl Server {
         py: Python<'py>,
         conn_id: u64,
         max: usize,
-    ) -> PyResult<(Bound<'py, PyList>, u8, Option<(u16, String)>)> {
+    ) -> PyResult<Taken<'py>> {
         let mut out = Vec::new();
         let end = self.external.take(&self.engine, conn_id, max, &mut out);
         let list = PyList::empty(py);
