@@ -1,6 +1,8 @@
 //! The HTTP upgrade: read the request (bounded, under a timeout), check path and Origin, let
 //! tungstenite validate the upgrade and build the 101 response, and check the JWT before the
 //! connection exists for Python. A refused token gets an error message and close code 4401.
+//! The Origin, token and encoding checks are functions of their own, which external
+//! connections (`external.rs`) run too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
