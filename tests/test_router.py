@@ -286,3 +286,51 @@ def test_published_client_through_the_router(make_router: Any) -> None:
     st = asyncio.run(engine())
     assert st["key_exchanges"] == 1 and st["sealed_in"] >= 1 and st["decrypt_failures"] == 0
     assert st["recovery_recovered"] == 1 and st["recovered_messages"] == 7
+
+
+def test_router_from_a_config_in_process_and_detach_closes_with_1001() -> None:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from wse import Connection, Message, WSEApp, WSEConfig
+    from wse.fastapi import create_wse_router
+
+    router = create_wse_router(WSEConfig(path="/ws/live"))
+    app = router.wse
+    assert isinstance(app, WSEApp)
+    seen: list[int] = []
+
+    @app.on("echo")
+    def echo(conn: Connection, msg: Message) -> None:
+        app.send(conn, msg.payload, type="echo")
+
+    @app.on_disconnect
+    def gone(conn: Connection, code: int) -> None:
+        seen.append(code)
+
+    api = FastAPI()
+    api.include_router(router)
+
+    async def main() -> None:
+        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning"))
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with pytest.raises(InvalidStatus):
+            await connect(f"ws://127.0.0.1:{port}/wse")  # only the configured path is served
+        ws, _ = await open_ready(f"ws://127.0.0.1:{port}/ws/live")
+        await ws.send(envelope("echo", "hi"))
+        assert (await recv_type(ws, "echo"))["p"] == "hi"
+        # Detaching (what the router's lifespan does at shutdown) closes what is still open.
+        await app.detach()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (1001, "server shutting down")
+        assert seen == [1001]
+        with pytest.raises(RuntimeError, match="not running"):
+            app.publish("t", {})
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())
