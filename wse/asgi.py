@@ -81,8 +81,12 @@ async def serve_websocket(app: WSEApp, scope: Scope, receive: Receive, send: Sen
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         # The writer ends on a server close (its code), the reader on the client's (its code).
         first_done = writer if writer in done else reader
-        if not first_done.cancelled() and first_done.exception() is None:
-            code = first_done.result()
+        if not first_done.cancelled():
+            exc = first_done.exception()
+            if exc is None:
+                code = first_done.result()
+            else:
+                log.debug("wse: connection %d ended by %r", cid, exc)
     finally:
         for t in (reader, writer):
             if t is not None and not t.done():
