@@ -334,3 +334,27 @@ def test_router_from_a_config_in_process_and_detach_closes_with_1001() -> None:
         await serving
 
     asyncio.run(main())
+
+
+def test_text_frames_setting_is_kept_through_the_router(make_router: Any) -> None:
+    srv = make_router({"text_frames": True, "jwt": {"secret": SECRET, "required": False}})
+
+    async def main() -> None:
+        async with connect(srv.url, additional_headers={"Authorization": "Bearer not.a.token"}) as ws:
+            err = await ws.recv()
+            assert isinstance(err, str) and orjson.loads(err)["p"]["code"] == "AUTH_FAILED"
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 4401
+        async with connect(srv.url) as ws:  # no token: anonymous, as configured
+            ready = await ws.recv()
+            assert isinstance(ready, str) and orjson.loads(ready)["p"]["details"]["user_id"] is None
+            await ws.send(envelope("echo", {"t": 1}))
+            echo = await ws.recv()
+            assert isinstance(echo, str) and orjson.loads(echo)["p"] == {"t": 1}
+            await ws.send("plain text, not JSON")
+            assert await ws.recv() == "plain text, not JSON"  # raw messages reach on_raw
+            await ws.send(b"\x00\x01raw")
+            assert await ws.recv() == b"\x00\x01raw"
+
+    asyncio.run(main())
