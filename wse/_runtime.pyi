@@ -2,7 +2,22 @@
 
 from typing import Any, final
 
-__all__ = ["Server", "EV_CONNECT", "EV_DISCONNECT", "EV_MSG", "EV_RAW", "EV_BIN", "EV_SUB_REQUEST", "EV_PRESENCE", "__version__", "loadgen"]
+__all__ = [
+    "Server",
+    "EV_CONNECT",
+    "EV_DISCONNECT",
+    "EV_MSG",
+    "EV_RAW",
+    "EV_BIN",
+    "EV_SUB_REQUEST",
+    "EV_PRESENCE",
+    "EXT_MORE",
+    "EXT_IDLE",
+    "EXT_CLOSE",
+    "EXT_DONE",
+    "__version__",
+    "loadgen",
+]
 
 EV_CONNECT: int
 EV_DISCONNECT: int
@@ -11,6 +26,10 @@ EV_RAW: int
 EV_BIN: int
 EV_SUB_REQUEST: int
 EV_PRESENCE: int
+EXT_MORE: int
+EXT_IDLE: int
+EXT_CLOSE: int
+EXT_DONE: int
 __version__: str
 
 def loadgen(argv: list[str]) -> int:
@@ -19,7 +38,7 @@ def loadgen(argv: list[str]) -> int:
 @final
 class Server:
     def __new__(cls, config_json: str) -> Server: ...
-    def start(self) -> tuple[str, int]: ...
+    def start(self, listen: bool = True) -> tuple[str, int] | None: ...
     def stop(self) -> None: ...
     @property
     def fd(self) -> int: ...
@@ -42,3 +61,18 @@ class Server:
     def update_presence(self, user_id: str, data: bytes) -> int: ...
     def user_connection_count(self, user_id: str) -> int: ...
     def stats(self) -> dict[str, int]: ...
+    @property
+    def ext_fd(self) -> int: ...
+    def ext_open(
+        self,
+        addr: str,
+        origin: str | None = None,
+        cookie: str | None = None,
+        authorization: str | None = None,
+        query: str | None = None,
+    ) -> tuple[int, int, bytes | None, str]: ...
+    def ext_feed(self, conn_id: int, data: bytes, text: bool) -> int: ...
+    def ext_retry(self, conn_id: int) -> int: ...
+    def ext_take(self, conn_id: int, max: int = 64) -> tuple[list[bytes | str], int, tuple[int, str] | None]: ...
+    def ext_ready(self) -> list[int]: ...
+    def ext_end(self, conn_id: int, code: int) -> bool: ...

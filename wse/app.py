@@ -118,6 +118,11 @@ class WSEApp:
         self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.address: tuple[str, int] | None = None
+        # Router mode: each external connection's writer wake-up, the tasks carrying them, and
+        # readers waiting for room in the drain queue.
+        self._ext_wake: dict[int, asyncio.Event] = {}
+        self._ext_tasks: set[asyncio.Task[Any]] = set()
+        self._space_waiters: list[asyncio.Future[None]] = []
 
     # ---- registration ---------------------------------------------------------------------------
 
@@ -286,12 +291,14 @@ class WSEApp:
         self._stopped = asyncio.Event()
         server = _runtime.Server(self.config.engine_json(subscribe_hook=self._authorize is not None))
         self._server = server
-        self.address = server.start()
+        address = server.start()
+        assert address is not None, "a listening engine reports its address"
+        self.address = address
         loop.add_reader(server.fd, self._drain)
         if ready is not None:
-            ready(self.address)
+            ready(address)
         else:
-            log.info("serving on %s://%s:%d%s", self._scheme, self.address[0], self.address[1], self.config.path)
+            log.info("serving on %s://%s:%d%s", self._scheme, address[0], address[1], self.config.path)
         try:
             await self._stopped.wait()
         finally:
@@ -302,6 +309,43 @@ class WSEApp:
                 pass
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def attach(self) -> None:
+        """Start the engine in the running event loop without a listener (router mode).
+
+        Connections then come from another server's WebSocket endpoint, e.g. the router of
+        ``wse.fastapi.create_wse_router``; handlers, ``publish`` and ``send`` work as under
+        ``serve()``. Undo with ``await detach()``.
+        """
+        if self._server is not None:
+            raise RuntimeError("the application is already running")
+        loop = asyncio.get_running_loop()
+        server = _runtime.Server(self.config.engine_json(subscribe_hook=self._authorize is not None))
+        server.start(listen=False)
+        self._loop = loop
+        self._server = server
+        loop.add_reader(server.fd, self._drain)
+        loop.add_reader(server.ext_fd, self._ext_ready)
+
+    async def detach(self, timeout: float = 3.0) -> None:
+        """Close the external connections (1001), wait for them (at most ``timeout`` seconds),
+        and stop the engine started by ``attach()``."""
+        server = self._server
+        loop = self._loop
+        if server is None or loop is None:
+            return
+        for cid in list(self._ext_wake):
+            server.disconnect(cid, 1001, "server shutting down")
+        if self._ext_tasks:
+            await asyncio.wait(set(self._ext_tasks), timeout=timeout)
+        loop.remove_reader(server.fd)
+        loop.remove_reader(server.ext_fd)
+        server.stop()
+        while self._drain():
+            pass
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._server = None
 
     def stop(self) -> None:
         """Ask ``serve()`` to close every connection and return."""
@@ -426,7 +470,29 @@ class WSEApp:
                             self._call(h_pres, pev)
             except Exception:
                 log.exception("wse: event handler failed")
+        if self._space_waiters:
+            waiters, self._space_waiters = self._space_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
         return len(events)
+
+    async def _drained(self) -> None:
+        """Resolves after the next drain batch (room was made in the engine's queue)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._space_waiters.append(fut)
+        await fut
+
+    def _ext_ready(self) -> None:
+        """Wakes the writers of the external connections that have messages to send."""
+        server = self._server
+        if server is None:
+            return
+        wake = self._ext_wake
+        for cid in server.ext_ready():
+            ev = wake.get(cid)
+            if ev is not None:
+                ev.set()
 
     def _reply_error(self, cid: int, code: str, message: str) -> None:
         self.server.send(cid, _dumps({"code": code, "message": message}), "error", "WSE")

@@ -159,34 +159,44 @@ where
 }
 
 async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) {
+    if let Some(ev) = inbound_event(engine, conn, data, text) {
+        engine.inbound.push_data(ev).await
+    }
+}
+
+/// What one inbound message becomes, whatever carried it: answered here (system messages,
+/// refusals) and `None`, or the event for Python.
+pub fn inbound_event(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) -> Option<Event> {
     let m = &engine.metrics;
     Metrics::inc(&m.messages_in);
     Metrics::add(&m.bytes_in, data.len() as u64);
     if !crate::limits::rate::admit(engine, conn) {
-        return;
+        return None;
     }
     if !engine.cfg.envelopes {
-        let ev = if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } };
-        return engine.inbound.push_data(ev).await;
+        return Some(if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } });
     }
-    let Some((data, text, sealed)) = decode(engine, conn, data, text) else { return };
+    let (data, text, sealed) = decode(engine, conn, data, text)?;
     match classify(&data) {
-        Inbound::System { msg_type, payload } => engine.on_system(conn, &msg_type, payload),
+        Inbound::System { msg_type, payload } => {
+            engine.on_system(conn, &msg_type, payload);
+            None
+        }
         _ if !sealed && engine.cfg.encryption == EncryptionPolicy::Required => {
             Metrics::inc(&m.plaintext_refused);
             engine.send_error(conn, "ENCRYPTION_REQUIRED", "this server accepts application messages only encrypted (E: frames)");
+            None
         }
-        Inbound::App(json) if !signature_ok(engine, conn, json) => {}
+        Inbound::App(json) if !signature_ok(engine, conn, json) => None,
         Inbound::App(json) => {
             if !engine.inbound_first(conn, json) {
-                return;
+                return None;
             }
             let off = json.as_ptr() as usize - data.as_ptr() as usize;
-            let data = data.slice(off..);
-            engine.inbound.push_data(Event::Msg { conn: conn.id, data }).await
+            Some(Event::Msg { conn: conn.id, data: data.slice(off..) })
         }
-        Inbound::Other if text => engine.inbound.push_data(Event::Raw { conn: conn.id, data }).await,
-        Inbound::Other => engine.inbound.push_data(Event::Bin { conn: conn.id, data }).await,
+        Inbound::Other if text => Some(Event::Raw { conn: conn.id, data }),
+        Inbound::Other => Some(Event::Bin { conn: conn.id, data }),
     }
 }
 

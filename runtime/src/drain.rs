@@ -179,6 +179,19 @@ impl Inbound {
         }
     }
 
+    /// A data event from a caller that must not wait (an external connection's feeder on the
+    /// Python thread): queued if there is room, else handed back.
+    pub fn try_push_data(&self, ev: Event) -> Result<(), Event> {
+        let n = ev.data_len().unwrap_or(0);
+        let mut q = self.q.lock();
+        if self.admits(&q, n) {
+            self.push_locked(&mut q, ev);
+            Ok(())
+        } else {
+            Err(ev)
+        }
+    }
+
     /// Takes up to `max` events, oldest first.
     pub fn take(&self, max: usize) -> Vec<Event> {
         self.clear_signal();

@@ -1,6 +1,8 @@
 //! The HTTP upgrade: read the request (bounded, under a timeout), check path and Origin, let
 //! tungstenite validate the upgrade and build the 101 response, and check the JWT before the
 //! connection exists for Python. A refused token gets an error message and close code 4401.
+//! The Origin, token and encoding checks are functions of their own, which external
+//! connections (`external.rs`) run too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +48,60 @@ async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) 
     );
     let _ = stream.write_all(msg.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Who a connection is, from its token (both `None` when JWT is off or optional and absent).
+pub struct Identity {
+    pub user_id: Option<String>,
+    pub claims: Option<Map<String, Value>>,
+}
+
+/// The token check every transport runs (this handshake and external connections): finds the
+/// token where the config says, verifies it, and counts a refusal by its kind.
+pub fn authenticate(engine: &Engine, cookie: Option<&str>, authorization: Option<&str>, query: Option<&str>) -> Result<Identity, AuthError> {
+    let r = match (&engine.verifier, &engine.cfg.jwt) {
+        (Some(v), Some(jcfg)) => match token::extract(jcfg, cookie, authorization, query) {
+            Some(t) => v.verify(&t).map(Some),
+            None if jcfg.required => Err(AuthError::Missing),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    };
+    let m = &engine.metrics;
+    match r {
+        Ok(claims) => {
+            let user_id = claims.as_ref().and_then(|c| match c.get("sub") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+            Ok(Identity { user_id, claims })
+        }
+        Err(e) => {
+            match e {
+                AuthError::Missing => Metrics::inc(&m.auth_missing),
+                AuthError::Expired => Metrics::inc(&m.auth_expired),
+                _ => Metrics::inc(&m.auth_failed),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The `Origin` allow-list (empty allows any); a refusal is counted.
+pub fn origin_allowed(engine: &Engine, origin: Option<&str>) -> bool {
+    let allowed = &engine.cfg.allowed_origins;
+    if allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
+        return true;
+    }
+    Metrics::inc(&engine.metrics.handshake_bad_origin);
+    false
+}
+
+/// The encodings the client asked for in the query string and the server allows: (msgpack, zlib).
+pub fn encodings(engine: &Engine, query: Option<&str>) -> (bool, bool) {
+    let cfg = &engine.cfg;
+    (cfg.msgpack && query_has(query, "format=msgpack"), cfg.compression && query_has(query, "compression=true"))
 }
 
 /// Runs the handshake. `None` means the client was answered and the socket is done.
@@ -102,8 +158,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             authorization = v;
         }
     }
-    if !cfg.allowed_origins.is_empty() && !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o)) {
-        Metrics::inc(&m.handshake_bad_origin);
+    if !origin_allowed(engine, origin) {
         reply(&mut stream, "403 Forbidden", "origin not allowed\n").await;
         return None;
     }
@@ -120,14 +175,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             return None;
         }
     };
-    let auth = match (&engine.verifier, &cfg.jwt) {
-        (Some(v), Some(jcfg)) => match token::extract(jcfg, cookie, authorization, query) {
-            Some(t) => v.verify(&t).map(Some),
-            None if jcfg.required => Err(AuthError::Missing),
-            None => Ok(None),
-        },
-        _ => Ok(None),
-    };
+    let auth = authenticate(engine, cookie, authorization, query);
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     for (k, v) in response.headers() {
@@ -138,26 +186,16 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
     }
     head.extend_from_slice(b"\r\n");
     match auth {
-        Ok(claims) => {
+        Ok(id) => {
             if stream.write_all(&head).await.is_err() {
                 return None;
             }
             Metrics::inc(&m.handshakes_ok);
-            let user_id = claims.as_ref().and_then(|c| match c.get("sub") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            });
-            let msgpack = cfg.msgpack && query_has(query, "format=msgpack");
-            let compression = cfg.compression && query_has(query, "compression=true");
+            let Identity { user_id, claims } = id;
+            let (msgpack, compression) = encodings(engine, query);
             Some(Accepted { stream, leftover: buf, user_id, claims, msgpack, compression })
         }
         Err(e) => {
-            match e {
-                AuthError::Missing => Metrics::inc(&m.auth_missing),
-                AuthError::Expired => Metrics::inc(&m.auth_expired),
-                _ => Metrics::inc(&m.auth_failed),
-            }
             // Upgrade, say why, close with 4401: browsers cannot read an HTTP refusal's status.
             let err = envelope::error(e.code(), &e.message(), 1);
             head.extend_from_slice(&frame::build(engine.opcode(), &err));

@@ -2,12 +2,14 @@
 //! drain queue that feeds Python. `py` is the only module that knows about Python.
 
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod deliver;
 pub mod drain;
 pub mod engine;
+pub mod external;
 pub mod handshake;
 pub mod limits;
 pub mod listener;

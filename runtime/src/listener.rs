@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::background;
 use crate::config::Config;
 use crate::connection::{self, Conn};
 use crate::engine::Engine;
@@ -46,32 +47,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
     let pending = Arc::new(Semaphore::new(engine.cfg.max_pending_handshakes));
     let tls = engine.tls.clone();
     let m = engine.metrics.clone();
-    let sweeper = {
-        let engine = engine.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => engine.keepalive_sweep(),
-                    _ = stop.changed() => break,
-                }
-            }
-        })
-    };
-    let flusher = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.inbound.run_flusher().await })
-    };
-    let fanout = {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            loop {
-                engine.pubq.ready().await;
-                engine.pubq.run_batch(&engine.topics, &engine.metrics);
-            }
-        })
-    };
+    let background = background::spawn(&engine, stop.clone());
     loop {
         let (mut stream, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -132,13 +108,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             engine.release_slot();
         });
     }
-    sweeper.abort();
-    flusher.abort();
-    // Keep fanning out while connections close: what was published before the stop still goes.
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        fanout.abort();
-    });
+    background.finish();
 }
 
 /// The HTTP upgrade under `timeout`; on success the connection is registered and greeted.

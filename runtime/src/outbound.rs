@@ -302,6 +302,61 @@ impl Outbound {
     }
 }
 
+/// What a writer that is not a socket (an external connection) found in the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Frames were moved out; more may follow.
+    Frames,
+    /// Nothing queued: the next push wakes `woken()`.
+    Idle,
+    /// The close frame, after every data frame; the queue is finished.
+    Close(Bytes),
+    /// Finished without a close frame (aborted, or the close was already taken).
+    Done,
+}
+
+impl Outbound {
+    /// The writer side for a transport outside the engine: moves up to `max` frames into `out`
+    /// (they leave the byte budget now), or reports the close or the end. `Idle` arms the wake-up,
+    /// as the socket writer does when it finds the queue empty.
+    pub fn take_ready(&self, max: usize, out: &mut Vec<Bytes>) -> Taken {
+        let mut s = self.state.lock();
+        if s.done {
+            return Taken::Done;
+        }
+        if !s.frames.is_empty() {
+            let n = s.frames.len().min(max.max(1));
+            let mut bytes = 0;
+            for f in s.frames.drain(..n) {
+                bytes += f.len();
+                out.push(f);
+            }
+            s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
+            return Taken::Frames;
+        }
+        match s.close.take() {
+            Some(c) => {
+                s.done = true;
+                Taken::Close(c)
+            }
+            None => {
+                s.writer_idle = true;
+                Taken::Idle
+            }
+        }
+    }
+
+    /// Resolves when a push found the writer idle, or on `abort`.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// True once the queue is finished (close frame taken or written, or aborted).
+    pub fn is_done(&self) -> bool {
+        self.state.lock().done
+    }
+}
+
 fn check_mode(s: &State, built_for: Option<Mode>) -> Result<(), Mode> {
     match built_for {
         Some(m) if m as u8 != s.mode => Err(Mode::from_u8(s.mode)),

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::config::Config;
 use crate::drain::Event;
 use crate::engine::Engine;
+use crate::external::{Externals, Opened, Request, TakeEnd};
 use crate::server::{self, Running};
 
 pub const EV_CONNECT: u8 = 0;
@@ -21,10 +22,21 @@ pub const EV_BIN: u8 = 4;
 pub const EV_SUB_REQUEST: u8 = 5;
 pub const EV_PRESENCE: u8 = 6;
 
+/// What `ext_take` returns: the messages, the state, and the close (code, reason) if it is one.
+type Taken<'py> = (Bound<'py, PyList>, u8, Option<(u16, String)>);
+
+/// `ext_take` states.
+pub const EXT_MORE: u8 = 0;
+pub const EXT_IDLE: u8 = 1;
+pub const EXT_CLOSE: u8 = 2;
+pub const EXT_DONE: u8 = 3;
+
 #[pyclass(frozen, module = "wse._runtime")]
 pub struct Server {
     engine: Arc<Engine>,
     running: Mutex<Option<Running>>,
+    /// Connections whose WebSocket another server carries (router mode).
+    external: Arc<Externals>,
 }
 
 fn event_tuple<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>> {
@@ -61,19 +73,26 @@ impl Server {
         let cfg: Config =
             serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("invalid config: {e}")))?;
         let engine = Engine::new(cfg).map_err(PyValueError::new_err)?;
-        Ok(Self { engine: Arc::new(engine), running: Mutex::new(None) })
+        let external = Externals::new().map_err(|e| PyRuntimeError::new_err(format!("eventfd: {e}")))?;
+        Ok(Self { engine: Arc::new(engine), running: Mutex::new(None), external: Arc::new(external) })
     }
 
-    /// Binds and starts serving on the engine's own thread; returns the bound (host, port).
-    fn start(&self) -> PyResult<(String, u16)> {
+    /// Starts the engine's thread; with `listen`, binds and returns the bound (host, port).
+    /// Without, connections come only through the `ext_*` methods (router mode).
+    #[pyo3(signature = (listen = true))]
+    fn start(&self, listen: bool) -> PyResult<Option<(String, u16)>> {
         let mut r = self.running.lock();
         if r.is_some() {
             return Err(PyRuntimeError::new_err("server already started"));
         }
-        let running = server::start(self.engine.clone())?;
+        let running = if listen {
+            server::start(self.engine.clone())?
+        } else {
+            server::start_without_listener(self.engine.clone())?
+        };
         let addr = running.local_addr;
         *r = Some(running);
-        Ok((addr.ip().to_string(), addr.port()))
+        Ok(addr.map(|a| (a.ip().to_string(), a.port())))
     }
 
     /// Closes every connection (code 1001) and stops the engine's thread.
@@ -202,6 +221,90 @@ impl Server {
         d.set_item("dedup_inbound_keys", self.engine.dedup_inbound.len())?;
         Ok(d)
     }
+
+    // ---- external connections (router mode) ----------------------------------------------------
+
+    /// The eventfd that becomes readable when external connections have messages to send.
+    #[getter]
+    fn ext_fd(&self) -> i32 {
+        self.external.fd()
+    }
+
+    /// Checks and registers a connection another server carries. Returns `(conn_id, status,
+    /// message, reason)`: status 0 accepted; 403 or 503 refuse the upgrade; 4401 or 4429
+    /// accept, send `message`, close with that code and `reason`.
+    #[pyo3(signature = (addr, origin = None, cookie = None, authorization = None, query = None))]
+    fn ext_open(
+        &self,
+        py: Python<'_>,
+        addr: String,
+        origin: Option<&str>,
+        cookie: Option<&str>,
+        authorization: Option<&str>,
+        query: Option<&str>,
+    ) -> PyResult<(u64, u16, Option<Py<PyBytes>>, &'static str)> {
+        let handle = match self.running.lock().as_ref() {
+            Some(r) => r.handle.clone(),
+            None => return Err(PyRuntimeError::new_err("the engine is not running")),
+        };
+        let req = Request { origin, cookie, authorization, query };
+        Ok(match self.external.open(&self.engine, &handle, &req, addr) {
+            Opened::Conn(id) => (id, 0, None, ""),
+            Opened::Refused(status) => (0, status, None, ""),
+            Opened::Closed { message, code, reason } => (0, code, Some(PyBytes::new(py, &message).unbind()), reason),
+        })
+    }
+
+    /// One client message; returns 0 handled, 1 busy (call `ext_retry` after a drain), 2 closed.
+    fn ext_feed(&self, conn_id: u64, data: &[u8], text: bool) -> PyResult<u8> {
+        let data = bytes::Bytes::copy_from_slice(data);
+        match self.external.feed(&self.engine, conn_id, data, text) {
+            Ok(f) => Ok(f as u8),
+            Err(e) => Err(PyRuntimeError::new_err(e)),
+        }
+    }
+
+    /// Tries again to queue the message a busy `ext_feed` held; same results as `ext_feed`.
+    fn ext_retry(&self, conn_id: u64) -> u8 {
+        self.external.retry(&self.engine, conn_id) as u8
+    }
+
+    /// Up to `max` messages to send (`str` for text, `bytes` for binary), then the state:
+    /// `EXT_MORE`, `EXT_IDLE`, `EXT_CLOSE` (with `(code, reason)`) or `EXT_DONE`.
+    #[pyo3(signature = (conn_id, max = 64))]
+    fn ext_take<'py>(
+        &self,
+        py: Python<'py>,
+        conn_id: u64,
+        max: usize,
+    ) -> PyResult<Taken<'py>> {
+        let mut out = Vec::new();
+        let end = self.external.take(&self.engine, conn_id, max, &mut out);
+        let list = PyList::empty(py);
+        for (text, payload) in out {
+            if text {
+                list.append(PyString::new(py, &String::from_utf8_lossy(&payload)))?;
+            } else {
+                list.append(PyBytes::new(py, &payload))?;
+            }
+        }
+        Ok(match end {
+            TakeEnd::More => (list, EXT_MORE, None),
+            TakeEnd::Idle => (list, EXT_IDLE, None),
+            TakeEnd::Close(code, reason) => (list, EXT_CLOSE, Some((code, reason))),
+            TakeEnd::Done => (list, EXT_DONE, None),
+        })
+    }
+
+    /// The external connections with messages to send since the last call.
+    fn ext_ready(&self) -> Vec<u64> {
+        self.external.ready()
+    }
+
+    /// Ends an external connection; the application gets its disconnect event with `code`.
+    fn ext_end(&self, conn_id: u64, code: u16) -> bool {
+        self.external.end(&self.engine, conn_id, code)
+    }
 }
 
 /// Runs the load generator's command line (`wse bench`); `argv[0]` is the program's name.
@@ -223,6 +326,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_BIN", EV_BIN)?;
     m.add("EV_SUB_REQUEST", EV_SUB_REQUEST)?;
     m.add("EV_PRESENCE", EV_PRESENCE)?;
+    m.add("EXT_MORE", EXT_MORE)?;
+    m.add("EXT_IDLE", EXT_IDLE)?;
+    m.add("EXT_CLOSE", EXT_CLOSE)?;
+    m.add("EXT_DONE", EXT_DONE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,37 +1,61 @@
 //! The engine's own thread: a tokio runtime created on demand (never at import, so a process
-//! can fork first), serving one listener until stopped.
+//! can fork first), serving one listener, or none when connections arrive from outside
+//! (`external`), until stopped.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::background;
 use crate::engine::Engine;
 use crate::listener;
 
 pub struct Running {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
-    pub local_addr: std::net::SocketAddr,
+    /// The listener's address; `None` without a listener.
+    pub local_addr: Option<std::net::SocketAddr>,
+    /// The engine's runtime, for tasks started from outside it (external connections).
+    pub handle: Handle,
 }
 
 /// Binds on the calling thread, then serves on a new thread.
 pub fn start(engine: Arc<Engine>) -> std::io::Result<Running> {
     let listener = listener::bind(&engine.cfg)?;
-    let local_addr = listener.local_addr()?;
+    run(engine, Some(listener))
+}
+
+/// Runs the engine's thread with no listener: its tasks (keepalive, fan-out, drain flusher)
+/// serve connections whose bytes another server carries.
+pub fn start_without_listener(engine: Arc<Engine>) -> std::io::Result<Running> {
+    run(engine, None)
+}
+
+fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io::Result<Running> {
+    let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let threads = engine.cfg.io_threads;
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name("wse-io").enable_all().build()?
     };
+    let handle = rt.handle().clone();
     let (tx, rx) = watch::channel(false);
     let thread = std::thread::Builder::new().name("wse-io".into()).spawn(move || {
         rt.block_on(async move {
             let drain_engine = engine.clone();
             let mut stop_rx = rx.clone();
-            listener::serve(engine, listener, rx).await;
+            match listener {
+                Some(l) => listener::serve(engine, l, rx).await,
+                None => {
+                    let bg = background::spawn(&engine, rx);
+                    let _ = stop_rx.changed().await;
+                    bg.finish();
+                }
+            }
             // Stopped: close every connection and wait (bounded) for them to finish.
             let _ = stop_rx.borrow_and_update();
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -42,7 +66,7 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<Running> {
         });
         rt.shutdown_timeout(Duration::from_millis(500));
     })?;
-    Ok(Running { stop: tx, thread: Some(thread), local_addr })
+    Ok(Running { stop: tx, thread: Some(thread), local_addr, handle })
 }
 
 impl Running {
