@@ -10,6 +10,7 @@
 mod auth;
 mod codec;
 mod conn;
+mod encodings;
 mod fanout;
 mod handshake;
 mod idle;

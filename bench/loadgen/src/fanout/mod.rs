@@ -92,6 +92,11 @@ pub struct Args {
     /// Also decode every K-th delivery of each subscriber in full (and its first and last).
     #[arg(long, default_value_t = 1000)]
     pub verify_every: u64,
+    /// WSE E2E encryption: each subscriber does the key exchange (ECDH P-256) before it
+    /// subscribes and opens every `E:` delivery (AES-GCM-256). `C:` (zlib) deliveries are always
+    /// inflated: ask for them with `?compression=true` in the URL.
+    #[arg(long)]
+    pub encrypt: bool,
     /// Subscribers listed individually in `errors` at most.
     #[arg(long, default_value_t = 50)]
     pub max_error_subs: usize,
@@ -134,6 +139,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         ready_timeout: Duration::from_millis(a.ready_timeout_ms),
         ack: !a.no_ack_wait,
         ack_timeout: Duration::from_secs_f64(a.ack_timeout_s),
+        encrypt: a.encrypt,
     });
 
     // The first connection alone: it tells whether the server sends a first frame.
@@ -149,10 +155,10 @@ pub async fn run(a: Args) -> Result<Value, String> {
         tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok();
             match setup(&target, i, wait_ready, &cfg).await {
-                Ok((conn, reader, _)) => {
+                Ok((conn, reader, _, key)) => {
                     drop(permit);
                     let _ = tx.send((i, Ok(conn.clone())));
-                    subscriber(conn, reader, shared, i).await;
+                    subscriber(conn, reader, shared, i, key).await;
                 }
                 Err(e) => {
                     let _ = tx.send((i, Err(e)));
@@ -168,12 +174,12 @@ pub async fn run(a: Args) -> Result<Value, String> {
         let (target, shared, cfg) = (target.clone(), shared.clone(), cfg.clone());
         let first = setup(&target, 0, ready != Ready::Skip, &cfg).await;
         match first {
-            Ok((conn, reader, got_first)) => {
+            Ok((conn, reader, got_first, key)) => {
                 if ready == Ready::Auto {
                     ready = if got_first { Ready::Wait } else { Ready::Skip };
                 }
                 conns[0] = Some(conn.clone());
-                tasks.push(tokio::spawn(subscriber(conn, reader, shared, 0)));
+                tasks.push(tokio::spawn(subscriber(conn, reader, shared, 0, key)));
             }
             Err(e) => return Err(format!("first connection: {e}")),
         }

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aes_gcm::Aes256Gcm;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::conn::{self, Conn, Reader, Status};
+use crate::encodings;
 use crate::seq::{SeqCheck, SeqFinder};
 
 /// One subscriber's figures for the current round, published by its task after each read.
@@ -54,7 +56,12 @@ pub struct SetupCfg {
     pub ready_timeout: Duration,
     pub ack: bool,
     pub ack_timeout: Duration,
+    /// Do the E2E key exchange before subscribing; deliveries then come as `E:` frames.
+    pub encrypt: bool,
 }
+
+/// A subscriber's session key, when it encrypts.
+pub type Key = Option<Aes256Gcm>;
 
 /// Open, wait for the first frame (if asked), subscribe, wait for the ack (if asked).
 /// Returns whether a first frame came before the subscription.
@@ -63,13 +70,33 @@ pub async fn setup(
     i: usize,
     wait_ready: bool,
     cfg: &SetupCfg,
-) -> Result<(Arc<Conn>, Reader, bool), String> {
+) -> Result<(Arc<Conn>, Reader, bool, Key), String> {
     let o = conn::open(target, i, 0x5eed).await?;
     let (conn, mut reader) = (o.conn, o.reader);
     let mut got_first = false;
     if wait_ready {
         let msgs = conn::read_messages(&conn, &mut reader, cfg.ready_timeout).await?;
         got_first = !msgs.is_empty();
+    }
+    let mut key: Key = None;
+    if cfg.encrypt {
+        let hello = encodings::client_hello();
+        conn.send_text(&hello.message).await.map_err(|e| format!("client_hello: {e}"))?;
+        let deadline = Instant::now() + cfg.ack_timeout;
+        let p = 'found: loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no server_hello".into());
+            }
+            for m in conn::read_messages(&conn, &mut reader, left).await? {
+                if let Ok(v) = serde_json::from_slice::<Value>(&m) {
+                    if v["t"] == "server_hello" {
+                        break 'found v["p"].clone();
+                    }
+                }
+            }
+        };
+        key = Some(hello.finish(&p)?);
     }
     conn.send_text(&(cfg.subscribe)(i))
         .await
@@ -84,6 +111,8 @@ pub async fn setup(
             let msgs = conn::read_messages(&conn, &mut reader, left).await?;
             let mut acked = false;
             for m in &msgs {
+                let mut buf = Vec::new();
+                let Some(m) = encodings::plain(key.as_ref(), m, &mut buf) else { continue };
                 let Some(v) = serde_json::from_slice::<Value>(m).ok().or_else(|| {
                     m.strip_prefix(b"M:")
                         .and_then(|b| rmp_serde::from_slice(b).ok())
@@ -110,11 +139,12 @@ pub async fn setup(
             }
         }
     }
-    Ok((conn, reader, got_first))
+    Ok((conn, reader, got_first, key))
 }
 
 /// A subscriber's read loop, for the rest of the run.
-pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>, idx: usize) {
+pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>, idx: usize, key: Key) {
+    let mut plain_buf: Vec<u8> = Vec::new();
     let mut st = SlotStats::default();
     let mut t0 = shared.base;
     let mut verify_at = 1u64;
@@ -124,7 +154,12 @@ pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>
         let mut batch = 0u64;
         let mut completed = false;
         let res = conn
-            .read_some(&mut reader, |_, data, at| {
+            .read_some(&mut reader, |_, raw, at| {
+                // E: and C: frames are opened first: their cost is part of what is measured.
+                let Some(data) = encodings::plain(key.as_ref(), raw, &mut plain_buf) else {
+                    fail(&mut st, "undecodable E:/C: frame".into(), raw);
+                    return;
+                };
                 let r = shared.round.load(Acquire);
                 if r != st.round {
                     let (m, t) = *shared.info.lock().expect("info");
