@@ -89,6 +89,8 @@ class WSEApp:
         self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.address: tuple[str, int] | None = None
+        # Engine settings that are not the application's (a cluster worker's socket and mesh).
+        self._engine_extra: dict[str, Any] = {}
 
     # ---- registration ---------------------------------------------------------------------------
 
@@ -168,7 +170,10 @@ class WSEApp:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopped = asyncio.Event()
-        server = _runtime.Server(self.config.engine_json(subscribe_hook=self._authorize is not None))
+        engine_json = self.config.engine_json(subscribe_hook=self._authorize is not None)
+        if self._engine_extra:
+            engine_json = orjson.dumps({**orjson.loads(engine_json), **self._engine_extra}).decode()
+        server = _runtime.Server(engine_json)
         self._server = server
         self.address = server.start()
         loop.add_reader(server.fd, self._drain)

@@ -109,6 +109,12 @@ pub struct Config {
     pub subscribe_hook: bool,
     pub server_version: String,
     pub jwt: Option<JwtConfig>,
+    /// How long a stopping server waits for its connections to close after their close frame.
+    pub drain_timeout_ms: u64,
+    /// A listening socket already bound (by a cluster supervisor), used instead of binding.
+    pub listen_fd: Option<i32>,
+    /// Join a cluster's mesh of workers on this host (see `mesh`).
+    pub mesh: Option<crate::mesh::MeshConfig>,
 }
 
 impl Default for Config {
@@ -142,6 +148,9 @@ impl Default for Config {
             subscribe_hook: false,
             server_version: env!("CARGO_PKG_VERSION").into(),
             jwt: None,
+            drain_timeout_ms: 3_000,
+            listen_fd: None,
+            mesh: None,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Engine {
     pending: Mutex<HashMap<u64, PendingSub>>,
     /// Connections counted against `max_connections`: in the handshake or registered.
     slots: AtomicUsize,
+    /// The cluster mesh, when this engine is one worker of several.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 impl Engine {
@@ -58,11 +60,13 @@ impl Engine {
         let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
             .map_err(|e| format!("eventfd: {e}"))?;
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
+        let topics = Topics::default();
+        let mesh = crate::mesh::attach(&cfg, &topics)?;
         Ok(Self {
             cfg: Arc::new(cfg),
             metrics,
             inbound,
-            topics: Topics::default(),
+            topics,
             pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
             conns: RwLock::new(HashMap::new()),
@@ -71,6 +75,7 @@ impl Engine {
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
+            mesh,
         })
     }
 
@@ -93,6 +98,11 @@ impl Engine {
 
     pub fn release_slot(&self) {
         self.slots.fetch_sub(1, Relaxed);
+    }
+
+    /// Connections in the handshake or registered.
+    pub fn slot_count(&self) -> usize {
+        self.slots.load(Relaxed)
     }
 
     pub fn conn_count(&self) -> usize {
@@ -226,8 +236,18 @@ impl Engine {
         true
     }
 
-    /// Publishes to `topic`; returns how many subscribers it has now.
+    /// Publishes to `topic` here and, in a cluster, to the workers with subscribers for it;
+    /// returns how many subscribers it has in this process.
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        let n = self.publish_local(topic, category, msg_type, payload);
+        if let Some(m) = &self.mesh {
+            m.forward(topic, category, msg_type, payload);
+        }
+        n
+    }
+
+    /// Publishes to this process's subscribers only (publications arriving from the mesh).
+    pub fn publish_local(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
         match self.topics.get(topic) {
             Some(t) => self.publish_to(&t, topic, category, msg_type, payload),
             None => {

@@ -8,6 +8,7 @@ pub mod drain;
 pub mod engine;
 pub mod handshake;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod protocol;

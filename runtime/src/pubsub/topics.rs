@@ -57,12 +57,33 @@ pub struct Fanout {
     pub overflowed: usize,
 }
 
+/// Told when a topic comes into being (true) or goes away (false), under the registry's lock,
+/// so calls arrive in the order the changes happened.
+pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Topics {
     map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    on_interest: std::sync::OnceLock<InterestHook>,
 }
 
 impl Topics {
+    /// Sets the one interest hook (the cluster mesh uses it); false if one was set already.
+    pub fn set_interest_hook(&self, hook: InterestHook) -> bool {
+        self.on_interest.set(hook).is_ok()
+    }
+
+    fn interest(&self, topic: &str, present: bool) {
+        if let Some(h) = self.on_interest.get() {
+            h(topic, present);
+        }
+    }
+
+    /// Every topic with subscribers now.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.map.read().keys().cloned().collect()
+    }
+
     /// Adds `conn` to `topic`; false if it was already there.
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
         let t = {
@@ -71,7 +92,18 @@ impl Topics {
         };
         let t = match t {
             Some(t) => t,
-            None => self.map.write().entry(Arc::from(topic)).or_default().clone(),
+            None => {
+                let mut map = self.map.write();
+                match map.get(topic) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = Arc::new(Topic::default());
+                        map.insert(Arc::from(topic), t.clone());
+                        self.interest(topic, true);
+                        t
+                    }
+                }
+            }
         };
         let mut s = t.state.lock();
         if s.index.contains_key(&conn.id) {
@@ -101,6 +133,7 @@ impl Topics {
             if let Some(t) = map.get(topic) {
                 if t.state.lock().subs.is_empty() {
                     map.remove(topic);
+                    self.interest(topic, false);
                 }
             }
         }

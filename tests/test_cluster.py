@@ -1,0 +1,284 @@
+"""``wse run --workers N`` with real processes: workers share the port, a publication on one
+worker reaches subscribers on all, a killed worker comes back, SIGTERM drains, SIGHUP reloads
+without refusing a connection, and the supervisor's death takes its workers with it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.cluster_util import TOKEN, Cluster, clients_on_every_worker, promtool, subscribe, until_all_hear, whoami
+from tests.conftest import envelope
+from tests.wsutil import open_ready
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(2)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def collect(ws: ClientConnection, topic_key: str, n: int, timeout: float = 10.0) -> list[int]:
+    """The sequence numbers of the next ``n`` real (non-probe) publications."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < n:
+        m = orjson.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
+        if m.get("t") == "pubbed" and topic_key in m["p"]:
+            seen.append(m["p"][topic_key])
+    return seen
+
+
+def test_two_workers_serve_clients_and_report_per_worker(cluster: Cluster) -> None:
+    pids = cluster.worker_pids()
+    assert len(pids) == 2
+    # Each worker is pinned to its own CPU.
+    cpus = [os.sched_getaffinity(p) for p in pids]
+    assert all(len(c) == 1 for c in cpus) and cpus[0] != cpus[1], cpus
+
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=3)
+        active = cluster.wait_metric("wse_connections_active", lambda m: m.get("0", 0) >= 3 and m.get("1", 0) >= 3)
+        assert set(active) == {"0", "1"}
+        handshakes = cluster.metric("wse_handshakes_total")
+        assert handshakes["0"] >= 3 and handshakes["1"] >= 3
+        for conns in by.values():
+            for ws in conns:
+                await ws.close()
+
+    asyncio.run(main())
+    cluster.wait_metric("wse_mesh_peers", lambda m: m == {"0": 1, "1": 1})
+    text = cluster.scrape()
+    r = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'wse_mesh_peers{worker="0"} 1' in text and 'wse_mesh_peers{worker="1"} 1' in text
+
+
+def test_publication_on_one_worker_reaches_subscribers_on_all_in_order(cluster: Cluster) -> None:
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        publisher = by[0][0]
+        listeners = by[0][1:] + by[1]
+        for ws in listeners:
+            await subscribe(ws, "room.all")
+        await until_all_hear(publisher, listeners, "room.all")
+        n = 500
+        for i in range(n):
+            await publisher.send(envelope("pub", {"topic": "room.all", "data": {"i": i}}))
+        for ws in listeners:
+            assert await collect(ws, "i", n) == list(range(n))
+        # Interest routing: a topic nobody on worker 1 wants does not cross to it.
+        before = cluster.metric("wse_mesh_messages_total", direction="out")["0"]
+        await subscribe(by[0][1], "room.local")
+        for i in range(50):
+            await publisher.send(envelope("pub", {"topic": "room.local", "data": {"j": i}}))
+        assert await collect(by[0][1], "j", 50) == list(range(50))
+        assert cluster.metric("wse_mesh_messages_total", direction="out")["0"] == before
+        got_in = cluster.metric("wse_mesh_messages_total", direction="in")
+        assert got_in["1"] >= n
+        for conns in by.values():
+            for ws in conns:
+                await ws.close()
+
+    asyncio.run(main())
+
+
+def test_http_publish_reaches_every_worker_and_needs_the_token(cluster: Cluster) -> None:
+    from wse.cluster import publish
+
+    # HTTP publications go out with the type the caller names (the app's listeners count `pubbed`).
+    async def main_typed() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=1)
+        listeners = by[0] + by[1]
+        for ws in listeners:
+            await subscribe(ws, "news")
+        await until_all_hear(by[0][0], listeners, "news")
+        for i in range(20):
+            await asyncio.to_thread(publish, cluster.base, "news", {"k": i}, token=TOKEN, type="pubbed")
+        for ws in listeners:
+            assert await collect(ws, "k", 20) == list(range(20))
+        for ws in listeners:
+            await ws.close()
+
+    asyncio.run(main_typed())
+    with pytest.raises(RuntimeError, match="401"):
+        publish(cluster.base, "news", {"k": -1}, token="wrong")
+    req = urllib.request.Request(cluster.base + "/publish", data=b"not json", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 400
+    e.value.close()
+
+
+def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluster: Cluster) -> None:
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        publisher, survivor = by[0]
+        victims = by[1]
+        for ws in [survivor, *victims]:
+            await subscribe(ws, "load")
+        await until_all_hear(publisher, [survivor, *victims], "load")
+        victim_pid = [p for p in cluster.worker_pids() if p != await _pid(publisher)][0]
+
+        stop = asyncio.Event()
+
+        async def publish_loop() -> int:
+            i = 0
+            while not stop.is_set():
+                await publisher.send(envelope("pub", {"topic": "load", "data": {"s": i}}))
+                i += 1
+                await asyncio.sleep(0.002)
+            return i
+
+        pub_task = asyncio.ensure_future(publish_loop())
+        await asyncio.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        # Back: the slot's new worker answers (restarts counted, up again).
+        await asyncio.to_thread(cluster.wait_metric, "wse_worker_restarts_total", lambda m: m.get("1") == 1, 10.0)
+        await asyncio.to_thread(cluster.wait_metric, "wse_worker_up", lambda m: m.get("1") == 1, 10.0)
+        back_after = time.monotonic() - killed_at
+        print(f"worker 1 back after {back_after:.3f}s")
+        # The dead worker's clients were disconnected; they reconnect (anywhere) and hear the topic again.
+        for ws in victims:
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+        re = []
+        for _ in victims:
+            ws, _ = await open_ready(cluster.url)
+            await subscribe(ws, "load")
+            re.append(ws)
+        await asyncio.sleep(0.5)
+        stop.set()
+        sent = await pub_task
+        # The surviving worker's client saw every publication, in order, across the kill.
+        seen: list[int] = []
+        while len(seen) < sent:
+            m = orjson.loads(await asyncio.wait_for(survivor.recv(), 5))
+            if m.get("t") == "pubbed" and "s" in m["p"]:
+                seen.append(m["p"]["s"])
+        assert seen == list(range(sent))
+        for ws in re:
+            got = []
+            try:
+                while True:
+                    m = orjson.loads(await asyncio.wait_for(ws.recv(), 1))
+                    if m.get("t") == "pubbed" and "s" in m["p"]:
+                        got.append(m["p"]["s"])
+            except TimeoutError:
+                pass
+            assert got, "a reconnected client heard nothing"
+            assert got == sorted(got) and len(set(got)) == len(got)
+            await ws.close()
+        for ws in [publisher, survivor, *victims]:
+            await ws.close()
+        assert back_after < 5.0
+
+    asyncio.run(main())
+
+
+async def _pid(ws: ClientConnection) -> int:
+    from tests.conftest import envelope as env
+    from tests.wsutil import recv_type
+
+    await ws.send(env("whoami"))
+    return int((await recv_type(ws, "whoami"))["p"]["pid"])
+
+
+def test_sigterm_drains_with_close_frames_and_leaves_no_process() -> None:
+    c = Cluster(2)
+    pids = c.worker_pids()
+
+    async def main() -> list[int | None]:
+        by = await clients_on_every_worker(c.url, 2, per_worker=1)
+        c.proc.send_signal(signal.SIGTERM)
+        codes = []
+        for ws in by[0] + by[1]:
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            codes.append(ws.close_code)
+        return codes
+
+    codes = asyncio.run(main())
+    assert c.stop() == 0
+    assert codes == [1001, 1001]
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_supervisor_death_takes_the_workers_down() -> None:
+    c = Cluster(2)
+    pids = c.worker_pids()
+    assert len(pids) == 2
+    c.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids), "orphaned workers"
+
+
+def test_sighup_reloads_every_worker_without_refusing_a_connection(cluster: Cluster) -> None:
+    old = set(cluster.worker_pids())
+
+    async def main() -> tuple[int, int, list[str]]:
+        stop = asyncio.Event()
+        ok = 0
+        failures: list[str] = []
+
+        async def connector() -> None:
+            nonlocal ok
+            while not stop.is_set():
+                try:
+                    ws, _ = await open_ready(cluster.url, open_timeout=10)
+                    ok += 1
+                    await ws.close()
+                except ConnectionClosed:
+                    ok += 1  # accepted and upgraded, then closed by a draining worker: not refused
+                except OSError as e:
+                    failures.append(repr(e))
+
+        tasks = [asyncio.ensure_future(connector()) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        before = ok
+        cluster.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = set(cluster.worker_pids())
+            if len(now) == 2 and not (now & old):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return before, ok, failures
+
+    before, ok, failures = asyncio.run(main())
+    assert failures == []
+    new = set(cluster.worker_pids())
+    assert len(new) == 2 and not (new & old), (old, new)
+    assert ok > before
+    assert cluster.metric("wse_worker_restarts_total") == {"0": 0, "1": 0}
