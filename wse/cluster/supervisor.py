@@ -35,6 +35,7 @@ READY_TIMEOUT = 15.0
 # A worker that ran this long before dying is restarted at once; quicker deaths back off.
 STABLE_SECS = 5.0
 MAX_BACKOFF = 5.0
+MESH_LINK_WAIT = 2.0
 
 
 @dataclass
@@ -110,12 +111,19 @@ class Supervisor:
         return proc
 
     async def _wait_ready(self, slot: Slot, proc: subprocess.Popen[bytes]) -> bool:
+        """Waits until the worker serves and has linked to the peers that were ready before it
+        (bounded: a peer that never links does not hold the worker back past MESH_LINK_WAIT)."""
         path = control_path(self.run_dir, slot.index, proc.pid)
+        peers = {s.index for s in self.slots if s is not slot and s.ready}
         deadline = time.monotonic() + READY_TIMEOUT
+        serving_since = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if (await request(path, {"op": "ping"}, 0.5)).get("ready"):
-                    return True
+                a = await request(path, {"op": "ping"}, 0.5)
+                if a.get("ready"):
+                    serving_since = serving_since or time.monotonic()
+                    if peers <= set(a.get("mesh_slots", [])) or time.monotonic() - serving_since > MESH_LINK_WAIT:
+                        return True
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
             await asyncio.sleep(0.02)

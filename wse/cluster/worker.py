@@ -57,7 +57,9 @@ class Worker:
     def answer(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "ping":
-            return {"ready": self.ready, "slot": self.slot, "pid": os.getpid()}
+            mesh = self.app.server.mesh_stats() if self.ready else None
+            slots = sorted({p["slot"] for p in orjson.loads(mesh)["peers"]}) if mesh else []
+            return {"ready": self.ready, "slot": self.slot, "pid": os.getpid(), "mesh_slots": slots}
         if not self.ready:
             return {"error": "not ready"}
         server = self.app.server
