@@ -51,6 +51,14 @@ counters!(
     backpressure_waits,
     subscriptions,
     subscriptions_denied,
+    // Drain batch sizes (events per `drain` call), one counter per bucket: <=1, <=4, ... >1024.
+    drain_batch_le_1,
+    drain_batch_le_4,
+    drain_batch_le_16,
+    drain_batch_le_64,
+    drain_batch_le_256,
+    drain_batch_le_1024,
+    drain_batch_gt_1024,
 );
 
 impl Metrics {
@@ -62,6 +70,20 @@ impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }
+    /// Counts one drain batch of `n` events in its size bucket.
+    pub fn drain_batch(&self, n: usize) {
+        let c = match n {
+            0..=1 => &self.drain_batch_le_1,
+            2..=4 => &self.drain_batch_le_4,
+            5..=16 => &self.drain_batch_le_16,
+            17..=64 => &self.drain_batch_le_64,
+            65..=256 => &self.drain_batch_le_256,
+            257..=1024 => &self.drain_batch_le_1024,
+            _ => &self.drain_batch_gt_1024,
+        };
+        Self::inc(c);
+    }
+
     #[inline]
     pub fn dec(c: &AtomicU64) {
         c.fetch_sub(1, Relaxed);

@@ -110,6 +110,7 @@ def render(workers: list[WorkerSample]) -> str:
     out.family("wse_worker_cpu_seconds_total", "counter", "CPU time (user + system) of the slot's current worker.",
                [("", {"worker": str(w.slot)}, w.cpu_seconds) for w in workers if w.cpu_seconds is not None])
     live = [w for w in workers if w.stats]
+    _drain_batches(out, live)
     for name, kind, help_text, keys in ENGINE_METRICS:
         samples = []
         for w in live:
@@ -119,6 +120,24 @@ def render(workers: list[WorkerSample]) -> str:
         out.family(name, kind, help_text, samples)
     _mesh(out, [w for w in live if w.mesh])
     return "\n".join(out.lines) + "\n"
+
+
+DRAIN_BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024)
+
+
+def _drain_batches(out: _Out, workers: list[WorkerSample]) -> None:
+    hist = []
+    for w in workers:
+        lab = {"worker": str(w.slot)}
+        running = 0
+        for b in DRAIN_BATCH_BUCKETS:
+            running += w.stats.get(f"drain_batch_le_{b}", 0)
+            hist.append(("_bucket", {**lab, "le": str(b)}, running))
+        running += w.stats.get("drain_batch_gt_1024", 0)
+        hist.append(("_bucket", {**lab, "le": "+Inf"}, running))
+        hist.append(("_sum", lab, w.stats.get("drain_events", 0)))
+        hist.append(("_count", lab, running))
+    out.family("wse_drain_batch_size", "histogram", "Events per batch Python took from the inbound queue.", hist)
 
 
 def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
