@@ -76,7 +76,9 @@ class Supervisor:
         n = cfg.workers or len(cpus)
         if n < 1:
             raise ValueError("workers must be at least 1")
-        self.run_dir = tempfile.mkdtemp(prefix="wse-cluster-", dir=os.environ.get("XDG_RUNTIME_DIR"))
+        # systemd's RuntimeDirectory=, else the user's runtime dir, else the temp dir.
+        base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR") or None
+        self.run_dir = tempfile.mkdtemp(prefix="wse-cluster-", dir=base)
         self.slots: list[Slot] = []
         port = cfg.port
         for i in range(n):
