@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,12 +16,12 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_util import TOKEN, Cluster, clients_on_every_worker, promtool, subscribe, until_all_hear, whoami
-from tests.conftest import envelope
-from tests.wsutil import open_ready
+from tests.conftest import envelope, subscribe_msg
+from tests.wsutil import open_ready, recv_type
 
 
 @pytest.fixture
@@ -98,6 +99,16 @@ def test_publication_on_one_worker_reaches_subscribers_on_all_in_order(cluster: 
         assert cluster.metric("wse_mesh_messages_total", direction="out")["0"] == before
         got_in = cluster.metric("wse_mesh_messages_total", direction="in")
         assert got_in["1"] >= n
+        # When worker 1's last subscriber leaves, room.all stops crossing to it.
+        for ws in by[1]:
+            await ws.send(subscribe_msg(["room.all"], action="unsubscribe"))
+            await recv_type(ws, "subscription_update")
+        await asyncio.sleep(0.3)
+        before = cluster.metric("wse_mesh_messages_total", direction="out")["0"]
+        for i in range(20):
+            await publisher.send(envelope("pub", {"topic": "room.all", "data": {"m": i}}))
+        assert await collect(by[0][1], "m", 20) == list(range(20))
+        assert cluster.metric("wse_mesh_messages_total", direction="out")["0"] == before
         for conns in by.values():
             for ws in conns:
                 await ws.close()
@@ -253,9 +264,10 @@ def test_sighup_reloads_every_worker_without_refusing_a_connection(cluster: Clus
             nonlocal ok
             while not stop.is_set():
                 try:
-                    ws, _ = await open_ready(cluster.url, open_timeout=10)
-                    ok += 1
-                    await ws.close()
+                    async with connect(cluster.url, open_timeout=10) as ws:
+                        ready = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                        assert ready["t"] == "server_ready"
+                        ok += 1
                 except ConnectionClosed:
                     ok += 1  # accepted and upgraded, then closed by a draining worker: not refused
                 except OSError as e:
@@ -282,3 +294,19 @@ def test_sighup_reloads_every_worker_without_refusing_a_connection(cluster: Clus
     assert len(new) == 2 and not (new & old), (old, new)
     assert ok > before
     assert cluster.metric("wse_worker_restarts_total") == {"0": 0, "1": 0}
+
+
+def test_wse_top_shows_every_worker(cluster: Cluster) -> None:
+    cluster.wait_metric("wse_worker_up", lambda m: m == {"0": 1, "1": 1})
+    r = subprocess.run(
+        [sys.executable, "-m", "wse_cli.main", "top", "--url", cluster.metrics_url, "--once", "--interval", "0.2"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0][:3] == ["worker", "up", "conns"]
+    assert [row[:2] for row in rows[1:3]] == [["0", "1"], ["1", "1"]]
+    assert rows[3][0] == "all"
+    bad = subprocess.run([sys.executable, "-m", "wse_cli.main", "top", "--url", "http://127.0.0.1:9/metrics", "--once"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "cannot read" in bad.stderr

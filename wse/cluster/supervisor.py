@@ -90,6 +90,7 @@ class Supervisor:
         self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
+        self._next_publisher = 0
 
     # ---- workers --------------------------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class Supervisor:
             return 400, "text/plain", b'expected {"topic": "...", "payload": ..., "type": "..."}\n'
         fwd = {"op": "publish", "topic": req["topic"], "payload": req.get("payload"),
                "type": req.get("type", "message"), "category": req.get("category", "U")}
-        for slot in self.slots:
+        # Spread the work of publishing over the workers, starting one further each time.
+        self._next_publisher = (self._next_publisher + 1) % len(self.slots)
+        order = self.slots[self._next_publisher :] + self.slots[: self._next_publisher]
+        for slot in order:
             proc = slot.proc
             if proc is None or not slot.ready:
                 continue
