@@ -31,12 +31,13 @@ def promtool() -> str:
 class Cluster:
     """``wse run tests.apps.cluster_app:app --workers N`` with metrics on a free port."""
 
-    def __init__(self, workers: int = 2, *extra: str) -> None:
-        env = dict(os.environ)
+    def __init__(self, workers: int = 2, *extra: str, target: str = "tests.apps.cluster_app:app",
+                 env_extra: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, **(env_extra or {}))
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wse_cli.main", "run", "tests.apps.cluster_app:app", "--workers", str(workers),
+            [sys.executable, "-m", "wse_cli.main", "run", target, "--workers", str(workers),
              "--metrics-bind", "127.0.0.1:0", "--publish-token", TOKEN, "--log-level", "warning",
              "--drain-timeout", "5", *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.stderr, text=True,

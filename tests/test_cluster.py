@@ -5,6 +5,7 @@ without refusing a connection, and the supervisor's death takes its workers with
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -310,3 +312,29 @@ def test_wse_top_shows_every_worker(cluster: Cluster) -> None:
     bad = subprocess.run([sys.executable, "-m", "wse_cli.main", "top", "--url", "http://127.0.0.1:9/metrics", "--once"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "cannot read" in bad.stderr
+
+
+def test_a_worker_that_keeps_dying_is_restarted_on_its_cpu_with_backoff(tmp_path: Path) -> None:
+    log = os.path.join(str(tmp_path), "attempts")
+    c = Cluster(2, target="tests.apps.cluster_flaky:app", env_extra={"FLAKY_LOG": log, "FAILS": "3"})
+    try:
+        c.wait_metric("wse_worker_up", lambda m: m == {"0": 1, "1": 1}, timeout=30)
+        assert c.metric("wse_worker_restarts_total") == {"0": 0, "1": 3}
+        with open(log) as f:
+            lines = [line.split(" ", 1) for line in f.read().splitlines()]
+        assert len(lines) == 4
+        # Every attempt ran on the same single CPU.
+        assert len({cpus for _, cpus in lines}) == 1 and len(json.loads(lines[0][1])) == 1
+        # Quick deaths back off 0.1 s, 0.2 s, 0.4 s: the attempts cannot be closer than that.
+        times = [float(t) for t, _ in lines]
+        assert times[-1] - times[0] >= 0.7
+        # Worker 0 was never disturbed.
+
+        async def main() -> None:
+            by = await clients_on_every_worker(c.url, 2, per_worker=1)
+            for conns in by.values():
+                for ws in conns:
+                    await ws.close()
+        asyncio.run(main())
+    finally:
+        c.stop()
