@@ -59,6 +59,17 @@ counters!(
     drain_batch_le_256,
     drain_batch_le_1024,
     drain_batch_gt_1024,
+    // Publish to the subscribers' queues: the oldest publication of each fan-out batch, by bucket.
+    publish_queue_le_50us,
+    publish_queue_le_100us,
+    publish_queue_le_250us,
+    publish_queue_le_500us,
+    publish_queue_le_1ms,
+    publish_queue_le_2500us,
+    publish_queue_le_10ms,
+    publish_queue_le_100ms,
+    publish_queue_gt_100ms,
+    publish_queue_ns,
 );
 
 impl Metrics {
@@ -82,6 +93,23 @@ impl Metrics {
             _ => &self.drain_batch_gt_1024,
         };
         Self::inc(c);
+    }
+
+    /// Counts how long a fan-out batch's oldest publication waited, in its bucket.
+    pub fn publish_queue(&self, ns: u64) {
+        let c = match ns {
+            0..=50_000 => &self.publish_queue_le_50us,
+            50_001..=100_000 => &self.publish_queue_le_100us,
+            100_001..=250_000 => &self.publish_queue_le_250us,
+            250_001..=500_000 => &self.publish_queue_le_500us,
+            500_001..=1_000_000 => &self.publish_queue_le_1ms,
+            1_000_001..=2_500_000 => &self.publish_queue_le_2500us,
+            2_500_001..=10_000_000 => &self.publish_queue_le_10ms,
+            10_000_001..=100_000_000 => &self.publish_queue_le_100ms,
+            _ => &self.publish_queue_gt_100ms,
+        };
+        Self::inc(c);
+        Self::add(&self.publish_queue_ns, ns);
     }
 
     #[inline]

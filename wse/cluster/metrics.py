@@ -111,6 +111,7 @@ def render(workers: list[WorkerSample]) -> str:
                [("", {"worker": str(w.slot)}, w.cpu_seconds) for w in workers if w.cpu_seconds is not None])
     live = [w for w in workers if w.stats]
     _drain_batches(out, live)
+    _publish_queue(out, live)
     for name, kind, help_text, keys in ENGINE_METRICS:
         samples = []
         for w in live:
@@ -140,6 +141,26 @@ def _drain_batches(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_drain_batch_size", "histogram", "Events per batch Python took from the inbound queue.", hist)
 
 
+PUBLISH_QUEUE_BUCKETS = (("50us", 50e-6), ("100us", 100e-6), ("250us", 250e-6), ("500us", 500e-6), ("1ms", 1e-3),
+                         ("2500us", 2.5e-3), ("10ms", 10e-3), ("100ms", 100e-3))
+
+
+def _publish_queue(out: _Out, workers: list[WorkerSample]) -> None:
+    hist = []
+    for w in workers:
+        lab = {"worker": str(w.slot)}
+        running = 0
+        for name, bound in PUBLISH_QUEUE_BUCKETS:
+            running += w.stats.get(f"publish_queue_le_{name}", 0)
+            hist.append(("_bucket", {**lab, "le": _num(bound)}, running))
+        running += w.stats.get("publish_queue_gt_100ms", 0)
+        hist.append(("_bucket", {**lab, "le": "+Inf"}, running))
+        hist.append(("_sum", lab, w.stats.get("publish_queue_ns", 0) / 1e9))
+        hist.append(("_count", lab, running))
+    out.family("wse_publish_queue_seconds", "histogram",
+               "Time from publish() to the subscribers' outbound queues (oldest publication of each fan-out batch).", hist)
+
+
 def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_mesh_peers", "gauge", "Peers this worker is linked to on the mesh.",
                [("", {"worker": str(w.slot)}, len(w.mesh["peers"])) for w in workers if w.mesh])
@@ -167,7 +188,7 @@ def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
         hist.append(("_sum", lab, w.mesh["transit_sum_ns"] / 1e9))
         hist.append(("_count", lab, running))
     out.family("wse_mesh_transit_seconds", "histogram",
-               "Time from publish() on one worker to the subscribers' queues on another.", hist)
+               "Time from publish() on one worker to its publish queue on another (then wse_publish_queue_seconds applies).", hist)
 
 
 def parse(text: str) -> list[tuple[str, dict[str, str], float]]:

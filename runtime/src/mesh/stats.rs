@@ -1,5 +1,5 @@
 //! The mesh's counters: messages and bytes per peer slot and direction, drops, and how long a
-//! publication takes from `publish()` on one worker to its subscribers' queues on another.
+//! publication takes from `publish()` on one worker to the publish queue of another.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -25,6 +25,8 @@ pub enum Target {
 struct Queue {
     items: Vec<(Target, Bytes)>,
     bytes: usize,
+    /// When the oldest queued item was queued (for the publish-to-queue histogram).
+    since: Option<std::time::Instant>,
 }
 
 pub struct PubQueue {
@@ -37,7 +39,7 @@ pub struct PubQueue {
 
 impl PubQueue {
     pub fn new(cap_bytes: usize) -> Self {
-        Self { q: Mutex::new(Queue { items: Vec::new(), bytes: 0 }), work: Mutex::new(()), wake: Notify::new(), cap_bytes }
+        Self { q: Mutex::new(Queue { items: Vec::new(), bytes: 0, since: None }), work: Mutex::new(()), wake: Notify::new(), cap_bytes }
     }
 
     /// Queues a frame. Returns true when the queue is over its byte bound: the caller should
@@ -47,6 +49,7 @@ impl PubQueue {
         q.bytes += frame.len();
         q.items.push((target, frame));
         if q.items.len() == 1 {
+            q.since = Some(std::time::Instant::now());
             self.wake.notify_one();
         }
         q.bytes > self.cap_bytes
@@ -60,10 +63,10 @@ impl PubQueue {
     /// Takes everything queued and hands it to the subscribers' outbound queues.
     pub fn run_batch(&self, metrics: &Metrics) {
         let _work = self.work.lock();
-        let items = {
+        let (items, since) = {
             let mut q = self.q.lock();
             q.bytes = 0;
-            std::mem::take(&mut q.items)
+            (std::mem::take(&mut q.items), q.since.take())
         };
         let mut total = Fanout::default();
         let mut i = 0;
@@ -97,5 +100,8 @@ impl PubQueue {
         Metrics::add(&metrics.messages_out, total.delivered as u64);
         Metrics::add(&metrics.slow_consumer_drops, total.dropped as u64);
         Metrics::add(&metrics.slow_consumer_closes, total.overflowed as u64);
+        if let Some(t) = since {
+            metrics.publish_queue(t.elapsed().as_nanos() as u64);
+        }
     }
 }
