@@ -125,15 +125,18 @@ def test_http_publish_reaches_every_worker_and_needs_the_token(cluster: Cluster)
     async def main_typed() -> None:
         by = await clients_on_every_worker(cluster.url, 2, per_worker=1)
         listeners = by[0] + by[1]
-        for ws in listeners:
-            await subscribe(ws, "news")
-        await until_all_hear(by[0][0], listeners, "news")
-        for i in range(20):
-            await asyncio.to_thread(publish, cluster.base, "news", {"k": i}, token=TOKEN, type="pubbed")
-        for ws in listeners:
-            assert await collect(ws, "k", 20) == list(range(20))
-        for ws in listeners:
-            await ws.close()
+        try:
+            for ws in listeners:
+                await subscribe(ws, "news")
+            await until_all_hear(by[0][0], listeners, "news")
+            # One caller's publications to one topic arrive in order on every worker.
+            for i in range(20):
+                await asyncio.to_thread(publish, cluster.base, "news", {"k": i}, token=TOKEN, type="pubbed")
+            for ws in listeners:
+                assert await collect(ws, "k", 20) == list(range(20))
+        finally:
+            for ws in listeners:
+                await ws.close()
 
     asyncio.run(main_typed())
     with pytest.raises(RuntimeError, match="401"):

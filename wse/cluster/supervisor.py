@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,6 @@ class Supervisor:
         self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
-        self._next_publisher = 0
 
     # ---- workers --------------------------------------------------------------------------------
 
@@ -249,9 +249,10 @@ class Supervisor:
             return 400, "text/plain", b'expected {"topic": "...", "payload": ..., "type": "..."}\n'
         fwd = {"op": "publish", "topic": req["topic"], "payload": req.get("payload"),
                "type": req.get("type", "message"), "category": req.get("category", "U")}
-        # Spread the work of publishing over the workers, starting one further each time.
-        self._next_publisher = (self._next_publisher + 1) % len(self.slots)
-        order = self.slots[self._next_publisher :] + self.slots[: self._next_publisher]
+        # One topic's publications go through one worker (the first ready from the topic's
+        # hash), so their order holds; different topics spread over the workers.
+        first = zlib.crc32(req["topic"].encode()) % len(self.slots)
+        order = self.slots[first:] + self.slots[:first]
         for slot in order:
             proc = slot.proc
             if proc is None or not slot.ready:
