@@ -127,7 +127,7 @@ DRAIN_BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024)
 
 
 def _drain_batches(out: _Out, workers: list[WorkerSample]) -> None:
-    hist = []
+    hist: list[tuple[str, dict[str, str], float]] = []
     for w in workers:
         lab = {"worker": str(w.slot)}
         running = 0
@@ -146,7 +146,7 @@ PUBLISH_QUEUE_BUCKETS = (("50us", 50e-6), ("100us", 100e-6), ("250us", 250e-6), 
 
 
 def _publish_queue(out: _Out, workers: list[WorkerSample]) -> None:
-    hist = []
+    hist: list[tuple[str, dict[str, str], float]] = []
     for w in workers:
         lab = {"worker": str(w.slot)}
         running = 0
@@ -176,7 +176,7 @@ def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_mesh_bytes_total", "counter", "Bytes of publications crossing the mesh, by peer and direction.", byts)
     out.family("wse_mesh_dropped_total", "counter", "Publications not sent to a peer that was too far behind.",
                [("", {"worker": str(w.slot)}, w.mesh["dropped"]) for w in workers if w.mesh])
-    hist = []
+    hist: list[tuple[str, dict[str, str], float]] = []
     for w in workers:
         assert w.mesh is not None
         lab = {"worker": str(w.slot)}
