@@ -5,7 +5,10 @@
 Configurations, interleaved run by run:
 - ``reference``: the published ``wse-server`` 2.5.1, one process (as in ``bench/fanout.py``);
 - ``w1``, ``w2``, ... ``wN``: ``wse run bench.fanout_app:app --workers N`` under
-  ``taskset -c SERVER_CORES`` (workers pinned one per core of that set).
+  ``taskset -c SERVER_CORES`` (workers pinned one per core of that set); ``w2s``: the same with
+  ``--steer-cpu`` (connections handed to the worker on the receiving CPU instead of the kernel's
+  hash; with one client process on one core, every subscriber then lands on that core's worker,
+  so compare it with a client spread over cores).
 
 The load is ``bench/fanout_client.py`` (picows, pinned to ``--client-core``): S subscribers on
 topic ``bench``, spread over the workers by SO_REUSEPORT; subscriber 0's worker publishes M
@@ -47,11 +50,13 @@ BENCH = REPO / "bench"
 
 
 class ClusterServer:
-    def __init__(self, workers: int, port: int, cores: str) -> None:
+    def __init__(self, workers: int, port: int, cores: str, steer: bool = False) -> None:
         self.workers, self.port, self.cores = workers, port, cores
         self.lines: list[str] = []
         cmd = ["taskset", "-c", cores, sys.executable, "-m", "wse_cli.main", "run", "bench.fanout_app:app",
                "--port", str(port), "--workers", str(workers), "--metrics-bind", "127.0.0.1:0", "--log-level", "warning"]
+        if steer:
+            cmd.append("--steer-cpu")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
         threading.Thread(target=self._read, daemon=True).start()
@@ -124,8 +129,9 @@ def run_one(cfg: str, args: argparse.Namespace) -> dict[str, Any]:
             return client(args, port, [srv.pid])
         finally:
             srv.stop()
-    workers = int(cfg[1:])
-    cl = ClusterServer(workers, port, args.server_cores)
+    steer = cfg.endswith("s")
+    workers = int(cfg[1:].rstrip("s"))
+    cl = ClusterServer(workers, port, args.server_cores, steer)
     try:
         before = cl.metrics()
         res = client(args, port, cl.pids())
@@ -178,7 +184,7 @@ def main() -> None:
         mesh = statistics.median(r.get("wse_mesh_messages_total:out", 0) for r in good)
         print(f"{cfg:>10} {rate:>14,.0f} {per_cpu:>17,.0f} {ns[cfg]:>16.1f} {mesh:>10,.0f}")
     for cfg in ns:
-        if cfg.startswith("w") and cfg != "w1" and "w1" in ns:
+        if cfg.startswith("w") and cfg != "w1" and not cfg.endswith("s") and "w1" in ns:
             print(f"mesh and extra-process cost per delivery, {cfg} against w1: {ns[cfg] - ns['w1']:+.1f} CPU ns")
     out = BENCH / "out"
     out.mkdir(exist_ok=True)

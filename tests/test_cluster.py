@@ -341,3 +341,20 @@ def test_a_worker_that_keeps_dying_is_restarted_on_its_cpu_with_backoff(tmp_path
         asyncio.run(main())
     finally:
         c.stop()
+
+
+def test_steer_cpu_hands_connections_to_the_worker_on_the_receiving_cpu() -> None:
+    from tests.conftest import ROOT
+
+    c = Cluster(2, "--steer-cpu")
+    try:
+        got = {}
+        for cpu in (0, 1):
+            # On loopback the sending CPU also processes the packets the listener receives.
+            r = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-m", "tests.cluster_probe", c.url, "12"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            got[cpu] = json.loads(r.stdout)
+        assert got == {0: [0] * 12, 1: [1] * 12}
+    finally:
+        c.stop()

@@ -57,6 +57,9 @@ def run(
     ] = None,
     drain_timeout: Annotated[float, typer.Option(help="With --workers: seconds a stopping worker gets to drain.")] = 10.0,
     pin: Annotated[bool, typer.Option(help="With --workers: pin each worker to its own CPU.")] = True,
+    steer_cpu: Annotated[
+        bool, typer.Option(help="With --workers: hand each connection to the worker on the CPU that received it (BPF).")
+    ] = False,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse import WSEApp
@@ -88,6 +91,7 @@ def run(
         publish_token=publish_token,
         drain_timeout=drain_timeout,
         log_level=log_level,
+        steer_cpu=steer_cpu,
     )
     Supervisor(cfg).run()
 

@@ -60,3 +60,38 @@ def cpu_seconds(pid: int) -> float | None:
     fields = data[data.rindex(b")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+_SKF_AD_OFF = -0x1000
+_SKF_AD_CPU = 36
+# Classic BPF opcodes.
+_BPF_LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
+_BPF_ALU_MOD_K = 0x04 | 0x90 | 0x00  # BPF_ALU | BPF_MOD | BPF_K
+_BPF_RET_A = 0x06 | 0x10  # BPF_RET | BPF_A
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def steer_by_cpu(sock: socket.socket, groups: int) -> None:
+    """Attaches a classic BPF program to the socket's SO_REUSEPORT group that picks the socket
+    at index (receiving CPU mod ``groups``): with the slots' sockets created in CPU order and
+    each slot's worker pinned to its CPU, a connection goes to the worker on the CPU that
+    processed its packets. The kernel falls back to its hash if the index is out of range."""
+    prog = (_SockFilter * 3)(
+        _SockFilter(_BPF_LD_W_ABS, 0, 0, (_SKF_AD_OFF + _SKF_AD_CPU) & 0xFFFFFFFF),
+        _SockFilter(_BPF_ALU_MOD_K, 0, 0, groups),
+        _SockFilter(_BPF_RET_A, 0, 0, 0),
+    )
+    fprog = _SockFprog(3, ctypes.cast(prog, ctypes.POINTER(_SockFilter)))
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.setsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                         ctypes.byref(fprog), ctypes.sizeof(fprog))
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), "setsockopt(SO_ATTACH_REUSEPORT_CBPF) failed")

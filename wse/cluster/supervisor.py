@@ -28,7 +28,7 @@ import orjson
 from . import http
 from .control import control_path, request
 from .metrics import WorkerSample, render
-from .osutil import cpu_seconds, reuseport_listener, usable_cpus
+from .osutil import cpu_seconds, reuseport_listener, steer_by_cpu, usable_cpus
 
 log = logging.getLogger("wse.cluster")
 
@@ -67,6 +67,9 @@ class ClusterConfig:
     publish_token: str | None = None
     drain_timeout: float = 10.0
     log_level: str = "info"
+    steer_cpu: bool = False
+    """Steer each connection to the worker on the CPU that received it (classic BPF on the
+    SO_REUSEPORT group) instead of the kernel's hash."""
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,6 +90,11 @@ class Supervisor:
             port = s.getsockname()[1]  # port 0: the first slot picks, the others join it
             self.slots.append(Slot(i, cpus[i % len(cpus)] if cfg.pin else None, s))
         self.port = port
+        if cfg.steer_cpu:
+            # The CPU-to-slot mapping is index = cpu mod n: exact when the CPUs are 0..n-1.
+            if [s.cpu for s in self.slots] != list(range(n)):
+                log.warning("--steer-cpu: workers are not on CPUs 0..%d; steering maps CPU mod %d", n - 1, n)
+            steer_by_cpu(self.slots[0].sock, n)
         self.metrics_address: tuple[str, int] | None = None
         self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
