@@ -143,8 +143,10 @@ class Supervisor:
     async def _start(self, slot: Slot) -> bool:
         proc = self._spawn(slot)
         slot.proc, slot.started, slot.ready = proc, time.monotonic(), False
-        slot.ready = await self._wait_ready(slot, proc)
-        return slot.ready
+        ok = await self._wait_ready(slot, proc)
+        if slot.proc is proc:  # not superseded by a reload meanwhile
+            slot.ready = ok
+        return ok
 
     def _forget(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
         """Removes a dead worker's sockets (a killed worker cannot)."""
@@ -193,14 +195,15 @@ class Supervisor:
         for slot in self.slots:
             if self._stopping:
                 return
-            old = slot.proc
             new = self._spawn(slot)
             if not await self._wait_ready(slot, new):
                 log.error("slot %d: new worker did not start; keeping the old one", slot.index)
                 await self._stop_proc(new)
                 self._forget(slot, new)
                 continue
-            slot.proc, slot.started, slot.ready = new, time.monotonic(), True
+            # Whatever serves the slot now (possibly a restart that ran meanwhile) is retired.
+            old = slot.proc
+            slot.proc, slot.started, slot.ready, slot.restart_at = new, time.monotonic(), True, None
             if old is not None:
                 slot.retired.append(old)
                 await self._stop_proc(old)
