@@ -225,24 +225,41 @@ async def _pid(ws: ClientConnection) -> int:
     return int((await recv_type(ws, "whoami"))["p"]["pid"])
 
 
-def test_sigterm_drains_with_close_frames_and_leaves_no_process() -> None:
+def test_sigterm_under_load_drains_with_close_frames_and_leaves_no_process() -> None:
     c = Cluster(2)
     pids = c.worker_pids()
 
     async def main() -> list[int | None]:
-        by = await clients_on_every_worker(c.url, 2, per_worker=1)
+        by = await clients_on_every_worker(c.url, 2, per_worker=2)
+        publisher, listeners = by[0][0], by[0][1:] + by[1]
+        for ws in listeners:
+            await subscribe(ws, "drain")
+        await until_all_hear(publisher, listeners, "drain")
+
+        async def load() -> None:
+            i = 0
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await publisher.send(envelope("pub", {"topic": "drain", "data": {"d": i}}))
+                    i += 1
+                    await asyncio.sleep(0.001)
+
+        task = asyncio.ensure_future(load())
+        await asyncio.sleep(0.3)
         c.proc.send_signal(signal.SIGTERM)
         codes = []
-        for ws in by[0] + by[1]:
+        for ws in listeners:
             with pytest.raises(ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 10)
             codes.append(ws.close_code)
+        await task
+        codes.append(publisher.close_code)
         return codes
 
     codes = asyncio.run(main())
     assert c.stop() == 0
-    assert codes == [1001, 1001]
+    assert codes == [1001, 1001, 1001, 1001]
     assert not any(pid_alive(p) for p in pids)
 
 
