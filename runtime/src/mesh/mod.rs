@@ -173,3 +173,72 @@ impl Mesh {
         self.stats.to_json(self.cfg.slot, peers).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::Frame;
+
+    fn frames(mut b: BytesMut) -> Vec<Frame> {
+        let mut out = vec![];
+        while let Some((f, _)) = wire::take(&mut b).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    fn mesh() -> Mesh {
+        Mesh::new(MeshConfig { dir: "/nonexistent".into(), slot: 0, workers: 2, max_peer_queue_bytes: 200 })
+    }
+
+    #[test]
+    fn a_new_peer_gets_the_interest_snapshot_then_every_change_in_order() {
+        let m = mesh();
+        m.local_interest("a", true);
+        let p = Arc::new(Peer::new("mesh-1-1.sock".into(), 1));
+        assert!(m.add_peer(p.clone()));
+        assert!(!m.add_peer(Arc::new(Peer::new("mesh-1-1.sock".into(), 1))), "one link per peer name");
+        m.local_interest("b", true);
+        m.local_interest("a", false);
+        let got = frames(p.take_now());
+        assert_eq!(
+            got,
+            vec![
+                Frame::Interest { topic: "a".into(), present: true },
+                Frame::Interest { topic: "b".into(), present: true },
+                Frame::Interest { topic: "a".into(), present: false },
+            ]
+        );
+    }
+
+    #[test]
+    fn publications_cross_only_to_peers_with_interest_in_order_and_bounded() {
+        let m = mesh();
+        let p = Arc::new(Peer::new("mesh-1-1.sock".into(), 1));
+        m.add_peer(p.clone());
+        m.forward("t", "U", "x", b"0");
+        assert!(p.take_now().is_empty(), "no interest, nothing sent");
+        p.set_interest("t".into(), true);
+        for i in 0..3u8 {
+            m.forward("t", "U", "x", &[b'0' + i]);
+        }
+        let got: Vec<Vec<u8>> = frames(p.take_now())
+            .into_iter()
+            .map(|f| match f {
+                Frame::Publish { payload, .. } => payload.to_vec(),
+                f => panic!("{f:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
+        // Past the peer's byte bound publications are dropped and counted; interest still goes.
+        for _ in 0..20 {
+            m.forward("t", "U", "x", b"0123456789");
+        }
+        let json: serde_json::Value = serde_json::from_str(&m.stats_json()).unwrap();
+        assert!(json["dropped"].as_u64().unwrap() > 0);
+        m.local_interest("z", true);
+        assert!(frames(p.take_now()).contains(&Frame::Interest { topic: "z".into(), present: true }));
+        m.remove_peer(&p);
+        assert_eq!(m.peer_count(), 0);
+    }
+}

@@ -77,3 +77,11 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+impl Peer {
+    /// Takes what is queued without waiting (tests).
+    pub fn take_now(&self) -> BytesMut {
+        self.out.lock().split()
+    }
+}
