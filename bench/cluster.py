@@ -176,7 +176,10 @@ def main() -> None:
     for cfg, rs in results.items():
         good = [r for r in rs if r.get("deliveries") and r.get("server_cpu_s")]
         if not good:
-            print(f"{cfg:>10} no result: {rs[-1].get('error') if rs else '?'}")
+            why = rs[-1].get("error") if rs else None
+            if why is None and rs and rs[-1].get("deliveries"):
+                why = "server CPU below one clock tick: use more --messages or --subscribers"
+            print(f"{cfg:>10} no result: {why}")
             continue
         rate = statistics.median(r["deliveries_per_s"] for r in good)
         per_cpu = statistics.median(r["deliveries_per_server_cpu_s"] for r in good)
