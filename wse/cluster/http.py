@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, str, bytes]]]
 
+log = logging.getLogger("wse.cluster")
+
 MAX_BODY = 1 << 20
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 503: "Service Unavailable"}
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 async def serve(host: str, port: int, handler: Handler) -> asyncio.Server:
@@ -36,6 +39,9 @@ async def serve(host: str, port: int, handler: Handler) -> asyncio.Server:
         except ConnectionError:
             writer.close()
             return
+        except Exception:  # a handler's bug answers 500; the server keeps serving
+            log.exception("wse: HTTP handler failed")
+            status, ctype, body = 500, "text/plain", b"internal error\n"
         head_out = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         try:
