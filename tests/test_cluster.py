@@ -375,3 +375,32 @@ def test_steer_cpu_hands_connections_to_the_worker_on_the_receiving_cpu() -> Non
         assert got == {0: [0] * 12, 1: [1] * 12}
     finally:
         c.stop()
+
+
+def test_two_publishers_on_different_workers_each_keep_their_order(cluster: Cluster) -> None:
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        pubs = [by[0][0], by[1][0]]
+        listeners = [by[0][1], by[1][1]]
+        try:
+            for ws in listeners:
+                await subscribe(ws, "both")
+            await until_all_hear(pubs[0], listeners, "both")
+            await until_all_hear(pubs[1], listeners, "both")
+            n = 300
+            for i in range(n):
+                for w, p in enumerate(pubs):
+                    await p.send(envelope("pub", {"topic": "both", "data": {"w": w, "q": i}}))
+            for ws in listeners:
+                seen: dict[int, list[int]] = {0: [], 1: []}
+                while len(seen[0]) + len(seen[1]) < 2 * n:
+                    m = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if m.get("t") == "pubbed" and "q" in m["p"]:
+                        seen[m["p"]["w"]].append(m["p"]["q"])
+                assert seen == {0: list(range(n)), 1: list(range(n))}
+        finally:
+            for conns in by.values():
+                for ws in conns:
+                    await ws.close()
+
+    asyncio.run(main())
