@@ -43,6 +43,12 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def all_server_cpu(args: argparse.Namespace) -> float:
+    """CPU seconds of the server process and, for a cluster, of its other processes too."""
+    pids = ([args.server_pid] if args.server_pid else []) + [int(p) for p in args.extra_server_pids.split(",") if p]
+    return sum(proc_cpu(p) for p in pids)
+
+
 def pad_for(size: int) -> str:
     """The same padding as the servers: ``{"s":N,"d":"<pad>"}`` is about ``size`` bytes."""
     overhead = len('{"s":12345,"d":""}')
@@ -297,7 +303,7 @@ async def publish_round(args: argparse.Namespace, run: Run, subs: list[Sub], con
         sub.reset()
     await asyncio.sleep(args.settle)
     cmd = {"t": "bench.publish", "p": {"topic": args.topic, "count": messages, "size": args.size, "chunk": args.chunk}}
-    srv0 = proc_cpu(args.server_pid) if args.server_pid else 0.0
+    srv0 = all_server_cpu(args)
     cli0 = self_cpu()
     busy0 = core_times((args.server_core, args.client_core))
     thr0 = thread_cpu(args.server_pid) if args.server_pid else {}
@@ -311,7 +317,7 @@ async def publish_round(args: argparse.Namespace, run: Run, subs: list[Sub], con
     except asyncio.TimeoutError:
         timed_out = True
         t1 = time.perf_counter()
-    srv1 = proc_cpu(args.server_pid) if args.server_pid else 0.0
+    srv1 = all_server_cpu(args)
     cli1 = self_cpu()
     busy1 = core_times((args.server_core, args.client_core))
     thr1 = thread_cpu(args.server_pid) if args.server_pid else {}
@@ -448,6 +454,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=0, help="server yields to its loop every N publications (WSE app)")
     ap.add_argument("--topic", default="bench")
     ap.add_argument("--server-pid", type=int, default=0)
+    ap.add_argument("--extra-server-pids", default="", help="comma-separated: a cluster's other processes, CPU summed")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for all deliveries")
     ap.add_argument("--setup-timeout", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=0.3, help="pause between the last ack and the publish")

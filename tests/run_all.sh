@@ -2,12 +2,16 @@
 # The test command: installs what the tests need, then runs every suite.
 #   1. the package (Rust extension built by maturin) and the CLI, with the test extras, and the
 #      Python client (clients/python, pure Python) with its crypto and msgpack extras
-#   2. the reference engine's chroot (interop tests against the published wse-client)
+#   2. the reference engine's chroot (interop tests against the published wse-client), promtool
 #   3. cargo test for the Rust units (engine and load generator)
 #   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli -e "./clients/python[crypto,msgpack]"
 bash tests/setup_reference.sh
+# promtool (Debian's prometheus package) checks the cluster's /metrics and the alert rules.
+if ! command -v promtool >/dev/null; then
+    apt-get update -q && apt-get install -y -q prometheus
+fi
 cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"

@@ -123,6 +123,8 @@ class WSEApp:
         self._ext_wake: dict[int, asyncio.Event] = {}
         self._ext_tasks: set[asyncio.Task[Any]] = set()
         self._space_waiters: list[asyncio.Future[None]] = []
+        # Engine settings that are not the application's (a cluster worker's socket and mesh).
+        self._engine_extra: dict[str, Any] = {}
 
     # ---- registration ---------------------------------------------------------------------------
 
@@ -289,7 +291,10 @@ class WSEApp:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopped = asyncio.Event()
-        server = _runtime.Server(self.config.engine_json(subscribe_hook=self._authorize is not None))
+        engine_json = self.config.engine_json(subscribe_hook=self._authorize is not None)
+        if self._engine_extra:
+            engine_json = orjson.dumps({**orjson.loads(engine_json), **self._engine_extra}).decode()
+        server = _runtime.Server(engine_json)
         self._server = server
         address = server.start()
         assert address is not None, "a listening engine reports its address"

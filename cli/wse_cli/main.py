@@ -44,8 +44,24 @@ def run(
     port: Annotated[Optional[int], typer.Option(help="Port (default: the app's config; 0 picks a free one).")] = None,
     bind: Annotated[Optional[str], typer.Option(help="HOST:PORT, instead of --host and --port.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        Optional[str],
+        typer.Option(help="'auto' (one per CPU in the affinity mask) or N: a supervisor and N pinned worker processes."),
+    ] = None,
+    metrics_bind: Annotated[
+        str, typer.Option(help="With --workers: HOST:PORT of the supervisor's /metrics and /publish (port 0 picks).")
+    ] = "127.0.0.1:9108",
+    publish_token: Annotated[
+        Optional[str],
+        typer.Option(envvar="WSE_PUBLISH_TOKEN", help="With --workers: bearer token that POST /publish requires (off without one)."),
+    ] = None,
+    drain_timeout: Annotated[float, typer.Option(help="With --workers: seconds a stopping worker gets to drain.")] = 10.0,
+    pin: Annotated[bool, typer.Option(help="With --workers: pin each worker to its own CPU.")] = True,
+    steer_cpu: Annotated[
+        bool, typer.Option(help="With --workers: hand each connection to the worker on the CPU that received it (BPF).")
+    ] = False,
 ) -> None:
-    """Serve an application in this process until SIGINT or SIGTERM."""
+    """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse import WSEApp
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +70,42 @@ def run(
     wse_app = load_app(target)
     if not isinstance(wse_app, WSEApp):
         raise typer.BadParameter(f"{target!r} is a {type(wse_app).__name__}, not a wse.WSEApp")
-    wse_app.run(host=host, port=port, announce=True)
+    if workers is None:
+        wse_app.run(host=host, port=port, announce=True)
+        return
+    from wse.cluster import ClusterConfig, Supervisor
+
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise typer.BadParameter(f"--workers expects 'auto' or a positive number, got {workers!r}")
+    m_host, m_port = parse_bind(metrics_bind)
+    cfg = ClusterConfig(
+        target=target,
+        workers=None if workers == "auto" else int(workers),
+        host=host or wse_app.config.host,
+        port=wse_app.config.port if port is None else port,
+        path=wse_app.config.path,
+        backlog=wse_app.config.backlog,
+        pin=pin,
+        metrics_host=m_host,
+        metrics_port=m_port,
+        publish_token=publish_token,
+        drain_timeout=drain_timeout,
+        log_level=log_level,
+        steer_cpu=steer_cpu,
+    )
+    Supervisor(cfg).run()
+
+
+@app.command()
+def top(
+    url: Annotated[str, typer.Option(help="The supervisor's metrics address.")] = "http://127.0.0.1:9108/metrics",
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Print one table (rates over one interval) and exit.")] = False,
+) -> None:
+    """A live view of a cluster's workers: connections, message rates, restarts, CPU."""
+    from wse_cli.top import run_top
+
+    raise typer.Exit(run_top(url, interval, once))
 
 
 BENCH_HELP = """Load-test a WebSocket server (yours, or any) with WSE's Rust load generator.

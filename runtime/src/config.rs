@@ -168,6 +168,12 @@ pub struct Config {
     pub dedup_window_ms: u64,
     /// Drop a client message whose `id` the same user sent within the window.
     pub dedup_inbound: bool,
+    /// How long a stopping server waits for its connections to close after their close frame.
+    pub drain_timeout_ms: u64,
+    /// A listening socket already bound (by a cluster supervisor), used instead of binding.
+    pub listen_fd: Option<i32>,
+    /// Join a cluster's mesh of workers on this host (see `mesh`).
+    pub mesh: Option<crate::mesh::MeshConfig>,
 }
 
 impl Default for Config {
@@ -228,6 +234,9 @@ impl Default for Config {
             dedup_window: 50_000,
             dedup_window_ms: 300_000,
             dedup_inbound: true,
+            drain_timeout_ms: 3_000,
+            listen_fd: None,
+            mesh: None,
         }
     }
 }

@@ -213,6 +213,7 @@ impl Inbound {
         }
         Metrics::inc(&self.metrics.drain_calls);
         Metrics::add(&self.metrics.drain_events, out.len() as u64);
+        self.metrics.drain_batch(out.len());
         self.space.notify_waiters();
         out
     }

@@ -66,6 +66,8 @@ pub struct Engine {
     pub dedup_publish: crate::pubsub::dedup::Dedup,
     pub dedup_inbound: crate::pubsub::dedup::Dedup,
     pub user_slots: crate::limits::users::UserSlots,
+    /// The cluster mesh, when this engine is one worker of several.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 impl Engine {
@@ -92,6 +94,8 @@ impl Engine {
         let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
         let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
+        let topics = Topics::new(recovery);
+        let mesh = crate::mesh::attach(&cfg, &topics)?;
         Ok(Self {
             presence,
             dedup_publish,
@@ -100,7 +104,7 @@ impl Engine {
             cfg: Arc::new(cfg),
             metrics,
             inbound,
-            topics: Topics::new(recovery),
+            topics,
             pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
             verifier,
             signer,
@@ -111,6 +115,7 @@ impl Engine {
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
+            mesh,
         })
     }
 
@@ -133,6 +138,11 @@ impl Engine {
 
     pub fn release_slot(&self) {
         self.slots.fetch_sub(1, Relaxed);
+    }
+
+    /// Connections in the handshake or registered.
+    pub fn slot_count(&self) -> usize {
+        self.slots.load(Relaxed)
     }
 
     pub fn conn_count(&self) -> usize {
@@ -295,8 +305,18 @@ impl Engine {
         true
     }
 
-    /// Publishes to `topic`; returns how many subscribers it has now.
+    /// Publishes to `topic` here and, in a cluster, to the workers with subscribers for it;
+    /// returns how many subscribers it has in this process.
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        let n = self.publish_local(topic, category, msg_type, payload);
+        if let Some(m) = &self.mesh {
+            m.forward(topic, category, msg_type, payload);
+        }
+        n
+    }
+
+    /// Publishes to this process's subscribers only (publications arriving from the mesh).
+    pub fn publish_local(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
         // With recovery on, a topic keeps what is published while nobody listens.
         let t = if self.cfg.recovery { Some(self.topics.get_or_create(topic)) } else { self.topics.get(topic) };
         match t {

@@ -19,6 +19,9 @@ use crate::metrics::Metrics;
 
 /// Binds the listening socket. Done on the caller's thread, so a bad address fails at once.
 pub fn bind(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
+    if let Some(fd) = cfg.listen_fd {
+        return adopt(fd);
+    }
     let addr: SocketAddr = (cfg.host.as_str(), cfg.port)
         .to_socket_addrs()?
         .next()
@@ -31,6 +34,19 @@ pub fn bind(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
     sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(cfg.backlog)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Takes over a listening socket handed down by a supervisor (it keeps its own copy, so the
+/// socket and its backlog outlive this process: a restarted worker accepts what queued meanwhile).
+fn adopt(fd: i32) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd was passed to this process for this purpose; we own it from here on.
+    let sock = unsafe { Socket::from_raw_fd(fd) };
+    if sock.r#type()? != Type::STREAM || sock.local_addr()?.as_socket().is_none() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen_fd is not a TCP socket"));
+    }
     sock.set_nonblocking(true)?;
     Ok(sock.into())
 }

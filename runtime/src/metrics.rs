@@ -78,6 +78,25 @@ counters!(
     dedup_inbound_dropped,
     presence_events,
     presence_refused,
+    // Drain batch sizes (events per `drain` call), one counter per bucket: <=1, <=4, ... >1024.
+    drain_batch_le_1,
+    drain_batch_le_4,
+    drain_batch_le_16,
+    drain_batch_le_64,
+    drain_batch_le_256,
+    drain_batch_le_1024,
+    drain_batch_gt_1024,
+    // Publish to the subscribers' queues: the oldest publication of each fan-out batch, by bucket.
+    publish_queue_le_50us,
+    publish_queue_le_100us,
+    publish_queue_le_250us,
+    publish_queue_le_500us,
+    publish_queue_le_1ms,
+    publish_queue_le_2500us,
+    publish_queue_le_10ms,
+    publish_queue_le_100ms,
+    publish_queue_gt_100ms,
+    publish_queue_ns,
 );
 
 impl Metrics {
@@ -89,6 +108,37 @@ impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }
+    /// Counts one drain batch of `n` events in its size bucket.
+    pub fn drain_batch(&self, n: usize) {
+        let c = match n {
+            0..=1 => &self.drain_batch_le_1,
+            2..=4 => &self.drain_batch_le_4,
+            5..=16 => &self.drain_batch_le_16,
+            17..=64 => &self.drain_batch_le_64,
+            65..=256 => &self.drain_batch_le_256,
+            257..=1024 => &self.drain_batch_le_1024,
+            _ => &self.drain_batch_gt_1024,
+        };
+        Self::inc(c);
+    }
+
+    /// Counts how long a fan-out batch's oldest publication waited, in its bucket.
+    pub fn publish_queue(&self, ns: u64) {
+        let c = match ns {
+            0..=50_000 => &self.publish_queue_le_50us,
+            50_001..=100_000 => &self.publish_queue_le_100us,
+            100_001..=250_000 => &self.publish_queue_le_250us,
+            250_001..=500_000 => &self.publish_queue_le_500us,
+            500_001..=1_000_000 => &self.publish_queue_le_1ms,
+            1_000_001..=2_500_000 => &self.publish_queue_le_2500us,
+            2_500_001..=10_000_000 => &self.publish_queue_le_10ms,
+            10_000_001..=100_000_000 => &self.publish_queue_le_100ms,
+            _ => &self.publish_queue_gt_100ms,
+        };
+        Self::inc(c);
+        Self::add(&self.publish_queue_ns, ns);
+    }
+
     #[inline]
     pub fn dec(c: &AtomicU64) {
         c.fetch_sub(1, Relaxed);

@@ -205,6 +205,11 @@ impl Server {
         self.engine.user_slots.count(user_id)
     }
 
+    /// The cluster mesh's counters as JSON, or None outside a cluster.
+    fn mesh_stats(&self) -> Option<String> {
+        self.engine.mesh.as_ref().map(|m| m.stats_json())
+    }
+
     /// Every counter and gauge, by name.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

@@ -36,6 +36,10 @@ pub fn start_without_listener(engine: Arc<Engine>) -> std::io::Result<Running> {
 
 fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io::Result<Running> {
     let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let mesh_listener = match &engine.mesh {
+        Some(m) => Some(crate::mesh::bind(m)?),
+        None => None,
+    };
     let threads = engine.cfg.io_threads;
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
@@ -48,6 +52,9 @@ fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io:
         rt.block_on(async move {
             let drain_engine = engine.clone();
             let mut stop_rx = rx.clone();
+            if let (Some(m), Some(l)) = (engine.mesh.clone(), mesh_listener) {
+                tokio::spawn(crate::mesh::run(m, engine.clone(), l, rx.clone()));
+            }
             match listener {
                 Some(l) => listener::serve(engine, l, rx).await,
                 None => {
@@ -58,8 +65,9 @@ fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io:
             }
             // Stopped: close every connection and wait (bounded) for them to finish.
             let _ = stop_rx.borrow_and_update();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while drain_engine.conn_count() > 0 && Instant::now() < deadline {
+            let deadline = Instant::now() + Duration::from_millis(drain_engine.cfg.drain_timeout_ms);
+            // Handshakes in progress count too: they finish, then get their close frame.
+            while drain_engine.slot_count() > 0 && Instant::now() < deadline {
                 drain_engine.close_all(1001, "server shutting down");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -27,6 +27,8 @@ pub enum Target {
 struct Queue {
     items: Vec<(Target, Arc<OutMsg>)>,
     bytes: usize,
+    /// When the oldest queued item was queued (for the publish-to-queue histogram).
+    since: Option<std::time::Instant>,
 }
 
 pub struct PubQueue {
@@ -39,7 +41,7 @@ pub struct PubQueue {
 
 impl PubQueue {
     pub fn new(cap_bytes: usize) -> Self {
-        Self { q: Mutex::new(Queue { items: Vec::new(), bytes: 0 }), work: Mutex::new(()), wake: Notify::new(), cap_bytes }
+        Self { q: Mutex::new(Queue { items: Vec::new(), bytes: 0, since: None }), work: Mutex::new(()), wake: Notify::new(), cap_bytes }
     }
 
     /// Queues a frame. Returns true when the queue is over its byte bound: the caller should
@@ -49,6 +51,7 @@ impl PubQueue {
         q.bytes += msg.body().len();
         q.items.push((target, msg));
         if q.items.len() == 1 {
+            q.since = Some(std::time::Instant::now());
             self.wake.notify_one();
         }
         q.bytes > self.cap_bytes
@@ -62,10 +65,10 @@ impl PubQueue {
     /// Takes everything queued and hands it to the subscribers' outbound queues.
     pub fn run_batch(&self, topics: &Topics, metrics: &Metrics) {
         let _work = self.work.lock();
-        let items = {
+        let (items, since) = {
             let mut q = self.q.lock();
             q.bytes = 0;
-            std::mem::take(&mut q.items)
+            (std::mem::take(&mut q.items), q.since.take())
         };
         let mut total = PushMany::default();
         let mut i = 0;
@@ -95,5 +98,8 @@ impl PubQueue {
             }
         }
         total.count(metrics);
+        if let Some(t) = since {
+            metrics.publish_queue(t.elapsed().as_nanos() as u64);
+        }
     }
 }

@@ -176,7 +176,8 @@ impl Topic {
     /// Adds `conn` (false if it was there). With `recover = Some((epoch, offset))` the
     /// publications after `offset` are delivered to it first, if the topic still has them all;
     /// to a connection already in the topic, they are delivered all the same (a gap fill).
-    fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
+    /// `first` runs, under the lock, when this makes the topic's first subscriber.
+    fn add(&self, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>, first: impl FnOnce()) -> (bool, Recovery) {
         let mut s = self.state.lock();
         let mut rec = Recovery { epoch: s.epoch, offset: s.pushed, recovered: false, count: 0 };
         let member = s.is_member(conn.id);
@@ -188,6 +189,9 @@ impl Topic {
             match s.groups.iter_mut().find(|g| &*g.name == name) {
                 Some(g) => g.members.push(conn.clone()),
                 None => s.groups.push(Group { name: Arc::from(name), members: vec![conn.clone()], next: 0 }),
+            }
+            if s.count() == 1 {
+                first();
             }
             return (true, rec);
         }
@@ -211,6 +215,9 @@ impl Topic {
         let i = s.subs.len();
         s.subs.push(conn.clone());
         s.index.insert(conn.id, i);
+        if s.count() == 1 {
+            first();
+        }
         (true, rec)
     }
 
@@ -231,15 +238,36 @@ fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
     }
 }
 
+/// Told when a topic gains its first subscriber (true) or loses its last (false), under the
+/// topic's lock, so a topic's calls arrive in the order its changes happened.
+pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 pub struct Topics {
     map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     recovery: Option<RecoveryLimits>,
     ring_bytes: AtomicUsize,
+    on_interest: std::sync::OnceLock<InterestHook>,
 }
 
 impl Topics {
     pub fn new(recovery: Option<RecoveryLimits>) -> Self {
-        Self { map: RwLock::new(HashMap::new()), recovery, ring_bytes: AtomicUsize::new(0) }
+        Self { map: RwLock::new(HashMap::new()), recovery, ring_bytes: AtomicUsize::new(0), on_interest: Default::default() }
+    }
+
+    /// Sets the one interest hook (the cluster mesh uses it); false if one was set already.
+    pub fn set_interest_hook(&self, hook: InterestHook) -> bool {
+        self.on_interest.set(hook).is_ok()
+    }
+
+    fn interest(&self, topic: &str, present: bool) {
+        if let Some(h) = self.on_interest.get() {
+            h(topic, present);
+        }
+    }
+
+    /// Every topic with subscribers now.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.map.read().iter().filter(|(_, t)| t.subscriber_count() > 0).map(|(k, _)| k.clone()).collect()
     }
 
     pub fn recovery(&self) -> Option<&RecoveryLimits> {
@@ -261,7 +289,7 @@ impl Topics {
 
     /// Adds `conn` to `topic` (replaying what it missed if asked); false if it was there.
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
-        self.get_or_create(topic).add(conn, recover, group)
+        self.get_or_create(topic).add(conn, recover, group, || self.interest(topic, true))
     }
 
     /// Hands a run of publications of one topic to its subscribers (and its ring).
@@ -291,7 +319,11 @@ impl Topics {
                 }
             }
             s.last_active_ms = now_ms();
-            s.count() == 0
+            let empty = s.count() == 0;
+            if empty {
+                self.interest(topic, false);
+            }
+            empty
         };
         // With recovery on, the sweeper removes idle topics after the TTL instead.
         if empty && self.recovery.is_none() {
