@@ -68,7 +68,7 @@ class Worker:
             return {
                 "slot": self.slot,
                 "pid": os.getpid(),
-                "stats": server.stats(),
+                "stats": self.app.stats(),
                 "mesh": orjson.loads(mesh) if mesh else None,
                 "cpu_seconds": cpu_seconds(os.getpid()),
             }
