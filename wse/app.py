@@ -188,9 +188,18 @@ class WSEApp:
             return self.server.publish(topic, _dumps(payload), type, category)
         return self.server.publish(topic, _dumps(payload), type, category, idempotency_key)
 
-    def send(self, conn: Connection | int, payload: Any, *, type: str = "message", category: str = "U") -> bool:
-        """Send one envelope to one connection; False if it is gone or over its outbound budget."""
-        return self.server.send(_cid(conn), _dumps(payload), type, category)
+    def send(
+        self, conn: Connection | int, payload: Any, *, type: str = "message", category: str = "U", cid: str | None = None
+    ) -> bool:
+        """Send one envelope to one connection; False if it is gone or over its outbound budget.
+        ``cid`` makes it a reply to the request that carried that correlation id."""
+        return self.server.send(_cid(conn), _dumps(payload), type, category, cid)
+
+    def reply(self, conn: Connection | int, msg: Message, payload: Any, *, type: str | None = None) -> bool:
+        """Answer ``msg``: an envelope carrying its ``cid`` (what a client's ``request()`` waits
+        for), of type ``type`` or the request's own."""
+        cid = msg.envelope.get("cid")
+        return self.send(conn, payload, type=type or msg.type, cid=cid if isinstance(cid, str) else None)
 
     def send_raw(self, conn: Connection | int, data: bytes, *, text: bool = False) -> bool:
         """Send bytes unchanged as one WebSocket message."""

@@ -219,8 +219,20 @@ impl Engine {
 
     /// An envelope for one connection, with its own `seq`, in every encoding it may need.
     pub fn envelope_msg(&self, conn: &Conn, category: &str, msg_type: &str, payload: &[u8], opcode: u8) -> Arc<OutMsg> {
+        self.envelope_with_cid(conn, category, msg_type, payload, opcode, None)
+    }
+
+    fn envelope_with_cid(
+        &self,
+        conn: &Conn,
+        category: &str,
+        msg_type: &str,
+        payload: &[u8],
+        opcode: u8,
+        cid: Option<&str>,
+    ) -> Arc<OutMsg> {
         let seq = conn.next_seq();
-        let mut v = Envelope { category, msg_type, seq, topic: None, stamp: None, payload }.encode(HEADER_ROOM);
+        let mut v = Envelope { category, msg_type, seq, topic: None, stamp: None, cid, payload }.encode(HEADER_ROOM);
         if let Some(s) = &self.signer {
             s.sign(&mut v, HEADER_ROOM);
         }
@@ -281,12 +293,12 @@ impl Engine {
     }
 
     /// Sends one envelope to one connection; false if it is gone or closing.
-    pub fn send(&self, conn_id: u64, category: &str, msg_type: &str, payload: &[u8]) -> bool {
+    pub fn send(&self, conn_id: u64, category: &str, msg_type: &str, payload: &[u8], cid: Option<&str>) -> bool {
         let Some(c) = self.get(conn_id) else { return false };
         if c.out.is_closing() {
             return false;
         }
-        let msg = self.envelope_msg(&c, category, msg_type, payload, self.opcode());
+        let msg = self.envelope_with_cid(&c, category, msg_type, payload, self.opcode(), cid);
         self.enqueue(Target::Conn(c), msg);
         true
     }
@@ -337,7 +349,7 @@ impl Engine {
         let n = t.next(
             |seq, epoch| {
                 let stamp = recovery.then_some((epoch, seq));
-                let mut v = Envelope { category, msg_type, seq, topic: Some(topic), stamp, payload }.encode(HEADER_ROOM);
+                let mut v = Envelope { category, msg_type, seq, topic: Some(topic), stamp, cid: None, payload }.encode(HEADER_ROOM);
                 if let Some(s) = &self.signer {
                     s.sign(&mut v, HEADER_ROOM);
                 }

@@ -372,7 +372,7 @@ mod tests {
         assert!(matches!(evs[1], Event::Msg { .. }));
         assert_eq!(hub.retry(&e, id), Fed::Done);
         // A server close comes out of `take` with its code, after what was queued.
-        assert!(e.send(id, "U", "note", b"{}"));
+        assert!(e.send(id, "U", "note", b"{}", None));
         e.pubq.run_batch(&e.topics, &e.metrics);
         assert!(e.disconnect(id, 4000, "bye"));
         let (out, end) = take_all(&hub, &e, id);

@@ -127,10 +127,10 @@ impl Server {
         self.engine.publish_keyed(idempotency_key, topic, category, msg_type, payload)
     }
 
-    /// Sends one envelope to one connection; False if it is gone or over its budget.
-    #[pyo3(signature = (conn_id, payload, msg_type = "message", category = "U"))]
-    fn send(&self, conn_id: u64, payload: &[u8], msg_type: &str, category: &str) -> bool {
-        self.engine.send(conn_id, category, msg_type, payload)
+    /// Sends one envelope to one connection (with `cid`, as a reply); False if it is gone.
+    #[pyo3(signature = (conn_id, payload, msg_type = "message", category = "U", cid = None))]
+    fn send(&self, conn_id: u64, payload: &[u8], msg_type: &str, category: &str, cid: Option<&str>) -> bool {
+        self.engine.send(conn_id, category, msg_type, payload, cid)
     }
 
     /// Sends bytes unchanged as one text or binary message.

@@ -14,9 +14,8 @@ port, so that a test can restart the server on the same address). Messages it un
 - with ``WSE_CLIENT_TEST_HOOK=1``: client subscriptions go through an async
   ``authorize_subscription`` that answers after a random delay (acks come out of order) and
   refuses topics starting with ``deny.``
-- ``rpc`` → a reply of type ``rpc.reply`` carrying the request's ``cid`` and ``{"echo": payload}``
-  (built with ``send_raw``: ``app.send`` cannot set ``cid``); ``rpc.fail`` → an ``error`` with the
-  ``cid``; ``rpc.silent`` → no reply
+- ``rpc`` → ``app.reply``: type ``rpc.reply``, the request's ``cid``, ``{"echo": payload}``;
+  ``rpc.fail`` → an ``error`` with the ``cid``; ``rpc.silent`` → no reply
 """
 
 from __future__ import annotations
@@ -83,19 +82,15 @@ def _kick(conn: Connection, msg: Message) -> None:
     app.disconnect(conn, int(msg.payload.get("code", 1011)), "kicked by the test")
 
 
-def _reply(conn: Connection, msg: Message, t: str, p: Any, c: str = "U") -> None:
-    env = {"c": c, "t": t, "cid": msg.envelope.get("cid"), "p": p, "v": 1}
-    app.send_raw(conn, orjson.dumps(env), text=False)
-
-
 @app.on("rpc")
 def _rpc(conn: Connection, msg: Message) -> None:
-    _reply(conn, msg, "rpc.reply", {"echo": msg.payload, "user": conn.user_id})
+    app.reply(conn, msg, {"echo": msg.payload, "user": conn.user_id}, type="rpc.reply")
 
 
 @app.on("rpc.fail")
 def _rpc_fail(conn: Connection, msg: Message) -> None:
-    _reply(conn, msg, "error", {"code": "NOPE", "message": "refused on purpose"}, c="WSE")
+    app.send(conn, {"code": "NOPE", "message": "refused on purpose"}, type="error", category="WSE",
+             cid=msg.envelope.get("cid"))
 
 
 @app.on("rpc.silent")

@@ -43,6 +43,8 @@ pub struct Envelope<'a> {
     pub topic: Option<&'a str>,
     /// Recovery stamp of a topic publication: epoch and offset (`e`, `o`).
     pub stamp: Option<(u32, u64)>,
+    /// Correlation id: a reply carries the `cid` of the request it answers.
+    pub cid: Option<&'a str>,
     pub payload: &'a [u8],
 }
 
@@ -62,6 +64,10 @@ impl Envelope<'_> {
         write_rfc3339(&mut out, ms);
         out.extend_from_slice(b"\",\"seq\":");
         write_u64(&mut out, self.seq);
+        if let Some(cid) = self.cid {
+            out.extend_from_slice(b",\"cid\":");
+            write_json_str(&mut out, cid);
+        }
         if let Some(tp) = self.topic {
             out.extend_from_slice(b",\"tp\":");
             write_json_str(&mut out, tp);
@@ -80,7 +86,7 @@ impl Envelope<'_> {
 /// A system message (`c: "WSE"`) whose payload is a JSON value.
 pub fn system(msg_type: &str, seq: u64, payload: &Value) -> Vec<u8> {
     let p = serde_json::to_vec(payload).unwrap_or_else(|_| b"{}".to_vec());
-    Envelope { category: CAT_SYSTEM, msg_type, seq, topic: None, stamp: None, payload: &p }.encode(0)
+    Envelope { category: CAT_SYSTEM, msg_type, seq, topic: None, stamp: None, cid: None, payload: &p }.encode(0)
 }
 
 pub fn error(code: &str, message: &str, seq: u64) -> Vec<u8> {
@@ -93,7 +99,7 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json() {
-        let e = Envelope { category: "U", msg_type: "price \"x\"\n", seq: 7, topic: Some("t1"), stamp: Some((0xab, 7)), payload: b"{\"a\":1}" };
+        let e = Envelope { category: "U", msg_type: "price \"x\"\n", seq: 7, topic: Some("t1"), stamp: Some((0xab, 7)), cid: Some("r-1"), payload: b"{\"a\":1}" };
         let v: Value = serde_json::from_slice(&e.encode(0)).unwrap();
         assert_eq!(v["t"], "price \"x\"\n");
         assert_eq!(v["seq"], 7);
@@ -101,6 +107,7 @@ mod tests {
         assert_eq!(v["p"]["a"], 1);
         assert_eq!(v["e"], "000000ab");
         assert_eq!(v["o"], 7);
+        assert_eq!(v["cid"], "r-1");
         assert_eq!(v["v"], 1);
         assert_eq!(v["id"].as_str().unwrap().len(), 36);
         let mut s = vec![];

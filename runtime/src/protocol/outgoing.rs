@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn encodings() {
-        let small = Envelope { category: "U", msg_type: "t", seq: 1, topic: None, stamp: None, payload: b"{\"a\":1}" };
+        let small = Envelope { category: "U", msg_type: "t", seq: 1, topic: None, stamp: None, cid: None, payload: b"{\"a\":1}" };
         let m = OutMsg::new(small.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 0, 0);
         assert_eq!(m.frame_for(Mode::Json), m.plain);
         assert_eq!(m.zipped(), m.plain);
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(&mp[2..4], b"M:");
 
         let text = format!("{{\"text\":\"{}\"}}", "x".repeat(2000));
-        let big = Envelope { category: "U", msg_type: "t", seq: 2, topic: Some("a"), stamp: Some((7, 2)), payload: text.as_bytes() };
+        let big = Envelope { category: "U", msg_type: "t", seq: 2, topic: Some("a"), stamp: Some((7, 2)), cid: None, payload: text.as_bytes() };
         let m = OutMsg::new(big.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 2, 0);
         assert_eq!(m.frame_for(Mode::Json), m.plain);
         let f = m.zipped();
