@@ -6,7 +6,7 @@ For every run and every peer (interleaved; the peer order alternates from run to
 1. starts the peer's server pinned to core 0 (``taskset -c 0``) on a free loopback port:
    ``wse``: ``python -m wse_cli.main run bench.fanout_app:app`` (this Python, JWT off);
    ``reference``: ``bench/ref_fanout_server.py`` in the reference chroot (Python 3.13,
-   wse-server 2.5.1) through ``/work/shared/tools/reference-wse.sh`` (override with
+   wse-server 2.5.1) through ``../shared/tools/reference-wse.sh`` beside the checkout (override with
    ``$WSE_REFERENCE_TOOL``);
 2. runs ``bench/fanout_client.py`` pinned to core 1: S picows connections in one uvloop loop,
    each subscribed to topic ``bench``; an unmeasured warm-up publication, then the measured one;
@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 DEFAULT_DOCS = REPO / "docs" / "BENCHMARKS.md"
-REF_TOOL = os.environ.get("WSE_REFERENCE_TOOL", "/work/shared/tools/reference-wse.sh")
+REF_TOOL = os.environ.get("WSE_REFERENCE_TOOL", str(REPO.parent / "shared/tools/reference-wse.sh"))
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 SATURATED = 0.90  # client CPU share above which the client is taken as the bottleneck

@@ -3,7 +3,7 @@
 
 It needs Python >= 3.12, so it runs in the reference chroot:
 
-    taskset -c 0 bash /work/shared/tools/reference-wse.sh python bench/ref_fanout_server.py --port PORT
+    taskset -c 0 bash ../shared/tools/reference-wse.sh python bench/ref_fanout_server.py --port PORT
 
 JWT is off (no ``jwt_secret``). The reference engine does not handle ``subscription_update``
 itself, so this script does what every application of it must do: it drains inbound events

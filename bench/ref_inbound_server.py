@@ -3,7 +3,7 @@ handler that counts ``{"t": "count"}`` messages, as ``bench/inbound_app.py`` doe
 
 Runs in the reference chroot (Python >= 3.12):
 
-    taskset -c 0 bash /work/shared/tools/reference-wse.sh python bench/ref_inbound_server.py --port PORT
+    taskset -c 0 bash ../shared/tools/reference-wse.sh python bench/ref_inbound_server.py --port PORT
 
 Answers ``{"t": "bench.stats"}`` with ``{"received": N}`` (a text frame). Prints
 ``ref: serving ws://HOST:PORT/wse pid PID`` once listening; stops on SIGTERM/SIGINT.

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from tests.conftest import SECRET, ROOT, ServerProc, make_token
 
-REF = Path("/work/shared/tools/reference-wse.sh")
 
 
 def reference_script() -> Path:
-    for candidate in (ROOT.parent / "shared/tools/reference-wse.sh", REF):
-        if candidate.exists():
-            return candidate
+    candidate = ROOT.parent / "shared/tools/reference-wse.sh"
+    if candidate.exists():
+        return candidate
     raise AssertionError("shared/tools/reference-wse.sh not found beside the repository")
 
 
