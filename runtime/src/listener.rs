@@ -96,35 +96,48 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         };
         let engine = engine.clone();
         let tls = tls.clone();
+        // NOTE: the task lives as long as the connection, and a task's size is that of its
+        // largest state: the handshake (headers, request) and the TLS path are boxed so an idle
+        // plain connection carries only its reader's state.
         tokio::spawn(async move {
             let timeout = engine.cfg.handshake_timeout();
             match tls {
                 None => {
-                    if let Some((a, conn)) = upgrade(&engine, stream, addr, timeout, permit).await {
+                    if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
                         let (rd, wr) = a.stream.into_split();
                         connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
                     }
                 }
-                Some(acceptor) => {
-                    // The TLS handshake counts against the same timeout as the HTTP upgrade.
-                    let start = tokio::time::Instant::now();
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let left = timeout.saturating_sub(start.elapsed());
-                            if let Some((a, conn)) = upgrade(&engine, tls_stream, addr, left, permit).await {
-                                let (rd, wr) = tokio::io::split(a.stream);
-                                connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
-                            }
-                        }
-                        Ok(Err(_)) => Metrics::inc(&engine.metrics.tls_failures),
-                        Err(_) => Metrics::inc(&engine.metrics.handshake_timeouts),
-                    }
-                }
+                Some(acceptor) => Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await,
             }
             engine.release_slot();
         });
     }
     background.finish();
+}
+
+/// A TLS connection: the TLS handshake (sharing the upgrade's timeout), the upgrade, then the
+/// connection through tokio's split halves.
+async fn serve_tls(
+    engine: &Arc<Engine>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+    permit: OwnedSemaphorePermit,
+) {
+    let start = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            let left = timeout.saturating_sub(start.elapsed());
+            if let Some((a, conn)) = upgrade(engine, tls_stream, addr, left, permit).await {
+                let (rd, wr) = tokio::io::split(a.stream);
+                connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+            }
+        }
+        Ok(Err(_)) => Metrics::inc(&engine.metrics.tls_failures),
+        Err(_) => Metrics::inc(&engine.metrics.handshake_timeouts),
+    }
 }
 
 /// The HTTP upgrade under `timeout`; on success the connection is registered and greeted.
