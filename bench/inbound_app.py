@@ -2,7 +2,8 @@
 
 from wse import Connection, Message, WSEApp, WSEConfig
 
-app = WSEApp(WSEConfig(max_connections=20_000, idle_timeout_ms=0))
+# No inbound rate limit, as the reference server has none on what clients send.
+app = WSEApp(WSEConfig(max_connections=20_000, idle_timeout_ms=0, rate_limit_capacity=0))
 received = 0
 
 

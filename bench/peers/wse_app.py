@@ -23,6 +23,9 @@ app = WSEApp(WSEConfig(
     backlog=4096,
     idle_timeout_ms=0,
     ping_interval_ms=0,
+    # No limit on what clients send, like every peer (the reference limits only what it sends):
+    # the default token bucket (10,000/s per connection) would refuse part of the inbound load.
+    rate_limit_capacity=0,
     jwt=JWTConfig(secret=_secret) if _secret else None,
 ))
 received = 0
