@@ -23,25 +23,12 @@ use crate::protocol::frame::{self, HEADER_ROOM};
 use crate::protocol::outgoing::{Mode, OutMsg};
 use crate::protocol::time::{now_ms, rfc3339};
 use crate::pubsub::fanout::{PubQueue, Target};
-use crate::pubsub::topics::{Recovery, RecoveryLimits, Topic, Topics};
+use crate::pubsub::topics::{RecoveryLimits, Topic, Topics};
+use crate::subscriptions::PendingSub;
 
 pub const MAX_TOPIC_LEN: usize = 256;
 /// Bytes of publications and sends waiting for the engine thread before the publisher helps.
 const PUBLISH_QUEUE_BYTES: usize = 8 << 20;
-
-struct PendingSub {
-    conn: u64,
-    denied: Vec<(String, String)>,
-    recover: HashMap<String, (u32, u64)>,
-    group: Option<String>,
-    /// The client asked for presence events of these topics.
-    presence: bool,
-}
-
-pub const MAX_GROUP_LEN: usize = 64;
-
-/// A requested topic and, if asked, where its subscriber stopped (epoch, offset).
-type Wanted = (String, Option<(u32, u64)>);
 
 pub struct Engine {
     pub cfg: Arc<Config>,
@@ -56,9 +43,9 @@ pub struct Engine {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
-    config_acl: TopicAcl,
-    next_req: AtomicU64,
-    pending: Mutex<HashMap<u64, PendingSub>>,
+    pub(crate) config_acl: TopicAcl,
+    pub(crate) next_req: AtomicU64,
+    pub(crate) pending: Mutex<HashMap<u64, PendingSub>>,
     /// Connections counted against `max_connections`: in the handshake or registered.
     slots: AtomicUsize,
     // ---- presence, dedup, per-user limits (pubsub/presence*.rs, pubsub/dedup.rs, limits/) ----
@@ -364,53 +351,6 @@ impl Engine {
         n
     }
 
-    /// Subscribes on the server's authority (no ACL); returns the topics joined. With a
-    /// `group`, the connection joins that queue group of each topic.
-    pub fn subscribe(&self, conn_id: u64, topics: &[String], group: Option<&str>) -> Vec<String> {
-        let Some(c) = self.get(conn_id) else { return vec![] };
-        topics.iter().filter(|t| self.join(&c, t, None, group).is_some()).cloned().collect()
-    }
-
-    /// Adds `c` to `topic` (or to one of its queue groups), replaying what it missed if it
-    /// said where it stopped.
-    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>, group: Option<&str>) -> Option<Recovery> {
-        let mut mine = c.topics.lock();
-        let (added, rec) = self.topics.subscribe(topic, c, recover, group);
-        if added {
-            mine.insert(Arc::from(topic));
-            Metrics::inc(&self.metrics.subscriptions);
-            // Under the connection's topic lock, so an unregister racing with this sees both.
-            self.presence_joined(c, topic);
-        }
-        if recover.is_some() {
-            let m = &self.metrics;
-            Metrics::inc(&m.recovery_requests);
-            Metrics::inc(if rec.recovered { &m.recovery_recovered } else { &m.recovery_missed });
-            Metrics::add(&m.recovered_messages, rec.count as u64);
-        }
-        Some(rec)
-    }
-
-    pub fn unsubscribe(&self, conn_id: u64, topics: &[String]) -> Vec<String> {
-        match self.get(conn_id) {
-            Some(c) => self.leave(&c, topics),
-            None => vec![],
-        }
-    }
-
-    /// Removes `c` from `topics`; returns those it was in.
-    fn leave(&self, c: &Conn, topics: &[String]) -> Vec<String> {
-        let mut out = vec![];
-        let mut mine = c.topics.lock();
-        for t in topics {
-            if mine.remove(t.as_str()) && self.topics.unsubscribe(t, c.id) {
-                Metrics::dec(&self.metrics.subscriptions);
-                self.presence_left(c, t);
-                out.push(t.clone());
-            }
-        }
-        out
-    }
 
     pub fn disconnect(&self, conn_id: u64, code: u16, reason: &str) -> bool {
         match self.get(conn_id) {
@@ -424,80 +364,6 @@ impl Engine {
         for c in all {
             c.out.close(code, reason);
         }
-    }
-
-    pub fn topics_of(&self, conn_id: u64) -> Vec<String> {
-        self.get(conn_id).map(|c| c.topics.lock().iter().map(|t| t.to_string()).collect()).unwrap_or_default()
-    }
-
-    /// Answers a `sub_request` after the Python hook decided.
-    pub fn complete_subscription(&self, req: u64, allowed: &[String], denied: Vec<(String, String)>) -> bool {
-        let Some(mut p) = self.pending.lock().remove(&req) else { return false };
-        let Some(c) = self.get(p.conn) else { return false };
-        let mut failed = p.denied;
-        Metrics::add(&self.metrics.subscriptions_denied, denied.len() as u64);
-        failed.extend(denied);
-        let wanted: Vec<Wanted> = allowed.iter().map(|t| (t.clone(), p.recover.remove(t))).collect();
-        let ok = self.join_within_limit(&c, &wanted, p.group.as_deref(), &mut failed);
-        let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
-        self.ack(&c, "subscribe", ok, failed);
-        if p.presence {
-            self.presence_watch(&c, &joined);
-        }
-        true
-    }
-
-    fn join_within_limit(
-        &self,
-        c: &Arc<Conn>,
-        topics: &[Wanted],
-        group: Option<&str>,
-        failed: &mut Vec<(String, String)>,
-    ) -> Vec<(String, Option<Recovery>, bool)> {
-        let mut ok = vec![];
-        for (t, recover) in topics {
-            let full = {
-                let mine = c.topics.lock();
-                mine.len() >= self.cfg.max_topics_per_connection && !mine.contains(t.as_str())
-            };
-            if full {
-                failed.push((t.clone(), "topic limit reached".into()));
-                continue;
-            }
-            let rec = self.join(c, t, *recover, group);
-            ok.push((t.clone(), rec, recover.is_some()));
-        }
-        ok
-    }
-
-    fn ack(&self, c: &Conn, action: &str, ok: Vec<(String, Option<Recovery>, bool)>, failed: Vec<(String, String)>) {
-        let failed_topics: Vec<&String> = failed.iter().map(|(t, _)| t).collect();
-        let errors: Map<String, Value> = failed.iter().map(|(t, r)| (t.clone(), Value::from(r.as_str()))).collect();
-        let mut p = json!({
-            "action": action,
-            "success": failed.is_empty(),
-            "success_topics": ok.iter().map(|(t, _, _)| t).collect::<Vec<_>>(),
-            "failed_topics": failed_topics,
-            "errors": errors,
-            "topics": c.topics.lock().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-        });
-        if self.cfg.recovery && action == "subscribe" {
-            // Where each topic stands, so the client can ask for what it misses next time.
-            let rec: Map<String, Value> = ok
-                .iter()
-                .filter_map(|(t, r, asked)| {
-                    let r = (*r)?;
-                    let mut v = json!({"epoch": format!("{:08x}", r.epoch), "offset": r.offset});
-                    if *asked {
-                        v["recovered"] = Value::from(r.recovered);
-                        v["count"] = Value::from(r.count);
-                    }
-                    Some((t.clone(), v))
-                })
-                .collect();
-            p["recovery"] = Value::Object(rec);
-        }
-        self.send_system(c, "subscription_update", p);
     }
 
     // ---- system messages from clients ----------------------------------------------------------
@@ -570,88 +436,6 @@ impl Engine {
         }
     }
 
-    fn client_subscription(&self, c: &Arc<Conn>, p: &Value) {
-        let action = p.get("action").and_then(|a| a.as_str()).unwrap_or("subscribe");
-        let Some(list) = p.get("topics").and_then(|t| t.as_array()) else {
-            self.send_error(c, "INVALID_MESSAGE", "subscription_update needs a 'topics' list");
-            return;
-        };
-        let mut valid = vec![];
-        let mut failed: Vec<(String, String)> = vec![];
-        for t in list {
-            match t.as_str() {
-                Some(s) if !s.is_empty() && s.len() <= MAX_TOPIC_LEN => valid.push(s.to_string()),
-                _ => failed.push((t.as_str().unwrap_or("").to_string(), "invalid topic".into())),
-            }
-        }
-        match action {
-            "unsubscribe" => {
-                let left = self.leave(c, &valid);
-                drop(left);
-                self.ack(c, "unsubscribe", valid.into_iter().map(|t| (t, None, false)).collect(), failed);
-            }
-            "subscribe" => {
-                let group = match p.get("group") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(g)) if !g.is_empty() && g.len() <= MAX_GROUP_LEN => Some(g.clone()),
-                    Some(_) => {
-                        return self.send_error(c, "INVALID_MESSAGE", "group must be a string of 1 to 64 bytes");
-                    }
-                };
-                let recover = self.recovery_points(p);
-                let mut allowed = vec![];
-                for t in valid {
-                    let ok = self.config_acl.permits(&t) && c.acl.as_ref().is_none_or(|a| a.permits(&t));
-                    if ok {
-                        allowed.push(t);
-                    } else {
-                        Metrics::inc(&self.metrics.subscriptions_denied);
-                        failed.push((t, "not allowed".into()));
-                    }
-                }
-                let presence = p.get("presence").and_then(Value::as_bool).unwrap_or(false);
-                if self.cfg.subscribe_hook && !allowed.is_empty() {
-                    let req = self.next_req.fetch_add(1, Relaxed);
-                    let recover = allowed.iter().filter_map(|t| recover.get(t).map(|r| (t.clone(), *r))).collect();
-                    self.pending.lock().insert(req, PendingSub { conn: c.id, denied: failed, recover, group, presence });
-                    self.inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: allowed });
-                    return;
-                }
-                let wanted: Vec<Wanted> = allowed.into_iter().map(|t| {
-                    let r = recover.get(&t).copied();
-                    (t, r)
-                }).collect();
-                let ok = self.join_within_limit(c, &wanted, group.as_deref(), &mut failed);
-                let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
-                self.ack(c, "subscribe", ok, failed);
-                if presence {
-                    self.presence_watch(c, &joined);
-                }
-            }
-            other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),
-        }
-    }
-
-    /// `recover: true` with `recovery: {topic: {epoch, offset}}`: where the client stopped, per topic.
-    fn recovery_points(&self, p: &Value) -> HashMap<String, (u32, u64)> {
-        let mut out = HashMap::new();
-        if !self.cfg.recovery || !p.get("recover").and_then(|v| v.as_bool()).unwrap_or(false) {
-            return out;
-        }
-        let Some(map) = p.get("recovery").and_then(|r| r.as_object()) else { return out };
-        for (topic, v) in map {
-            let epoch = v.get("epoch").and_then(|e| match e {
-                Value::String(s) => u32::from_str_radix(s, 16).ok(),
-                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-                _ => None,
-            });
-            let offset = v.get("offset").and_then(|o| o.as_u64());
-            if let (Some(e), Some(o)) = (epoch, offset) {
-                out.insert(topic.clone(), (e, o));
-            }
-        }
-        out
-    }
 
     // ---- keepalive -------------------------------------------------------------------------------
 

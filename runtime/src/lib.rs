@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod subscriptions;
 pub mod tls;
 
 #[cfg(feature = "python")]
