@@ -33,7 +33,8 @@ pub struct CryptoState {
 pub struct Batch<'a> {
     msgs: &'a [Arc<OutMsg>],
     json: OnceCell<Vec<Bytes>>,
-    zipped: OnceCell<Vec<Bytes>>,
+    /// The zlib-encoded frames, and how many of them really are compressed.
+    zipped: OnceCell<(Vec<Bytes>, usize)>,
     msgpack: OnceCell<Vec<Bytes>>,
 }
 
@@ -46,20 +47,24 @@ impl<'a> Batch<'a> {
         self.msgs
     }
 
-    /// How many of the zlib-encoded frames are really compressed.
+    /// How many of the zlib-encoded frames are really compressed (counted once per batch).
     fn zipped_count(&self) -> usize {
-        self.zipped.get().map_or(0, |f| f.iter().filter(|b| is_zipped(b)).count())
+        self.zipped.get().map_or(0, |(_, n)| *n)
     }
 
     fn frames(&self, mode: Mode, zip: bool) -> &[Bytes] {
-        match (mode, zip) {
-            (Mode::Msgpack, _) => &self.msgpack,
-            (_, true) => &self.zipped,
-            _ => &self.json,
+        if zip && mode == Mode::Json {
+            return &self
+                .zipped
+                .get_or_init(|| {
+                    let f: Vec<Bytes> = self.msgs.iter().map(|m| m.zipped()).collect();
+                    let n = f.iter().filter(|b| is_zipped(b)).count();
+                    (f, n)
+                })
+                .0;
         }
-        .get_or_init(|| {
-            self.msgs.iter().map(|m| if zip && mode == Mode::Json { m.zipped() } else { m.frame_for(mode) }).collect()
-        })
+        let cell = if mode == Mode::Msgpack { &self.msgpack } else { &self.json };
+        cell.get_or_init(|| self.msgs.iter().map(|m| m.frame_for(mode)).collect())
     }
 }
 
