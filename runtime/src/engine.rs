@@ -83,6 +83,11 @@ impl Engine {
         let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         let topics = Topics::new(recovery);
         let mesh = crate::mesh::attach(&cfg, &topics)?;
+        let pubq = PubQueue::new(PUBLISH_QUEUE_BYTES);
+        if let Some(m) = mesh.as_ref().filter(|m| m.seq.is_some()) {
+            let m = m.clone();
+            pubq.set_released(Box::new(move || m.released()));
+        }
         Ok(Self {
             presence,
             dedup_publish,
@@ -92,7 +97,7 @@ impl Engine {
             metrics,
             inbound,
             topics,
-            pubq: PubQueue::new(PUBLISH_QUEUE_BYTES),
+            pubq,
             verifier,
             signer,
             tls,
@@ -305,13 +310,18 @@ impl Engine {
     }
 
     /// Publishes to `topic` here and, in a cluster, to the workers with subscribers for it;
-    /// returns how many subscribers it has in this process.
+    /// returns how many subscribers it has in this process. In a cluster with recovery, the
+    /// topic's owner stamps it (mesh/sequencer.rs).
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
-        let n = self.publish_local(topic, category, msg_type, payload);
         if let Some(m) = &self.mesh {
+            if let Some(seq) = &m.seq {
+                return self.publish_sequenced(m, seq, topic, category, msg_type, payload);
+            }
+            let n = self.publish_local(topic, category, msg_type, payload);
             m.forward(topic, category, msg_type, payload);
+            return n;
         }
-        n
+        self.publish_local(topic, category, msg_type, payload)
     }
 
     /// Publishes to this process's subscribers only (publications arriving from the mesh).
@@ -319,7 +329,7 @@ impl Engine {
         // With recovery on, a topic keeps what is published while nobody listens.
         let t = if self.cfg.recovery { Some(self.topics.get_or_create(topic)) } else { self.topics.get(topic) };
         match t {
-            Some(t) => self.publish_to(&t, topic, category, msg_type, payload),
+            Some(t) => self.publish_to(&t, topic, category, msg_type, payload, 0),
             None => {
                 Metrics::inc(&self.metrics.publishes);
                 0
@@ -327,8 +337,10 @@ impl Engine {
         }
     }
 
-    /// Publishes to a topic already looked up (the caller may release the GIL around this).
-    pub fn publish_to(&self, t: &Arc<Topic>, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+    /// Stamps and queues a publication to a topic already looked up. `origin` is a peer's
+    /// publication id when this worker stamps it for that peer (0: made here). In a cluster
+    /// with recovery it goes to every peer first, and to this worker's subscribers once written.
+    pub(crate) fn publish_to(&self, t: &Arc<Topic>, topic: &str, category: &str, msg_type: &str, payload: &[u8], origin: u64) -> usize {
         let op = self.opcode();
         let zip = self.cfg.zip();
         let recovery = self.cfg.recovery;
@@ -342,15 +354,19 @@ impl Engine {
                 }
                 Arc::new(OutMsg::new(v, op, zip, seq, now_ms()))
             },
-            |msg| help = self.pubq.push(Target::Topic(t.clone()), msg),
+            |msg, epoch| {
+                let gate = self.stamp_out(topic, &msg, epoch, origin);
+                help = self.pubq.push_gated(Target::Topic(t.clone()), msg, gate);
+            },
         );
-        Metrics::inc(&self.metrics.publishes);
+        if origin == 0 {
+            Metrics::inc(&self.metrics.publishes);
+        }
         if help {
             self.pubq.run_batch(&self.topics, &self.metrics);
         }
         n
     }
-
 
     pub fn disconnect(&self, conn_id: u64, code: u16, reason: &str) -> bool {
         match self.get(conn_id) {

@@ -55,6 +55,14 @@ fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io:
             if let (Some(m), Some(l)) = (engine.mesh.clone(), mesh_listener) {
                 tokio::spawn(crate::mesh::run(m, engine.clone(), l, rx.clone()));
             }
+            if let Some(m) = engine.mesh.clone() {
+                // In a cluster with recovery, a worker takes its peers' rings before its
+                // first client (clients wait in the listen backlog meanwhile).
+                tokio::select! {
+                    _ = m.wait_ready() => {}
+                    _ = stop_rx.changed() => {}
+                }
+            }
             match listener {
                 Some(l) => listener::serve(engine, l, rx).await,
                 None => {

@@ -189,6 +189,21 @@ def _publish_queue(out: _Out, workers: list[WorkerSample]) -> None:
                "Time from publish() to the subscribers' outbound queues (oldest publication of each fan-out batch).", hist)
 
 
+_MESH_RECOVERY = [
+    ("stamped_for_peers", "wse_mesh_stamped_total",
+     "Publications this worker stamped as their topic's owner and sent to every peer (recovery on)."),
+    ("handed_to_owner", "wse_mesh_handed_to_owner_total",
+     "Publications made here and handed to their topic's owner on another worker to be stamped."),
+    ("rehanded", "wse_mesh_rehanded_total",
+     "Hand-offs an owner died before stamping, handed again to the topic's next owner."),
+    ("mirrored", "wse_mesh_mirrored_total", "Publications a peer stamped, taken into this worker's rings."),
+    ("snapshot_bytes_in", "wse_mesh_snapshot_bytes_total",
+     "Bytes of recovery rings received from peers as links opened."),
+    ("conflicts", "wse_mesh_stamp_conflicts_total",
+     "Publications a peer stamped under another epoch while this worker owned the topic (ignored)."),
+]
+
+
 def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_mesh_peers", "gauge", "Peers this worker is linked to on the mesh.",
                [("", {"worker": str(w.slot)}, len(w.mesh["peers"])) for w in workers if w.mesh])
@@ -204,6 +219,10 @@ def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_mesh_bytes_total", "counter", "Bytes of publications crossing the mesh, by peer and direction.", byts)
     out.family("wse_mesh_dropped_total", "counter", "Publications not sent to a peer that was too far behind.",
                [("", {"worker": str(w.slot)}, w.mesh["dropped"]) for w in workers if w.mesh])
+    rec = [w for w in workers if w.mesh and w.mesh.get("recovery")]
+    for key, name, help_text in _MESH_RECOVERY:
+        out.family(name, "counter", help_text,
+                   [("", {"worker": str(w.slot)}, w.mesh["recovery"][key]) for w in rec if w.mesh])
     hist: list[tuple[str, dict[str, str], float]] = []
     for w in workers:
         assert w.mesh is not None

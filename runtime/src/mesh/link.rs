@@ -48,6 +48,7 @@ pub async fn run(mesh: Arc<Mesh>, engine: Arc<Engine>, listener: StdUnixListener
                 }
             }
             _ = tick.tick() => {
+                engine.check_synced(&mesh);
                 for name in candidates(&mesh) {
                     if mesh.is_linked(&name) || !dialing.lock().insert(name.clone()) {
                         continue;
@@ -103,16 +104,25 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
     }
     mesh.stats.link_opened();
     let writer = {
-        let peer = peer.clone();
+        let (peer, engine) = (peer.clone(), engine.clone());
         tokio::spawn(async move {
             loop {
-                let b = peer.take().await;
+                let (b, gate) = peer.take().await;
                 if wr.write_all(&b).await.is_err() {
                     break;
+                }
+                if gate > 0 {
+                    // Written to the peer's socket: publications gated on it may go out here.
+                    peer.written(gate);
+                    engine.pubq.wake();
                 }
             }
         })
     };
+    let state = mesh.seq.is_some().then(|| {
+        let (peer, engine) = (peer.clone(), engine.clone());
+        tokio::spawn(async move { engine.send_state(&peer).await })
+    });
     'read: loop {
         loop {
             match wire::take(&mut buf) {
@@ -134,6 +144,10 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
     }
     mesh.remove_peer(&peer);
     writer.abort();
+    if let Some(s) = state {
+        s.abort();
+    }
+    engine.peer_gone(&mesh, &peer);
 }
 
 fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
@@ -143,6 +157,22 @@ fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
             mesh.stats.received(peer.slot, len);
             engine.publish_local(&topic, &category, &msg_type, &payload);
             mesh.stats.transit(sent_ns);
+        }
+        Frame::Stamped { origin, sent_ns, topic, stamp, body } => {
+            mesh.stats.received(peer.slot, len);
+            engine.mirror(mesh, peer, origin, &topic, &stamp, &body);
+            mesh.stats.transit(sent_ns);
+        }
+        Frame::Sequence { id, topic, category, msg_type, payload } => {
+            mesh.stats.received(peer.slot, len);
+            engine.stamp_for(id, &topic, &category, &msg_type, &payload);
+        }
+        Frame::Snapshot { topic, epoch, pushed, owner, entries } => {
+            engine.take_snapshot(mesh, peer, &topic, epoch, pushed, owner, entries);
+        }
+        Frame::Synced => {
+            peer.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            engine.check_synced(mesh);
         }
         Frame::Hello { .. } => {}
     }

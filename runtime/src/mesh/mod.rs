@@ -9,6 +9,8 @@
 
 mod link;
 mod peer;
+mod replica;
+pub mod sequencer;
 mod stats;
 pub mod wire;
 
@@ -23,7 +25,8 @@ use serde::Deserialize;
 use crate::config::Config;
 use crate::pubsub::topics::Topics;
 pub use link::{bind, run};
-use peer::Peer;
+pub use peer::Peer;
+use sequencer::Sequencer;
 pub use stats::MeshStats;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +60,8 @@ pub struct Mesh {
     /// The peers, for the publish path (read-locked per publication).
     live: RwLock<Vec<Arc<Peer>>>,
     pub stats: MeshStats,
+    /// With recovery on: one owner stamps each topic, every worker mirrors every ring.
+    pub seq: Option<Sequencer>,
 }
 
 /// Builds the mesh when the config asks for one and hooks it to the topic registry.
@@ -68,7 +73,11 @@ pub fn attach(cfg: &Config, topics: &Topics) -> Result<Option<Arc<Mesh>>, String
     if !std::path::Path::new(&mc.dir).is_dir() {
         return Err(format!("mesh dir {:?} is not a directory", mc.dir));
     }
-    let mesh = Arc::new(Mesh::new(mc));
+    let mut mesh = Mesh::new(mc);
+    if cfg.recovery {
+        mesh.seq = Some(Sequencer::new());
+    }
+    let mesh = Arc::new(mesh);
     let m = mesh.clone();
     topics.set_interest_hook(Box::new(move |topic, present| m.local_interest(topic, present)));
     Ok(Some(mesh))
@@ -84,7 +93,35 @@ impl Mesh {
             state: Mutex::new(State { local: HashSet::new(), peers: HashMap::new() }),
             live: RwLock::new(Vec::new()),
             stats,
+            seq: None,
         }
+    }
+
+    /// The linked peers now.
+    pub fn live_peers(&self) -> Vec<Arc<Peer>> {
+        self.live.read().clone()
+    }
+
+    /// Gates every live peer has written (the publish queue lets those through).
+    pub fn released(&self) -> u64 {
+        self.live.read().iter().map(|p| p.gate_open()).min().unwrap_or(u64::MAX)
+    }
+
+    /// True once the worker may serve clients: synced with its peers (or no recovery).
+    pub fn is_ready(&self) -> bool {
+        self.seq.as_ref().is_none_or(|s| s.is_ready())
+    }
+
+    /// Waits until `is_ready`.
+    pub async fn wait_ready(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Peers that have sent their whole state.
+    pub fn synced_count(&self) -> usize {
+        self.live.read().iter().filter(|p| p.synced.load(std::sync::atomic::Ordering::Relaxed)).count()
     }
 
     pub fn path(&self) -> PathBuf {
@@ -170,7 +207,21 @@ impl Mesh {
             .iter()
             .map(|p| serde_json::json!({"name": p.name, "slot": p.slot, "topics": p.interest_count()}))
             .collect();
-        self.stats.to_json(self.cfg.slot, peers).to_string()
+        let mut j = self.stats.to_json(self.cfg.slot, peers);
+        if let Some(s) = &self.seq {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &s.stats;
+            j["recovery"] = serde_json::json!({
+                "ready": s.is_ready(),
+                "stamped_for_peers": st.stamped_for_peers.load(Relaxed),
+                "handed_to_owner": st.handed_to_owner.load(Relaxed),
+                "rehanded": st.rehanded.load(Relaxed),
+                "mirrored": st.mirrored.load(Relaxed),
+                "snapshot_bytes_in": st.snapshot_bytes_in.load(Relaxed),
+                "conflicts": st.conflicts.load(Relaxed),
+            });
+        }
+        j.to_string()
     }
 }
 

@@ -1,6 +1,7 @@
 //! One linked peer: what it has subscribers for, and the bytes waiting to be written to it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -13,11 +14,52 @@ pub struct Peer {
     interest: RwLock<HashSet<Arc<str>>>,
     out: Mutex<BytesMut>,
     wake: Notify,
+    /// The last gate queued to this peer (set under `out`'s lock) and the last written.
+    gate_queued: AtomicU64,
+    gate_written: AtomicU64,
+    /// The peer sent its whole recovery state (with recovery on).
+    pub synced: AtomicBool,
 }
 
 impl Peer {
     pub fn new(name: String, slot: u32) -> Self {
-        Self { name, slot, interest: RwLock::new(HashSet::new()), out: Mutex::new(BytesMut::new()), wake: Notify::new() }
+        Self {
+            name,
+            slot,
+            interest: RwLock::new(HashSet::new()),
+            out: Mutex::new(BytesMut::new()),
+            wake: Notify::new(),
+            gate_queued: AtomicU64::new(0),
+            gate_written: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame that carries `gate` (never dropped: mirrors depend on it).
+    pub fn push_gated(&self, frame: &[u8], gate: u64) {
+        let mut out = self.out.lock();
+        let was_empty = out.is_empty();
+        out.extend_from_slice(frame);
+        self.gate_queued.store(gate, Relaxed);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The gates this peer still holds shut: every gate up to the result is written
+    /// (`u64::MAX`: nothing gated is waiting).
+    pub fn gate_open(&self) -> u64 {
+        let written = self.gate_written.load(Relaxed);
+        if written >= self.gate_queued.load(Relaxed) {
+            u64::MAX
+        } else {
+            written
+        }
+    }
+
+    /// The writer wrote everything taken with `gate`.
+    pub fn written(&self, gate: u64) {
+        self.gate_written.fetch_max(gate, Relaxed);
     }
 
     pub fn wants(&self, topic: &str) -> bool {
@@ -64,13 +106,13 @@ impl Peer {
         }
     }
 
-    /// Waits for queued bytes and takes them all.
-    pub async fn take(&self) -> BytesMut {
+    /// Waits for queued bytes and takes them all, with the last gate among them.
+    pub async fn take(&self) -> (BytesMut, u64) {
         loop {
             {
                 let mut out = self.out.lock();
                 if !out.is_empty() {
-                    return out.split();
+                    return (out.split(), self.gate_queued.load(Relaxed));
                 }
             }
             self.wake.notified().await;

@@ -6,6 +6,14 @@ pub const HELLO: u8 = 1;
 pub const INTEREST_ADD: u8 = 2;
 pub const INTEREST_DEL: u8 = 3;
 pub const PUBLISH: u8 = 4;
+/// With recovery on: a publication stamped by its topic's owner, sent to every peer.
+pub const STAMPED: u8 = 5;
+/// With recovery on: a publication handed to its topic's owner to be stamped.
+pub const SEQUENCE: u8 = 6;
+/// A run of one topic's recovery ring, sent to a peer when the link opens.
+pub const SNAPSHOT: u8 = 7;
+/// The last snapshot frame: the sender's state has all been sent.
+pub const SYNCED: u8 = 8;
 
 /// Frames past this size are a broken peer, not a message.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -53,11 +61,72 @@ pub fn publish(sent_ns: u64, topic: &str, category: &str, msg_type: &str, payloa
     Some(b.freeze())
 }
 
+/// A publication with its topic's stamp, as the owner built it: `body` is the JSON envelope
+/// (signed if signing is on), so a mirror frames it as it is.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Stamp {
+    pub epoch: u32,
+    pub offset: u64,
+    pub at_ms: u64,
+}
+
+pub fn stamped(out: &mut BytesMut, origin: u64, sent_ns: u64, topic: &str, st: &Stamp, body: &[u8]) {
+    put_frame(
+        out,
+        STAMPED,
+        &[
+            &origin.to_le_bytes(),
+            &sent_ns.to_le_bytes(),
+            &st.epoch.to_le_bytes(),
+            &st.offset.to_le_bytes(),
+            &st.at_ms.to_le_bytes(),
+            &(topic.len() as u16).to_le_bytes(),
+            topic.as_bytes(),
+            body,
+        ],
+    );
+}
+
+/// A publication for the owner to stamp; `id` comes back in the owner's `STAMPED` frame.
+pub fn sequence(id: u64, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Option<Bytes> {
+    let p = publish(id, topic, category, msg_type, payload)?;
+    let mut b = BytesMut::from(&p[..]);
+    b[4] = SEQUENCE;
+    Some(b.freeze())
+}
+
+/// Part of a topic's ring: `(offset, at_ms, body)` entries in offset order; `owner` is true
+/// when the sender stamped the topic's last publication itself.
+pub fn snapshot(out: &mut BytesMut, topic: &str, epoch: u32, pushed: u64, owner: bool, entries: &[(u64, u64, &[u8])]) {
+    let mut b = BytesMut::new();
+    b.put_u32_le(epoch);
+    b.put_u64_le(pushed);
+    b.put_u8(owner as u8);
+    b.put_u16_le(topic.len() as u16);
+    b.put_slice(topic.as_bytes());
+    b.put_u32_le(entries.len() as u32);
+    for (offset, at, body) in entries {
+        b.put_u64_le(*offset);
+        b.put_u64_le(*at);
+        b.put_u32_le(body.len() as u32);
+        b.put_slice(body);
+    }
+    put_frame(out, SNAPSHOT, &[&b]);
+}
+
+pub fn synced(out: &mut BytesMut) {
+    put_frame(out, SYNCED, &[]);
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     Hello { slot: u32, name: String },
     Interest { topic: String, present: bool },
     Publish { sent_ns: u64, topic: String, category: String, msg_type: String, payload: Bytes },
+    Stamped { origin: u64, sent_ns: u64, topic: String, stamp: Stamp, body: Bytes },
+    Sequence { id: u64, topic: String, category: String, msg_type: String, payload: Bytes },
+    Snapshot { topic: String, epoch: u32, pushed: u64, owner: bool, entries: Vec<(Stamp, Bytes)> },
+    Synced,
 }
 
 /// Takes one whole frame off the front of `buf`: Ok(None) if more bytes are needed, Err if the
@@ -87,7 +156,7 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, String> {
             Frame::Hello { slot, name: text(body)? }
         }
         INTEREST_ADD | INTEREST_DEL => Frame::Interest { topic: text(body)?, present: kind == INTEREST_ADD },
-        PUBLISH => {
+        PUBLISH | SEQUENCE => {
             let short = || "short publish".to_string();
             if body.len() < 10 {
                 return Err(short());
@@ -108,8 +177,62 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, String> {
                 return Err(short());
             }
             let msg_type = text(body.split_to(ml))?;
-            Frame::Publish { sent_ns, topic, category, msg_type, payload: body }
+            if kind == SEQUENCE {
+                Frame::Sequence { id: sent_ns, topic, category, msg_type, payload: body }
+            } else {
+                Frame::Publish { sent_ns, topic, category, msg_type, payload: body }
+            }
         }
+        STAMPED => {
+            if body.len() < 8 * 4 + 4 + 2 {
+                return Err("short stamped".into());
+            }
+            let origin = body.get_u64_le();
+            let sent_ns = body.get_u64_le();
+            let epoch = body.get_u32_le();
+            let offset = body.get_u64_le();
+            let at_ms = body.get_u64_le();
+            let tl = body.get_u16_le() as usize;
+            if body.len() < tl {
+                return Err("short stamped".into());
+            }
+            let topic = text(body.split_to(tl))?;
+            Frame::Stamped { origin, sent_ns, topic, stamp: Stamp { epoch, offset, at_ms }, body }
+        }
+        SNAPSHOT => {
+            let short = || "short snapshot".to_string();
+            if body.len() < 4 + 8 + 1 + 2 {
+                return Err(short());
+            }
+            let epoch = body.get_u32_le();
+            let pushed = body.get_u64_le();
+            let owner = body.get_u8() != 0;
+            let tl = body.get_u16_le() as usize;
+            if body.len() < tl + 4 {
+                return Err(short());
+            }
+            let topic = text(body.split_to(tl))?;
+            let n = body.get_u32_le() as usize;
+            // Each entry takes at least 20 bytes: a count past that is a lie.
+            if n > body.len() / 20 {
+                return Err(short());
+            }
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                if body.len() < 20 {
+                    return Err(short());
+                }
+                let offset = body.get_u64_le();
+                let at_ms = body.get_u64_le();
+                let len = body.get_u32_le() as usize;
+                if body.len() < len {
+                    return Err(short());
+                }
+                entries.push((Stamp { epoch, offset, at_ms }, body.split_to(len)));
+            }
+            Frame::Snapshot { topic, epoch, pushed, owner, entries }
+        }
+        SYNCED => Frame::Synced,
         k => return Err(format!("unknown frame kind {k}")),
     };
     Ok(Some((f, wire)))
@@ -147,6 +270,37 @@ mod tests {
             f => panic!("{f:?}"),
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn recovery_frames_round_trip() {
+        let mut all = BytesMut::new();
+        let st = Stamp { epoch: 9, offset: 41, at_ms: 1234 };
+        stamped(&mut all, 77, 5, "t", &st, b"{\"p\":1}");
+        all.extend_from_slice(&sequence(78, "t", "U", "m", b"{}").unwrap());
+        snapshot(&mut all, "t", 9, 41, true, &[(40, 1, b"a"), (41, 2, b"bc")]);
+        synced(&mut all);
+        let mut got = vec![];
+        while let Some((f, _)) = take(&mut all).unwrap() {
+            got.push(f);
+        }
+        assert_eq!(got[0], Frame::Stamped { origin: 77, sent_ns: 5, topic: "t".into(), stamp: st, body: Bytes::from_static(b"{\"p\":1}") });
+        assert_eq!(got[1], Frame::Sequence { id: 78, topic: "t".into(), category: "U".into(), msg_type: "m".into(), payload: Bytes::from_static(b"{}") });
+        match &got[2] {
+            Frame::Snapshot { topic, epoch: 9, pushed: 41, owner: true, entries } => {
+                assert_eq!(topic, "t");
+                assert_eq!(entries.len(), 2);
+                assert_eq!((entries[1].0.offset, entries[1].0.at_ms, &entries[1].1[..]), (41, 2, &b"bc"[..]));
+            }
+            f => panic!("{f:?}"),
+        }
+        assert_eq!(got[3], Frame::Synced);
+        // A snapshot that claims more entries than it carries is refused.
+        let mut b = BytesMut::new();
+        snapshot(&mut b, "t", 1, 1, false, &[(1, 1, b"x")]);
+        let n = b.len();
+        b[n - 25] = 200;
+        assert!(take(&mut b).is_err());
     }
 
     #[test]

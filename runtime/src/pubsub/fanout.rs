@@ -6,8 +6,14 @@
 //! Order: everything the application sends goes through this one FIFO, and a batch is taken
 //! and pushed under `work`, so a connection receives publications and direct sends in the
 //! order the application made them.
+//!
+//! Gates: in a cluster with recovery, a publication its topic's owner stamped waits here until
+//! the mesh has written it to every peer, so nothing reaches this worker's clients that the
+//! other workers' rings could lack if this worker died the next instant. A gated item holds
+//! back everything queued after it, which keeps the order above.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -24,8 +30,12 @@ pub enum Target {
     Conn(Arc<Conn>),
 }
 
+/// How far the mesh has written its gated frames to every peer (gates up to it may pass).
+pub type Released = Box<dyn Fn() -> u64 + Send + Sync>;
+
 struct Queue {
-    items: Vec<(Target, Arc<OutMsg>)>,
+    /// Each item with its gate (0: none).
+    items: Vec<(Target, Arc<OutMsg>, u64)>,
     bytes: usize,
     /// When the oldest queued item was queued (for the publish-to-queue histogram).
     since: Option<std::time::Instant>,
@@ -37,19 +47,43 @@ pub struct PubQueue {
     work: Mutex<()>,
     wake: Notify,
     cap_bytes: usize,
+    released: OnceLock<Released>,
+    /// Items queued and items handed on, since the start (a mesh peer's snapshot waits for the
+    /// ones queued before it).
+    queued: AtomicU64,
+    done: AtomicU64,
 }
 
 impl PubQueue {
     pub fn new(cap_bytes: usize) -> Self {
-        Self { q: Mutex::new(Queue { items: Vec::new(), bytes: 0, since: None }), work: Mutex::new(()), wake: Notify::new(), cap_bytes }
+        Self {
+            q: Mutex::new(Queue { items: Vec::new(), bytes: 0, since: None }),
+            work: Mutex::new(()),
+            wake: Notify::new(),
+            cap_bytes,
+            released: OnceLock::new(),
+            queued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets where gates are read from (the mesh); false if set already.
+    pub fn set_released(&self, f: Released) -> bool {
+        self.released.set(f).is_ok()
     }
 
     /// Queues a frame. Returns true when the queue is over its byte bound: the caller should
     /// then run a batch itself (the publisher pays for its own backlog instead of growing it).
     pub fn push(&self, target: Target, msg: Arc<OutMsg>) -> bool {
+        self.push_gated(target, msg, 0)
+    }
+
+    /// Queues a frame that waits until the mesh has released `gate`.
+    pub fn push_gated(&self, target: Target, msg: Arc<OutMsg>, gate: u64) -> bool {
         let mut q = self.q.lock();
         q.bytes += msg.body().len();
-        q.items.push((target, msg));
+        q.items.push((target, msg, gate));
+        self.queued.fetch_add(1, Relaxed);
         if q.items.len() == 1 {
             q.since = Some(std::time::Instant::now());
             self.wake.notify_one();
@@ -57,19 +91,45 @@ impl PubQueue {
         q.bytes > self.cap_bytes
     }
 
-    /// Waits until something is queued.
+    /// Waits until something is queued (or a gate may have opened).
     pub async fn ready(&self) {
         self.wake.notified().await
+    }
+
+    /// The mesh wrote more: gated items may go.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Items queued so far; `handed_on(n)` turns true once the first `n` have been handed on.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Relaxed)
+    }
+
+    pub fn handed_on(&self, n: u64) -> bool {
+        self.done.load(Relaxed) >= n
     }
 
     /// Takes everything queued and hands it to the subscribers' outbound queues.
     pub fn run_batch(&self, topics: &Topics, metrics: &Metrics) {
         let _work = self.work.lock();
-        let (items, since) = {
+        let (mut items, mut since) = {
             let mut q = self.q.lock();
             q.bytes = 0;
             (std::mem::take(&mut q.items), q.since.take())
         };
+        if let Some(released) = self.released.get() {
+            // The first item whose gate is still shut holds back the rest, in order.
+            let open = released();
+            if let Some(k) = items.iter().position(|(_, _, g)| *g > open) {
+                let rest: Vec<_> = items.drain(k..).collect();
+                let mut q = self.q.lock();
+                q.bytes += rest.iter().map(|(_, m, _)| m.body().len()).sum::<usize>();
+                q.items.splice(0..0, rest);
+                q.since = Some(since.take().unwrap_or_else(std::time::Instant::now));
+            }
+        }
+        let handed = items.len() as u64;
         let mut total = PushMany::default();
         let mut i = 0;
         let mut msgs: Vec<Arc<OutMsg>> = Vec::new();
@@ -98,6 +158,7 @@ impl PubQueue {
             }
         }
         total.count(metrics);
+        self.done.fetch_add(handed, Relaxed);
         if let Some(t) = since {
             metrics.publish_queue(t.elapsed().as_nanos() as u64);
         }

@@ -45,6 +45,17 @@ struct TopicState {
     /// outlives its subscribers by the TTL, so one that left before anything was published
     /// can still recover what came after.
     last_active_ms: u64,
+    /// In a cluster with recovery: who stamps this topic's publications.
+    owner: Owner,
+}
+
+/// Who stamped a topic's last publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Unknown,
+    Me,
+    /// A peer on the mesh, by its socket name.
+    Peer(Arc<str>),
 }
 
 impl TopicState {
@@ -63,7 +74,18 @@ impl TopicState {
             ring: VecDeque::new(),
             ring_bytes: 0,
             last_active_ms: now_ms(),
+            owner: Owner::Unknown,
         }
+    }
+
+    /// Starts the ring over for another epoch (a mirror following a new owner).
+    fn reset(&mut self, epoch: u32, before: u64, total: &AtomicUsize) {
+        while !self.ring.is_empty() {
+            evict_front(self, total);
+        }
+        self.epoch = epoch;
+        self.seq = before;
+        self.pushed = before;
     }
 }
 
@@ -133,12 +155,111 @@ impl Topic {
     /// Builds the next publication with the topic's next offset and epoch and hands it to
     /// `emit`, both under the topic's lock, so offset order and queue order agree.
     /// Returns the subscriber count.
-    pub fn next(&self, build: impl FnOnce(u64, u32) -> Arc<OutMsg>, emit: impl FnOnce(Arc<OutMsg>)) -> usize {
+    pub fn next(&self, build: impl FnOnce(u64, u32) -> Arc<OutMsg>, emit: impl FnOnce(Arc<OutMsg>, u32)) -> usize {
         let mut s = self.state.lock();
         s.seq += 1;
+        s.owner = Owner::Me;
         let (seq, epoch) = (s.seq, s.epoch);
-        emit(build(seq, epoch));
+        emit(build(seq, epoch), epoch);
         s.count()
+    }
+
+    /// Who stamps this topic (in a cluster with recovery).
+    pub fn owner(&self) -> Owner {
+        self.state.lock().owner.clone()
+    }
+
+    /// Takes a publication its owner `from` stamped (a mirror): hands it to `emit` under the
+    /// lock if it is the next one, and ignores one already taken. Another epoch starts the
+    /// ring over. False if ignored.
+    /// `outranks_me`: whether `from` wins the topic's election against this worker; two
+    /// workers that both stamped the topic (a split while joining) settle on the winner's epoch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn next_mirrored(
+        &self,
+        epoch: u32,
+        offset: u64,
+        from: &Arc<str>,
+        outranks_me: bool,
+        total: &AtomicUsize,
+        build: impl FnOnce() -> Arc<OutMsg>,
+        emit: impl FnOnce(Arc<OutMsg>),
+    ) -> bool {
+        let mut s = self.state.lock();
+        if epoch != s.epoch && s.owner == Owner::Me && !outranks_me {
+            return false;
+        }
+        if epoch != s.epoch {
+            s.reset(epoch, offset.saturating_sub(1), total);
+        } else if offset <= s.seq {
+            return false;
+        }
+        s.seq = offset;
+        s.owner = Owner::Peer(from.clone());
+        emit(build());
+        true
+    }
+
+    /// The topic's ring for a peer: `f(epoch, pushed, stamped here, entries)` under the lock.
+    pub fn snapshot<R>(&self, f: impl FnOnce(u32, u64, bool, &mut dyn Iterator<Item = &Arc<OutMsg>>) -> R) -> R {
+        let s = self.state.lock();
+        f(s.epoch, s.pushed, s.owner == Owner::Me, &mut s.ring.iter().map(|(m, _)| m))
+    }
+
+    /// Takes part of a peer's ring (a worker joining the mesh): with no history of its own, or
+    /// the same epoch, it keeps what it lacks; another epoch replaces its own only if that is
+    /// newer. `owner` names the peer when the peer stamps the topic.
+    pub fn merge(&self, epoch: u32, pushed: u64, owner: Option<&Arc<str>>, entries: Vec<Arc<OutMsg>>, lim: &RecoveryLimits, total: &AtomicUsize) {
+        let mut s = self.state.lock();
+        let mine_newest = s.ring.back().map_or(0, |(m, _)| m.at_ms);
+        let theirs_newest = entries.last().map_or(0, |m| m.at_ms);
+        let fresh = s.seq == 0 && s.ring.is_empty();
+        if epoch != s.epoch {
+            if !fresh && theirs_newest <= mine_newest {
+                return;
+            }
+            let before = entries.first().map_or(pushed, |m| m.offset.saturating_sub(1));
+            s.reset(epoch, before, total);
+        }
+        // Older entries than the ring's first (or, with the ring empty, than the next to be
+        // pushed: mirrored publications may still be on their way to it) go in front; newer
+        // than anything it has or awaits, at the back.
+        let front = Some(s.ring.front().map_or(s.pushed + 1, |(m, _)| m.offset));
+        let mut older: Vec<(Arc<OutMsg>, usize)> = vec![];
+        for m in entries {
+            let n = m.size();
+            if front.is_some_and(|f| m.offset < f) {
+                older.push((m, n));
+            } else if m.offset > s.pushed && m.offset > s.seq {
+                s.pushed = m.offset;
+                s.seq = m.offset;
+                s.ring_bytes += n;
+                total.fetch_add(n, Relaxed);
+                s.ring.push_back((m, n));
+            }
+        }
+        // Only a contiguous run can go in front.
+        if let (Some(f), Some(last)) = (front, older.last()) {
+            if last.0.offset + 1 == f {
+                for (m, n) in older.into_iter().rev() {
+                    s.ring_bytes += n;
+                    total.fetch_add(n, Relaxed);
+                    s.ring.push_front((m, n));
+                }
+            }
+        }
+        // A peer whose ring has expired still knows where the offsets stand.
+        if s.ring.is_empty() && s.seq < pushed {
+            s.seq = pushed;
+            s.pushed = pushed;
+        }
+        if let Some(o) = owner {
+            s.owner = Owner::Peer(o.clone());
+        }
+        s.last_active_ms = s.last_active_ms.max(theirs_newest);
+        while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
+            evict_front(&mut s, total);
+        }
     }
 
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
@@ -265,6 +386,16 @@ impl Topics {
         }
     }
 
+    /// Bytes held in every ring (what a mirror's `next_mirrored` and `merge` count against).
+    pub fn ring_total(&self) -> &AtomicUsize {
+        &self.ring_bytes
+    }
+
+    /// Every topic, with or without subscribers.
+    pub fn all(&self) -> Vec<(Arc<str>, Arc<Topic>)> {
+        self.map.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Every topic with subscribers now.
     pub fn names(&self) -> Vec<Arc<str>> {
         self.map.read().iter().filter(|(_, t)| t.subscriber_count() > 0).map(|(k, _)| k.clone()).collect()
@@ -347,8 +478,7 @@ impl Topics {
     pub fn expire(&self, now_ms: u64) {
         let Some(lim) = self.recovery else { return };
         let cutoff = now_ms.saturating_sub(lim.ttl_ms);
-        let all: Vec<(Arc<str>, Arc<Topic>)> = self.map.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (name, t) in all {
+        for (name, t) in self.all() {
             if t.expire(cutoff, &self.ring_bytes) {
                 self.remove_if_idle(&name);
             }
@@ -365,5 +495,70 @@ impl Topics {
 
     pub fn get(&self, topic: &str) -> Option<Arc<Topic>> {
         self.map.read().get(topic).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{OP_TEXT, HEADER_ROOM};
+
+    fn msg(offset: u64, at: u64) -> Arc<OutMsg> {
+        let mut v = vec![0; HEADER_ROOM];
+        v.extend_from_slice(format!("{{\"o\":{offset}}}").as_bytes());
+        Arc::new(OutMsg::new(v, OP_TEXT, None, offset, at))
+    }
+
+    fn offsets(t: &Topic) -> Vec<u64> {
+        t.snapshot(|_, _, _, it| it.map(|m| m.offset).collect())
+    }
+
+    const LIM: RecoveryLimits = RecoveryLimits { max_messages: 100, ttl_ms: 60_000, max_bytes: 1 << 20 };
+
+    #[test]
+    fn a_mirror_follows_its_owner_and_a_joining_worker_takes_the_history_behind_live_traffic() {
+        let total = AtomicUsize::new(0);
+        let t = Topic::new();
+        let owner: Arc<str> = Arc::from("mesh-1-9.sock");
+        // Live traffic from the owner arrives first (offsets 5, 6), then its ring (1..=6)
+        // while 5 and 6 are still in the publish queue.
+        let mut queued = vec![];
+        for o in [5, 6] {
+            assert!(t.next_mirrored(77, o, &owner, false, &total, || msg(o, o), |m| queued.push(m)));
+        }
+        assert!(!t.next_mirrored(77, 6, &owner, false, &total, || msg(6, 6), |_| panic!("a repeat is ignored")));
+        t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
+        assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
+        t.push(&queued, Some((&LIM, &total)));
+        assert_eq!(offsets(&t), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(t.owner(), Owner::Peer(owner.clone()));
+        // The mirror becomes the owner: it goes on from the owner's offsets, same epoch.
+        let mut out = None;
+        t.next(|seq, _| msg(seq, 7), |m, epoch| out = Some((m, epoch)));
+        let (m, epoch) = out.unwrap();
+        assert_eq!((m.offset, epoch), (7, 77));
+        assert_eq!(t.owner(), Owner::Me);
+    }
+
+    #[test]
+    fn another_epoch_replaces_an_older_history_only() {
+        let total = AtomicUsize::new(0);
+        let t = Topic::new();
+        let peer: Arc<str> = Arc::from("p");
+        t.merge(5, 3, None, (1..=3).map(|o| msg(o, 100 + o)).collect(), &LIM, &total);
+        assert_eq!(offsets(&t), vec![1, 2, 3]);
+        // Older than what it has: kept out.
+        t.merge(6, 9, None, vec![msg(9, 50)], &LIM, &total);
+        assert_eq!(offsets(&t), vec![1, 2, 3]);
+        // Newer: taken, the old epoch's entries go (and their bytes with them).
+        t.merge(6, 9, Some(&peer), vec![msg(8, 200), msg(9, 201)], &LIM, &total);
+        assert_eq!(offsets(&t), vec![8, 9]);
+        assert_eq!(total.load(Relaxed), msg(8, 0).size() + msg(9, 0).size());
+        // This worker owns it: a split-brain stamp from a peer that loses the election is refused.
+        let mut out = None;
+        t.next(|seq, _| msg(seq, 300), |m, _| out = Some(m));
+        t.push(&[out.unwrap()], Some((&LIM, &total)));
+        assert!(!t.next_mirrored(1, 1, &peer, false, &total, || msg(1, 1), |_| panic!()));
+        assert!(t.next_mirrored(1, 1, &peer, true, &total, || msg(1, 1), |_| {}));
     }
 }

@@ -1,0 +1,228 @@
+"""Recovery across the workers of ``wse run --workers 2``: one epoch and one run of offsets per
+topic whichever worker publishes, and clients of a worker killed under load reconnect to either
+worker (the survivor or the restarted one) and recover everything they missed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.cluster_util import Cluster, clients_on_every_worker, whoami
+from tests.conftest import envelope
+from tests.wsutil import open_ready, recv_type
+
+TARGET = "tests.apps.cluster_recovery_app:app"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(2, target=TARGET)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def rank(topic: str, slot: int) -> int:
+    """The engine's election score (runtime/src/mesh/sequencer.rs), to know who owns a topic."""
+    h = 0xCBF29CE484222325
+    for b in topic.encode() + slot.to_bytes(4, "little"):
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    h ^= h >> 29
+    h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return h ^ (h >> 32)
+
+
+def owner(topic: str) -> int:
+    return max((0, 1), key=lambda s: rank(topic, s))
+
+
+class Seen:
+    """Per topic: the publications a client got (``s`` values) and where it stands (epoch, offset)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[int]] = {}
+        self.offsets: dict[str, list[int]] = {}
+        self.epochs: dict[str, set[str]] = {}
+
+    def add(self, m: dict[str, Any]) -> None:
+        if m.get("t") != "pubbed" or "s" not in m["p"]:
+            return
+        topic = m["tp"]
+        self.values.setdefault(topic, []).append(m["p"]["s"])
+        self.offsets.setdefault(topic, []).append(m["o"])
+        self.epochs.setdefault(topic, set()).add(m["e"])
+
+    def points(self) -> dict[str, dict[str, Any]]:
+        return {t: {"epoch": next(iter(self.epochs[t])), "offset": o[-1]} for t, o in self.offsets.items()}
+
+
+async def sub_recover(ws: ClientConnection, topics: list[str], points: dict[str, dict[str, Any]] | None = None,
+                      seen: Seen | None = None) -> dict[str, Any]:
+    """Subscribes (asking for what was missed after ``points``); replayed publications, which
+    come before the ack, go to ``seen``."""
+    p: dict[str, Any] = {"action": "subscribe", "topics": topics}
+    if points is not None:
+        p["recover"] = True
+        p["recovery"] = points
+    await ws.send(orjson.dumps({"t": "subscription_update", "p": p}))
+    while True:
+        m = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if m.get("t") == "subscription_update":
+            break
+        assert seen is not None, m
+        seen.add(m)
+    ack = m["p"]
+    assert ack["success_topics"] == topics, ack
+    return dict(ack["recovery"])
+
+
+async def read_until_closed(ws: ClientConnection, seen: Seen, timeout: float = 10.0) -> None:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            seen.add(orjson.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+async def read_for(ws: ClientConnection, seen: Seen, quiet: float = 1.0) -> None:
+    try:
+        while True:
+            seen.add(orjson.loads(await asyncio.wait_for(ws.recv(), quiet)))
+    except TimeoutError:
+        pass
+
+
+async def on_slot(url: str, slot: int, tries: int = 200) -> ClientConnection:
+    """A new connection served by worker ``slot``."""
+    for _ in range(tries):
+        ws, _ = await open_ready(url)
+        if await whoami(ws) == slot:
+            return ws
+        await ws.close()
+    raise AssertionError(f"no connection landed on worker {slot}")
+
+
+def test_publications_from_every_worker_share_one_epoch_and_offset_run(cluster: Cluster) -> None:
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        subs = [by[0][1], by[1][1]]
+        for ws in subs:
+            await sub_recover(ws, ["shared"])
+        pubs = [by[0][0], by[1][0]]
+        n = 200
+        for i in range(n):
+            await pubs[i % 2].send(envelope("pub", {"topic": "shared", "data": {"s": i}}))
+        seen = [Seen() for _ in subs]
+        for ws, s in zip(subs, seen):
+            while len(s.values.get("shared", [])) < n:
+                s.add(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+        # One owner stamped them all: offsets 1..n under one epoch, the same on both workers.
+        for s in seen:
+            assert s.offsets["shared"] == list(range(1, n + 1))
+            assert len(s.epochs["shared"]) == 1
+        assert seen[0].values == seen[1].values and seen[0].epochs == seen[1].epochs
+        # Each publisher's own order holds.
+        for k in (0, 1):
+            mine = [v for v in seen[0].values["shared"] if v % 2 == k]
+            assert mine == sorted(mine)
+        stats = [orjson.loads(x) for x in await asyncio.to_thread(mesh_stats, cluster)]
+        handed = sum(st["recovery"]["handed_to_owner"] for st in stats)
+        assert handed == n // 2, stats
+        for ws in [*by[0], *by[1]]:
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def mesh_stats(cluster: Cluster) -> list[bytes]:
+    """Every worker's mesh counters, from its control socket (through the supervisor's metrics)."""
+    from wse.cluster.metrics import parse
+
+    text = cluster.scrape()
+    out = []
+    for n, lab, v in parse(text):
+        if n == "wse_mesh_handed_to_owner_total":
+            out.append(orjson.dumps({"recovery": {"handed_to_owner": int(v)}, "worker": lab.get("worker")}))
+    return out
+
+
+def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(cluster: Cluster) -> None:
+    # Topics owned by each worker, so the kill takes out the owner of some and a mirror of others.
+    topics = [f"k{i}" for i in range(12)]
+    owners = {t: owner(t) for t in topics}
+    assert set(owners.values()) == {0, 1}, owners
+
+    async def main() -> None:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        publisher, survivor = by[0]
+        victims = by[1]
+        for ws in [survivor, *victims]:
+            await sub_recover(ws, topics)
+        victim_pid = [p for p in cluster.worker_pids() if p != await pid_of(publisher)][0]
+        stop = asyncio.Event()
+
+        async def publish_loop() -> int:
+            i = 0
+            while not stop.is_set():
+                await publisher.send(envelope("pub", {"topic": topics[i % len(topics)], "data": {"s": i}}))
+                i += 1
+                await asyncio.sleep(0.002)
+            return i
+
+        seen_before = [Seen() for _ in victims]
+        readers = [asyncio.ensure_future(read_until_closed(ws, s)) for ws, s in zip(victims, seen_before)]
+        pub_task = asyncio.ensure_future(publish_loop())
+        await asyncio.sleep(0.4)
+        killed_at = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        await asyncio.gather(*readers)
+        await asyncio.to_thread(cluster.wait_metric, "wse_worker_up", lambda m: m.get("1") == 1, 10.0)
+        back_after = time.monotonic() - killed_at
+        print(f"worker 1 back after {back_after:.3f}s")
+        # One client comes back on the survivor, the other on the restarted worker; each asks
+        # for what it missed after the last offset it saw of every topic.
+        again = [await on_slot(cluster.url, 0), await on_slot(cluster.url, 1)]
+        acks = []
+        seen_after = [Seen() for _ in again]
+        for ws, s, a in zip(again, seen_before, seen_after):
+            acks.append(await sub_recover(ws, topics, s.points(), a))
+        await asyncio.sleep(0.4)
+        stop.set()
+        sent = await pub_task
+        expected = {t: [i for i in range(sent) if topics[i % len(topics)] == t] for t in topics}
+
+        seen_survivor = Seen()
+        while sum(len(v) for v in seen_survivor.values.values()) < sent:
+            seen_survivor.add(orjson.loads(await asyncio.wait_for(survivor.recv(), 10)))
+        for t in topics:
+            assert seen_survivor.values[t] == expected[t], t
+            # The owner's death did not restart the topic: same epoch, offsets without a gap.
+            assert len(seen_survivor.epochs[t]) == 1, (t, seen_survivor.epochs[t])
+            offs = seen_survivor.offsets[t]
+            assert offs == list(range(offs[0], offs[0] + len(offs))), t
+
+        for ws, before, ack, after in zip(again, seen_before, acks, seen_after):
+            await read_for(ws, after)
+            for t in topics:
+                assert ack[t]["recovered"] is True, (t, ack[t])
+                got = before.values.get(t, []) + after.values.get(t, [])
+                assert got == expected[t], (t, owners[t], ack[t], len(got), len(expected[t]))
+        for ws in [publisher, survivor, *again]:
+            await ws.close()
+        assert back_after < 2.0
+
+    asyncio.run(main())
+
+
+async def pid_of(ws: ClientConnection) -> int:
+    await ws.send(envelope("whoami"))
+    return int((await recv_type(ws, "whoami"))["p"]["pid"])
