@@ -101,6 +101,7 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
     if !mesh.add_peer(peer.clone()) {
         return;
     }
+    engine.presence_link_opened(&peer);
     mesh.stats.link_opened();
     let writer = {
         let peer = peer.clone();
@@ -133,6 +134,7 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
         }
     }
     mesh.remove_peer(&peer);
+    engine.presence_link_closed(&peer);
     writer.abort();
 }
 
@@ -144,6 +146,7 @@ fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
             engine.publish_local(&topic, &category, &msg_type, &payload);
             mesh.stats.transit(sent_ns);
         }
+        Frame::Presence(p) => engine.presence_from_peer(peer, p),
         Frame::Hello { .. } => {}
     }
 }

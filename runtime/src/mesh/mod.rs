@@ -9,6 +9,7 @@
 
 mod link;
 mod peer;
+pub mod presence;
 mod stats;
 pub mod wire;
 

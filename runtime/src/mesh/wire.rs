@@ -6,6 +6,9 @@ pub const HELLO: u8 = 1;
 pub const INTEREST_ADD: u8 = 2;
 pub const INTEREST_DEL: u8 = 3;
 pub const PUBLISH: u8 = 4;
+/// Presence replication (mesh/presence.rs); kinds 18 and 19 are kept for it too.
+pub const PRESENCE_COUNT: u8 = 16;
+pub const PRESENCE_DATA: u8 = 17;
 
 /// Frames past this size are a broken peer, not a message.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -58,6 +61,7 @@ pub enum Frame {
     Hello { slot: u32, name: String },
     Interest { topic: String, present: bool },
     Publish { sent_ns: u64, topic: String, category: String, msg_type: String, payload: Bytes },
+    Presence(super::presence::PresenceFrame),
 }
 
 /// Takes one whole frame off the front of `buf`: Ok(None) if more bytes are needed, Err if the
@@ -110,6 +114,7 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, String> {
             let msg_type = text(body.split_to(ml))?;
             Frame::Publish { sent_ns, topic, category, msg_type, payload: body }
         }
+        PRESENCE_COUNT | PRESENCE_DATA => Frame::Presence(super::presence::decode(kind, body)?),
         k => return Err(format!("unknown frame kind {k}")),
     };
     Ok(Some((f, wire)))
