@@ -286,7 +286,7 @@ impl<W: Clone> Presence<W> {
         }
         let mut s = self.state.lock();
         let held = s.users.get(user).map_or((0, 0), |u| u.stamp);
-        let stamp = if stamp > held { stamp } else { (held.0 + 1, stamp.1) };
+        let stamp = if stamp > held { stamp } else { (held.0.saturating_add(1), stamp.1) };
         let notices = s.set_data(user, stamp, data).unwrap_or_default();
         if let Some(d) = s.users.get(user).and_then(|u| u.data.clone()) {
             for (_, r) in &s.replicas {
