@@ -66,7 +66,8 @@ class PresenceEvent(NamedTuple):
     user_id: str
     data: Any
     conn_id: int
-    """The connection that caused it; 0 when the application did (``update_presence``)."""
+    """The connection that caused it; 0 when the application did (``update_presence``) or another
+    worker of the cluster."""
 
 
 class PresenceMember(NamedTuple):
@@ -159,7 +160,9 @@ class WSEApp:
 
     def on_presence(self, fn: F) -> F:
         """``fn(event: PresenceEvent)`` when a user joins or leaves a topic or changes their data
-        (needs ``WSEConfig.presence``). Never dropped, in order with connects and disconnects."""
+        (needs ``WSEConfig.presence``). Never dropped, in order with connects and disconnects.
+        Under ``wse run --workers N`` every worker hears every change in the cluster (``conn_id``
+        0 when it happened through another worker)."""
         self._on_presence.append((fn, _is_async(fn)))
         return fn
 
@@ -230,7 +233,8 @@ class WSEApp:
     # ---- presence -------------------------------------------------------------------------------
 
     def presence(self, topic: str) -> dict[str, PresenceMember]:
-        """Users present in ``topic``, with their data and how many connections each has there."""
+        """Users present in ``topic``, with their data and how many connections each has there
+        (in a cluster: through any worker)."""
         return {u: PresenceMember(orjson.loads(d), n) for u, d, n in self.server.presence(topic)}
 
     def presence_count(self, topic: str) -> PresenceCount:

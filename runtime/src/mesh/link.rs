@@ -102,6 +102,7 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
     if !mesh.add_peer(peer.clone()) {
         return;
     }
+    engine.presence_link_opened(&peer);
     mesh.stats.link_opened();
     let writer = {
         let (peer, engine) = (peer.clone(), engine.clone());
@@ -143,6 +144,7 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
         }
     }
     mesh.remove_peer(&peer);
+    engine.presence_link_closed(&peer);
     writer.abort();
     if let Some(s) = state {
         s.abort();
@@ -174,6 +176,7 @@ fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
             peer.synced.store(true, std::sync::atomic::Ordering::Relaxed);
             engine.check_synced(mesh);
         }
+        Frame::Presence(p) => engine.presence_from_peer(peer, p),
         Frame::Hello { .. } => {}
     }
 }

@@ -11,6 +11,7 @@ mod link;
 mod peer;
 mod replica;
 pub mod sequencer;
+pub mod presence;
 mod stats;
 pub mod wire;
 

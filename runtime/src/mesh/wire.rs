@@ -14,6 +14,9 @@ pub const SEQUENCE: u8 = 6;
 pub const SNAPSHOT: u8 = 7;
 /// The last snapshot frame: the sender's state has all been sent.
 pub const SYNCED: u8 = 8;
+/// Presence replication (mesh/presence.rs); kinds 18 and 19 are kept for it too.
+pub const PRESENCE_COUNT: u8 = 16;
+pub const PRESENCE_DATA: u8 = 17;
 
 /// Frames past this size are a broken peer, not a message.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -127,6 +130,7 @@ pub enum Frame {
     Sequence { id: u64, topic: String, category: String, msg_type: String, payload: Bytes },
     Snapshot { topic: String, epoch: u32, pushed: u64, owner: bool, entries: Vec<(Stamp, Bytes)> },
     Synced,
+    Presence(super::presence::PresenceFrame),
 }
 
 /// Takes one whole frame off the front of `buf`: Ok(None) if more bytes are needed, Err if the
@@ -233,6 +237,7 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, String> {
             Frame::Snapshot { topic, epoch, pushed, owner, entries }
         }
         SYNCED => Frame::Synced,
+        PRESENCE_COUNT | PRESENCE_DATA => Frame::Presence(super::presence::decode(kind, body)?),
         k => return Err(format!("unknown frame kind {k}")),
     };
     Ok(Some((f, wire)))

@@ -1,6 +1,7 @@
 //! Where presence meets the engine: the hooks `Engine::join`, `Engine::leave` and
 //! `Engine::unregister` call, the client's `presence_update`, and delivery of each change to
 //! Python (a lifecycle event: never dropped) and to the topic's watchers (system envelopes).
+//! In a cluster the same delivery serves changes that peers report (mesh/presence.rs).
 
 use std::sync::Arc;
 
@@ -69,7 +70,8 @@ impl Engine {
         if !self.cfg.presence {
             return Err("presence is not enabled (WSEConfig.presence)".into());
         }
-        match self.presence.update(user, data) {
+        let slot = self.cfg.mesh.as_ref().map_or(0, |m| m.slot);
+        match self.presence.update(user, data, crate::mesh::presence::stamp(slot)) {
             Ok(notices) => {
                 let n = notices.len();
                 for notice in notices {
@@ -99,7 +101,7 @@ impl Engine {
     }
 
     /// Tells Python, then the topic's watchers.
-    fn announce(&self, origin: u64, n: Notice<Arc<Conn>>) {
+    pub(crate) fn announce(&self, origin: u64, n: Notice<Arc<Conn>>) {
         Metrics::inc(&self.metrics.presence_events);
         let data = Bytes::from(serde_json::to_vec(&*n.data).unwrap_or_default());
         self.inbound.push_lifecycle(Event::Presence {

@@ -1,0 +1,41 @@
+"""The cluster presence tests' application: JWT users, presence on; `whoami` tells the worker,
+`presence` answers with `app.presence()` and `app.presence_count()`, `presence_set` calls
+`app.update_presence`, and `presence_events` lists the `on_presence` events this worker's
+Python saw. The token secret comes from ``WSE_TEST_JWT_SECRET``."""
+
+import os
+from typing import Any
+
+from wse import Connection, JWTConfig, Message, PresenceEvent, WSEApp, WSEConfig
+
+SECRET = os.environ["WSE_TEST_JWT_SECRET"]
+app = WSEApp(WSEConfig(port=0, idle_timeout_ms=0, ping_interval_ms=0, jwt=JWTConfig(secret=SECRET), presence=True))
+events: list[list[Any]] = []
+
+
+@app.on("whoami")
+def _whoami(conn: Connection, msg: Message) -> None:
+    app.send(conn, {"pid": os.getpid(), "slot": os.environ.get("WSE_WORKER_SLOT")}, type="whoami")
+
+
+@app.on("presence")
+def _presence(conn: Connection, msg: Message) -> None:
+    topic = msg.payload["topic"]
+    members = {u: {"data": m.data, "connections": m.connections} for u, m in app.presence(topic).items()}
+    app.send(conn, {"members": members, "count": list(app.presence_count(topic))}, type="presence")
+
+
+@app.on("presence_set")
+def _presence_set(conn: Connection, msg: Message) -> None:
+    app.send(conn, {"topics": app.update_presence(msg.payload["user"], msg.payload["data"])}, type="presence_set")
+
+
+@app.on("presence_events")
+def _presence_events(conn: Connection, msg: Message) -> None:
+    app.send(conn, {"events": events}, type="presence_events")
+
+
+@app.on_presence
+def _on_presence(ev: PresenceEvent) -> None:
+    if len(events) < 1000:
+        events.append([ev.change, ev.topic, ev.user_id, ev.data, ev.conn_id])
