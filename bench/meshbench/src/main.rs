@@ -4,7 +4,7 @@
 //! medians and writes every run and the summary as JSON.
 //!
 //!     cargo build --release -p wse-meshbench
-//!     target/release/wse-meshbench --quick            # under a minute
+//!     target/release/wse-meshbench --quick            # about 30 s
 //!     target/release/wse-meshbench                    # the full matrix, about 3 minutes
 
 use std::time::Duration;
@@ -25,7 +25,8 @@ struct Args {
     /// `rate` (paced at --rate) and/or `full` (as fast as the producer can).
     #[arg(long, value_delimiter = ',', default_value = "rate,full")]
     modes: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "uds,shm")]
+    /// `null` is the baseline (pacing and frame building, nothing sent); `uds`; `shm`.
+    #[arg(long, value_delimiter = ',', default_value = "null,uds,shm")]
     transports: Vec<String>,
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -88,6 +89,7 @@ fn main() {
         .transports
         .iter()
         .map(|t| match t.as_str() {
+            "null" => Transport::Null,
             "uds" => Transport::Uds,
             "shm" => Transport::Shm,
             o => {
@@ -195,13 +197,14 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
         a.producer_cpu, a.consumer_cpu, a.runs
     );
     println!(
-        "{:>5} {:>4} {:>4} {:>24} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "size", "mode", "tx", "msgs/s [min-max]", "CPU-s/M", "prod", "cons", "p50 us", "p99 us", "p99.9 us"
+        "{:>5} {:>4} {:>4} {:>24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "size", "mode", "tx", "msgs/s [min-max]", "CPU-s/M", "-null", "prod", "cons", "p50 us", "p99 us", "p99.9 us"
     );
     let mut out = Vec::new();
     for &size in &a.sizes {
         for mode in &a.modes {
             let mut per: Vec<(Transport, f64)> = Vec::new();
+            let mut base: Option<f64> = None;
             for &t in transports {
                 let rs: Vec<&Value> = runs
                     .iter()
@@ -219,10 +222,15 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
                 let lat = |q: &str| median(col(&|r| r["consumer_latency_us"][q].as_f64()));
                 let (lo, hi) = minmax(&rate);
                 let mr = median(rate.clone());
+                if t == Transport::Null {
+                    base = Some(cpu);
+                }
+                let net = base.filter(|_| t != Transport::Null).map(|b| cpu - b);
                 println!(
-                    "{size:>5} {mode:>4} {:>4} {:>24} {cpu:>9.3} {prod:>9.3} {cons:>9.3} {:>8.1} {:>8.1} {:>8.1}",
+                    "{size:>5} {mode:>4} {:>4} {:>24} {cpu:>9.3} {:>9} {prod:>9.3} {cons:>9.3} {:>8.1} {:>8.1} {:>8.1}",
                     t.name(),
                     format!("{:.0} [{:.0}-{:.0}]", mr, lo, hi),
+                    net.map(|n| format!("{n:.3}")).unwrap_or_else(|| "-".into()),
                     lat("p50"),
                     lat("p99"),
                     lat("p99_9")
@@ -231,7 +239,7 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
                 out.push(json!({
                     "size": size, "mode": mode, "transport": t.name(), "runs": rs.len(),
                     "msgs_per_s": mr, "msgs_per_s_min": lo, "msgs_per_s_max": hi,
-                    "cpu_s_per_million": cpu, "producer_cpu_s_per_million": prod, "consumer_cpu_s_per_million": cons,
+                    "cpu_s_per_million": cpu, "cpu_s_per_million_above_null": net, "producer_cpu_s_per_million": prod, "consumer_cpu_s_per_million": cons,
                     "latency_us": {"p50": lat("p50"), "p99": lat("p99"), "p99_9": lat("p99_9")},
                 }));
             }
@@ -239,12 +247,15 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
             let shm = per.iter().find(|p| p.0 == Transport::Shm).map(|p| p.1);
             if let (Some(u), Some(s)) = (uds, shm) {
                 // CPU-s per million messages = microseconds per message.
+                let net = base.map(|b| ((s - b) / (u - b), (u - b) * 1e3, (s - b) * 1e3));
                 println!(
-                    "{size:>5} {mode:>4}  shm/uds CPU per message {:.2}x, saving {:+.0} ns per message",
+                    "{size:>5} {mode:>4}  shm/uds CPU per message {:.2}x, saving {:+.0} ns per message{}",
                     s / u,
-                    (u - s) * 1e3
+                    (u - s) * 1e3,
+                    net.map(|(r, un, sn)| format!(" (above null: uds {un:.0} ns, shm {sn:.0} ns, {r:.2}x)")).unwrap_or_default()
                 );
-                out.push(json!({"size": size, "mode": mode, "shm_over_uds_cpu": s / u, "ns_saved_per_message": (u - s) * 1e3}));
+                out.push(json!({"size": size, "mode": mode, "shm_over_uds_cpu": s / u, "ns_saved_per_message": (u - s) * 1e3,
+                                "uds_ns_above_null": net.map(|n| n.1), "shm_ns_above_null": net.map(|n| n.2)}));
             }
         }
     }

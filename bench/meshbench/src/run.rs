@@ -25,6 +25,9 @@ use crate::sys;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// No consumer: the producer paces and builds frames and drops them (the baseline that
+    /// both transports include).
+    Null,
     Uds,
     Shm,
 }
@@ -32,6 +35,7 @@ pub enum Transport {
 impl Transport {
     pub fn name(self) -> &'static str {
         match self {
+            Transport::Null => "null",
             Transport::Uds => "uds",
             Transport::Shm => "shm",
         }
@@ -64,7 +68,11 @@ fn e(what: &'static str) -> impl Fn(std::io::Error) -> String {
 }
 
 pub fn run(cfg: &Config) -> Result<Value, String> {
+    if cfg.transport == Transport::Null {
+        return Ok(run_null(cfg));
+    }
     let ch = match cfg.transport {
+        Transport::Null => unreachable!(),
         Transport::Uds => {
             let (a, b) = sys::socketpair().map_err(e("socketpair"))?;
             Channel::Uds(a, b)
@@ -137,6 +145,28 @@ pub fn run(cfg: &Config) -> Result<Value, String> {
         o.insert("producer_sleeps".into(), json!(ring.sleeps().1));
     }
     Ok(out)
+}
+
+/// The baseline: pacing and frame building in this process, nothing sent.
+fn run_null(cfg: &Config) -> Value {
+    if let Some(c) = cfg.producer_cpu {
+        let _ = sys::pin(c);
+    }
+    sys::tight_timers();
+    let cpu0 = sys::cpu_self();
+    let start_ns = sys::now_ns();
+    let mut sum = 0u64;
+    publish_all(cfg, start_ns, |f| sum = sum.wrapping_add(std::hint::black_box(f)[f.len() - 1] as u64));
+    std::hint::black_box(sum);
+    let wall = (sys::now_ns() - start_ns) as f64 / 1e9;
+    let cpu = sys::cpu_self() - cpu0;
+    let n = cfg.count as f64;
+    json!({
+        "transport": "null", "size": cfg.size, "mode": if cfg.rate.is_some() { "rate" } else { "full" },
+        "rate": cfg.rate, "count": cfg.count, "ok": true, "wall_s": wall, "publish_s": wall,
+        "msgs_per_s": n / wall, "producer_cpu_s": cpu, "consumer_cpu_s": 0.0,
+        "cpu_s_per_million": cpu / n * 1e6, "producer_cpu_s_per_million": cpu / n * 1e6, "consumer_cpu_s_per_million": 0.0,
+    })
 }
 
 /// The pacing and stamping loop shared by both producers: `send` gets each built frame.
