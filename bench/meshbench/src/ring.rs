@@ -308,19 +308,41 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let mut next = 0u64;
-            let mut bad = false;
-            while next < n {
-                ring.pop_all(|f| {
-                    bad |= f != &frame(next, size_of(next))[..];
-                    next += 1;
-                });
-            }
-            unsafe { libc::_exit(if bad { 1 } else { 0 }) };
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut next = 0u64;
+                let mut bad = false;
+                while next < n {
+                    ring.pop_all(|f| {
+                        bad |= f != &frame(next, size_of(next))[..];
+                        next += 1;
+                    });
+                }
+                !bad
+            }));
+            unsafe { libc::_exit(if matches!(ok, Ok(true)) { 0 } else { 1 }) };
         }
+        // A child that dies early would leave the producer waiting for space for ever: a
+        // watchdog ends the test instead (it looks without reaping the child).
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while !done.load(SeqCst) {
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+                    if r == 0 && unsafe { info.si_pid() } == pid && !done.load(SeqCst) {
+                        eprintln!("the consumer process exited before the producer finished");
+                        std::process::exit(1);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
         for i in 0..n {
             ring.push(&frame(i, size_of(i)));
         }
+        done.store(true, SeqCst);
+        watchdog.join().unwrap();
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
