@@ -1,7 +1,7 @@
 """``wse run --workers 2 --steer-cpu`` against plain SO_REUSEPORT: connection setup, fan-out, echo latency.
 
-    python bench/steer.py            # the full set: 3 runs of 4 configurations, about 4 minutes
-    python bench/steer.py --quick    # the same, smaller: under 3 minutes, for checking the harness
+    python bench/steer.py            # the full set: 3 runs of 4 configurations, about 2 minutes
+    python bench/steer.py --quick    # the same, smaller: about 1 minute, for checking the harness
 
 Configurations, interleaved run by run (the order reverses every other run), each a fresh
 ``wse run bench.fanout_app:app --workers 2`` (workers pinned to CPUs 0 and 1, through

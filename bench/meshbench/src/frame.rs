@@ -12,7 +12,11 @@ pub const OVERHEAD: usize = 4 + 1 + 8 + 2 + TOPIC.len() + 1 + CATEGORY.len() + 2
 
 /// Writes a whole frame of `size` bytes (length prefix included) into `out` (cleared first).
 pub fn build(out: &mut Vec<u8>, size: usize, seq: u64, sent_ns: u64) {
-    assert!(size >= OVERHEAD + 8, "frames are at least {} bytes", OVERHEAD + 8);
+    assert!(
+        size >= OVERHEAD + 8,
+        "frames are at least {} bytes",
+        OVERHEAD + 8
+    );
     out.clear();
     out.extend_from_slice(&((size - 4) as u32).to_le_bytes());
     out.push(PUBLISH);
@@ -61,7 +65,11 @@ pub fn parse(frame: &[u8]) -> Result<Publish<'_>, String> {
     let ml = u16::from_le_bytes(take(&mut b, 2)?.try_into().unwrap()) as usize;
     std::str::from_utf8(take(&mut b, ml)?).map_err(|_| "type is not UTF-8")?;
     let seq = u64::from_le_bytes(b.get(..8).ok_or("no sequence number")?.try_into().unwrap());
-    Ok(Publish { sent_ns, seq, payload: b })
+    Ok(Publish {
+        sent_ns,
+        seq,
+        payload: b,
+    })
 }
 
 #[cfg(test)]
@@ -75,7 +83,10 @@ mod tests {
             build(&mut f, size, 77, 123_456);
             assert_eq!(f.len(), size);
             let p = parse(&f).unwrap();
-            assert_eq!((p.sent_ns, p.seq, p.payload.len()), (123_456, 77, size - OVERHEAD));
+            assert_eq!(
+                (p.sent_ns, p.seq, p.payload.len()),
+                (123_456, 77, size - OVERHEAD)
+            );
         }
         f[0] ^= 1;
         assert!(parse(&f).is_err());

@@ -5,7 +5,7 @@
 //!
 //!     cargo build --release -p wse-meshbench
 //!     target/release/wse-meshbench --quick            # about 30 s
-//!     target/release/wse-meshbench                    # the full matrix, about 3 minutes
+//!     target/release/wse-meshbench                    # the full matrix, about 2.5 minutes
 
 use std::time::Duration;
 
@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 use wse_meshbench::run::{self, Config, Transport};
 
 #[derive(Parser, Debug)]
-#[command(name = "wse-meshbench", about = "Mesh transport: Unix stream socket vs shared-memory ring")]
+#[command(
+    name = "wse-meshbench",
+    about = "Mesh transport: Unix stream socket vs shared-memory ring"
+)]
 struct Args {
     /// Short runs (about 30 s in all): for checking the harness, not for figures.
     #[arg(long)]
@@ -77,14 +80,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn minmax(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)))
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
 }
 
 fn main() {
     let a = Args::parse();
     let rate_s = a.rate_seconds.unwrap_or(if a.quick { 1.0 } else { 5.0 });
-    let full_count = a.full_count.unwrap_or(if a.quick { 200_000 } else { 2_000_000 });
-    let full_bytes = a.full_bytes.unwrap_or(if a.quick { 256 << 20 } else { 1 << 30 });
+    let full_count = a
+        .full_count
+        .unwrap_or(if a.quick { 200_000 } else { 2_000_000 });
+    let full_bytes = a
+        .full_bytes
+        .unwrap_or(if a.quick { 256 << 20 } else { 1 << 30 });
     let transports: Vec<Transport> = a
         .transports
         .iter()
@@ -146,7 +156,11 @@ fn main() {
                             runs.push(v);
                         }
                         Err(e) => {
-                            eprintln!("run {} {size} B {mode} {}: error {e}", r + 1, transport.name());
+                            eprintln!(
+                                "run {} {size} B {mode} {}: error {e}",
+                                r + 1,
+                                transport.name()
+                            );
                             runs.push(json!({"run": r + 1, "size": size, "mode": mode, "transport": transport.name(), "ok": false, "error": e}));
                         }
                     }
@@ -155,7 +169,9 @@ fn main() {
         }
     }
     let summary = summarise(&a, &runs, &transports);
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let doc = json!({
         "meta": {
             "tool": format!("wse-meshbench {}", env!("CARGO_PKG_VERSION")),
@@ -177,7 +193,11 @@ fn main() {
         "runs": runs,
     });
     let out = a.out.clone().unwrap_or_else(|| {
-        if a.quick { "bench/results/mesh_transport-quick.json".into() } else { "bench/results/mesh_transport.json".into() }
+        if a.quick {
+            "bench/results/mesh_transport-quick.json".into()
+        } else {
+            "bench/results/mesh_transport.json".into()
+        }
     });
     if let Some(dir) = std::path::Path::new(&out).parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -198,7 +218,17 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
     );
     println!(
         "{:>5} {:>4} {:>4} {:>24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "size", "mode", "tx", "msgs/s [min-max]", "CPU-s/M", "-null", "prod", "cons", "p50 us", "p99 us", "p99.9 us"
+        "size",
+        "mode",
+        "tx",
+        "msgs/s [min-max]",
+        "CPU-s/M",
+        "-null",
+        "prod",
+        "cons",
+        "p50 us",
+        "p99 us",
+        "p99.9 us"
     );
     let mut out = Vec::new();
     for &size in &a.sizes {
@@ -208,13 +238,20 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
             for &t in transports {
                 let rs: Vec<&Value> = runs
                     .iter()
-                    .filter(|r| r["size"] == json!(size) && r["mode"] == json!(mode) && r["transport"] == json!(t.name()) && r["ok"] == json!(true))
+                    .filter(|r| {
+                        r["size"] == json!(size)
+                            && r["mode"] == json!(mode)
+                            && r["transport"] == json!(t.name())
+                            && r["ok"] == json!(true)
+                    })
                     .collect();
                 if rs.is_empty() {
                     println!("{size:>5} {mode:>4} {:>4} no clean run", t.name());
                     continue;
                 }
-                let col = |f: &dyn Fn(&Value) -> Option<f64>| rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
+                let col = |f: &dyn Fn(&Value) -> Option<f64>| {
+                    rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>()
+                };
                 let rate = col(&|r| r["msgs_per_s"].as_f64());
                 let cpu = median(col(&|r| r["cpu_s_per_million"].as_f64()));
                 let prod = median(col(&|r| r["producer_cpu_s_per_million"].as_f64()));

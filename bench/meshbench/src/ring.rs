@@ -76,13 +76,25 @@ impl Ring {
                 libc::close(fd);
                 return Err(e);
             }
-            let p = libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
             libc::close(fd);
             if p == libc::MAP_FAILED {
                 return Err(io::Error::last_os_error());
             }
             // A fresh memfd reads as zeros: head = tail = 0, nobody sleeping.
-            Ok(Ring { base: p.cast(), cap, map_len, spin })
+            Ok(Ring {
+                base: p.cast(),
+                cap,
+                map_len,
+                spin,
+            })
         }
     }
 
@@ -108,12 +120,19 @@ impl Ring {
     /// (consumer sleeps, producer sleeps) so far.
     pub fn sleeps(&self) -> (u64, u64) {
         let h = self.hdr();
-        (h.consumer_sleeps.0.load(Relaxed), h.producer_sleeps.0.load(Relaxed))
+        (
+            h.consumer_sleeps.0.load(Relaxed),
+            h.producer_sleeps.0.load(Relaxed),
+        )
     }
 
     /// Producer: appends one frame (its length prefix included), waiting while the ring is full.
     pub fn push(&self, frame: &[u8]) {
-        assert!(frame.len() >= 4 && frame.len() <= self.max_frame(), "frame size {} out of range", frame.len());
+        assert!(
+            frame.len() >= 4 && frame.len() <= self.max_frame(),
+            "frame size {} out of range",
+            frame.len()
+        );
         let h = self.hdr();
         let need = align8(frame.len());
         let head = h.head.0.load(Relaxed); // only this side stores it
@@ -122,7 +141,11 @@ impl Ring {
         let wrap = to_end < need;
         let total = if wrap { to_end + need } else { need };
         if head + total as u64 - h.tail.0.load(Acquire) > self.cap as u64 {
-            self.wait(|| head + total as u64 - h.tail.0.load(Acquire) <= self.cap as u64, &h.producer_sleeping.0, &h.producer_sleeps.0);
+            self.wait(
+                || head + total as u64 - h.tail.0.load(Acquire) <= self.cap as u64,
+                &h.producer_sleeping.0,
+                &h.producer_sleeps.0,
+            );
         }
         // SAFETY: [pos, pos + total) (mod cap) is free: the consumer has moved `tail` past it
         // (Acquire above) and does not read it before `head` says so.
@@ -148,7 +171,11 @@ impl Ring {
         let mut tail = h.tail.0.load(Relaxed); // only this side stores it
         let mut head = h.head.0.load(Acquire);
         if head == tail {
-            self.wait(|| h.head.0.load(Acquire) != tail, &h.consumer_sleeping.0, &h.consumer_sleeps.0);
+            self.wait(
+                || h.head.0.load(Acquire) != tail,
+                &h.consumer_sleeping.0,
+                &h.consumer_sleeps.0,
+            );
             head = h.head.0.load(Acquire);
         }
         let mut n = 0;
@@ -163,7 +190,10 @@ impl Ring {
                 continue;
             }
             let size = 4 + len as usize;
-            assert!(size <= self.cap - pos, "corrupt ring: frame of {size} bytes at {pos}");
+            assert!(
+                size <= self.cap - pos,
+                "corrupt ring: frame of {size} bytes at {pos}"
+            );
             let frame = unsafe { std::slice::from_raw_parts(self.data().add(pos), size) };
             f(frame);
             n += 1;
@@ -227,7 +257,13 @@ fn futex_wait(word: &AtomicU32, expected: u32) {
     // SAFETY: `word` lives in the shared mapping for the call's duration. EAGAIN (the value
     // changed) and EINTR just return: the caller re-checks.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, std::ptr::null::<libc::timespec>());
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
     }
 }
 
@@ -329,7 +365,14 @@ mod tests {
             std::thread::spawn(move || {
                 while !done.load(SeqCst) {
                     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-                    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+                    let r = unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                        )
+                    };
                     if r == 0 && unsafe { info.si_pid() } == pid && !done.load(SeqCst) {
                         eprintln!("the consumer process exited before the producer finished");
                         std::process::exit(1);
@@ -345,7 +388,10 @@ mod tests {
         watchdog.join().unwrap();
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
     }
 
     #[test]

@@ -112,7 +112,8 @@ pub fn run(cfg: &Config) -> Result<Value, String> {
     std::io::BufRead::read_line(&mut results, &mut line).map_err(e("child"))?;
     let producer_cpu = sys::cpu_self() - cpu0;
     let code = sys::wait(pid);
-    let child: Value = serde_json::from_str(line.trim()).map_err(|err| format!("child exit {code}, report {line:?}: {err}"))?;
+    let child: Value = serde_json::from_str(line.trim())
+        .map_err(|err| format!("child exit {code}, report {line:?}: {err}"))?;
     let last_ns = child["last_ns"].as_u64().unwrap_or(0);
     let wall = (last_ns.saturating_sub(start_ns)) as f64 / 1e9;
     let consumer_cpu = child["cpu_s"].as_f64().unwrap_or(0.0);
@@ -156,7 +157,9 @@ fn run_null(cfg: &Config) -> Value {
     let cpu0 = sys::cpu_self();
     let start_ns = sys::now_ns();
     let mut sum = 0u64;
-    publish_all(cfg, start_ns, |f| sum = sum.wrapping_add(std::hint::black_box(f)[f.len() - 1] as u64));
+    publish_all(cfg, start_ns, |f| {
+        sum = sum.wrapping_add(std::hint::black_box(f)[f.len() - 1] as u64)
+    });
     std::hint::black_box(sum);
     let wall = (sys::now_ns() - start_ns) as f64 / 1e9;
     let cpu = sys::cpu_self() - cpu0;
@@ -204,7 +207,11 @@ struct Shared {
 }
 
 fn produce_uds(cfg: &Config, sock: &OwnedFd, start_ns: u64) -> Result<(), String> {
-    let sh = Arc::new(Shared { q: Mutex::new(Queue::default()), not_empty: Condvar::new(), not_full: Condvar::new() });
+    let sh = Arc::new(Shared {
+        q: Mutex::new(Queue::default()),
+        not_empty: Condvar::new(),
+        not_full: Condvar::new(),
+    });
     let mut file = std::fs::File::from(sock.try_clone().map_err(|e| e.to_string())?);
     let writer = {
         let sh = sh.clone();
@@ -250,7 +257,10 @@ fn produce_uds(cfg: &Config, sock: &OwnedFd, start_ns: u64) -> Result<(), String
         q.done = true;
         sh.not_empty.notify_one();
     }
-    writer.join().map_err(|_| "writer panicked".to_string())?.map_err(|e| format!("write: {e}"))
+    writer
+        .join()
+        .map_err(|_| "writer panicked".to_string())?
+        .map_err(|e| format!("write: {e}"))
 }
 
 /// What the consumer keeps while it checks frames.
@@ -271,7 +281,9 @@ impl Sink {
             Ok(p) => {
                 if p.seq != self.expected {
                     self.errors += 1;
-                    self.first_error.get_or_insert_with(|| format!("expected seq {}, got {}", self.expected, p.seq));
+                    self.first_error.get_or_insert_with(|| {
+                        format!("expected seq {}, got {}", self.expected, p.seq)
+                    });
                 }
                 self.expected = p.seq + 1;
                 // The engine copies the payload once into the frame it fans out.
@@ -350,7 +362,8 @@ fn consume(cfg: &Config, ch: &Channel, w: &mut std::fs::File) -> Value {
                 reads += 1;
                 end += n;
                 while end - start >= 4 {
-                    let len = u32::from_le_bytes(buf[start..start + 4].try_into().unwrap()) as usize;
+                    let len =
+                        u32::from_le_bytes(buf[start..start + 4].try_into().unwrap()) as usize;
                     if end - start < 4 + len {
                         break;
                     }
