@@ -257,6 +257,13 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
                 let prod = median(col(&|r| r["producer_cpu_s_per_million"].as_f64()));
                 let cons = median(col(&|r| r["consumer_cpu_s_per_million"].as_f64()));
                 let lat = |q: &str| median(col(&|r| r["consumer_latency_us"][q].as_f64()));
+                let show = |x: f64| {
+                    if x.is_nan() {
+                        "-".to_string()
+                    } else {
+                        format!("{x:.1}")
+                    }
+                };
                 let (lo, hi) = minmax(&rate);
                 let mr = median(rate.clone());
                 if t == Transport::Null {
@@ -264,13 +271,13 @@ fn summarise(a: &Args, runs: &[Value], transports: &[Transport]) -> Vec<Value> {
                 }
                 let net = base.filter(|_| t != Transport::Null).map(|b| cpu - b);
                 println!(
-                    "{size:>5} {mode:>4} {:>4} {:>24} {cpu:>9.3} {:>9} {prod:>9.3} {cons:>9.3} {:>8.1} {:>8.1} {:>8.1}",
+                    "{size:>5} {mode:>4} {:>4} {:>24} {cpu:>9.3} {:>9} {prod:>9.3} {cons:>9.3} {:>8} {:>8} {:>8}",
                     t.name(),
                     format!("{:.0} [{:.0}-{:.0}]", mr, lo, hi),
                     net.map(|n| format!("{n:.3}")).unwrap_or_else(|| "-".into()),
-                    lat("p50"),
-                    lat("p99"),
-                    lat("p99_9")
+                    show(lat("p50")),
+                    show(lat("p99")),
+                    show(lat("p99_9"))
                 );
                 per.push((t, cpu));
                 out.push(json!({
