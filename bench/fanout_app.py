@@ -11,6 +11,8 @@ and the handler publishes ``count`` payloads of about ``size`` bytes of JSON,
 (serialised by orjson, framed once by the engine). With ``chunk`` > 0 it yields to the asyncio
 loop (``await asyncio.sleep(0)``) after every ``chunk`` publications. When done it sends
 ``bench.done`` to the requester with the number published and the summed fan-out.
+
+``echo`` sends the payload back (``wse-loadgen latency``, used by ``bench/steer.py``).
 """
 
 from __future__ import annotations
@@ -55,3 +57,8 @@ async def bench_publish(conn: Connection, msg: Message) -> None:
 def bench_stats(conn: Connection, msg: Message) -> None:
     """The engine's counters (the client takes differences between rounds)."""
     app.send(conn, app.stats(), type="bench.stats")
+
+
+@app.on("echo")
+def echo(conn: Connection, msg: Message) -> None:
+    app.send(conn, msg.payload, type="echo")
