@@ -78,10 +78,10 @@ impl Engine {
             max_bytes: cfg.recovery_max_bytes,
         });
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
+        let topics = Topics::new(recovery, config_acl.clone());
         let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
         let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
-        let topics = Topics::new(recovery);
         let mesh = crate::mesh::attach(&cfg, &topics)?;
         let pubq = PubQueue::new(PUBLISH_QUEUE_BYTES);
         if let Some(m) = mesh.as_ref().filter(|m| m.seq.is_some()) {
@@ -326,8 +326,13 @@ impl Engine {
 
     /// Publishes to this process's subscribers only (publications arriving from the mesh).
     pub fn publish_local(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
-        // With recovery on, a topic keeps what is published while nobody listens.
-        let t = if self.cfg.recovery { Some(self.topics.get_or_create(topic)) } else { self.topics.get(topic) };
+        // With recovery on, a topic keeps what is published while nobody listens; without,
+        // one with no subscriber is made only for pattern subscribers.
+        let t = if self.cfg.recovery || self.topics.patterns.matches(topic) {
+            Some(self.topics.get_or_create(topic))
+        } else {
+            self.topics.get(topic)
+        };
         match t {
             Some(t) => self.publish_to(&t, topic, category, msg_type, payload, 0),
             None => {

@@ -12,6 +12,7 @@ use crate::connection::Conn;
 use crate::drain::Event;
 use crate::engine::{Engine, MAX_TOPIC_LEN};
 use crate::metrics::Metrics;
+use crate::pubsub::patterns::is_pattern;
 use crate::pubsub::topics::Recovery;
 
 pub(crate) struct PendingSub {
@@ -115,6 +116,10 @@ impl Engine {
                 failed.push((t.clone(), "topic limit reached".into()));
                 continue;
             }
+            if group.is_some() && is_pattern(t) {
+                failed.push((t.clone(), "queue groups take exact topics, not patterns".into()));
+                continue;
+            }
             let rec = self.join(c, t, *recover, group);
             ok.push((t.clone(), rec, recover.is_some()));
         }
@@ -137,7 +142,7 @@ impl Engine {
             let rec: Map<String, Value> = ok
                 .iter()
                 .filter_map(|(t, r, asked)| {
-                    let r = (*r)?;
+                    let r = (*r).filter(|_| !is_pattern(t))?;
                     let mut v = json!({"epoch": format!("{:08x}", r.epoch), "offset": r.offset});
                     if *asked {
                         v["recovered"] = Value::from(r.recovered);

@@ -282,6 +282,21 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
+        // A pattern subscription on the peer draws every topic it matches, and only those.
+        p.set_interest("news.*".into(), true);
+        m.forward("news.eu", "U", "x", b"n");
+        m.forward("sport.eu", "U", "x", b"s");
+        let topics: Vec<String> = frames(p.take_now())
+            .into_iter()
+            .map(|f| match f {
+                Frame::Publish { topic, .. } => topic,
+                f => panic!("{f:?}"),
+            })
+            .collect();
+        assert_eq!(topics, vec!["news.eu".to_string()]);
+        p.set_interest("news.*".into(), false);
+        m.forward("news.eu", "U", "x", b"n");
+        assert!(p.take_now().is_empty());
         // Past the peer's byte bound publications are dropped and counted; interest still goes.
         for _ in 0..20 {
             m.forward("t", "U", "x", b"0123456789");

@@ -8,10 +8,15 @@ use bytes::BytesMut;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::auth::acl::glob_match;
+use crate::pubsub::patterns::is_pattern;
+
 pub struct Peer {
     pub name: String,
     pub slot: u32,
     interest: RwLock<HashSet<Arc<str>>>,
+    /// Pattern subscriptions the peer has subscribers for.
+    patterns: RwLock<Vec<Arc<str>>>,
     out: Mutex<BytesMut>,
     wake: Notify,
     /// The last gate queued to this peer (set under `out`'s lock) and the last written.
@@ -27,6 +32,7 @@ impl Peer {
             name,
             slot,
             interest: RwLock::new(HashSet::new()),
+            patterns: RwLock::new(Vec::new()),
             out: Mutex::new(BytesMut::new()),
             wake: Notify::new(),
             gate_queued: AtomicU64::new(0),
@@ -63,14 +69,26 @@ impl Peer {
     }
 
     pub fn wants(&self, topic: &str) -> bool {
-        self.interest.read().contains(topic)
+        if self.interest.read().contains(topic) {
+            return true;
+        }
+        let p = self.patterns.read();
+        !p.is_empty() && p.iter().any(|g| glob_match(g, topic))
     }
 
     pub fn interest_count(&self) -> usize {
-        self.interest.read().len()
+        self.interest.read().len() + self.patterns.read().len()
     }
 
     pub fn set_interest(&self, topic: String, present: bool) {
+        if is_pattern(&topic) {
+            let mut p = self.patterns.write();
+            p.retain(|g| **g != *topic);
+            if present {
+                p.push(Arc::from(topic));
+            }
+            return;
+        }
         let mut i = self.interest.write();
         if present {
             i.insert(Arc::from(topic));

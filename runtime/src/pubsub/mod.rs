@@ -2,6 +2,7 @@
 
 pub mod dedup;
 pub mod fanout;
+pub mod patterns;
 pub mod presence;
 pub mod presence_hooks;
 pub mod topics;

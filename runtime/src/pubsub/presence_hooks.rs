@@ -17,7 +17,8 @@ use crate::pubsub::presence::{Notice, UpdateError};
 impl Engine {
     /// `c` was added to `topic`.
     pub(crate) fn presence_joined(&self, c: &Arc<Conn>, topic: &str) {
-        if !self.cfg.presence {
+        // A pattern is not a place users are in.
+        if !self.cfg.presence || crate::pubsub::patterns::is_pattern(topic) {
             return;
         }
         if let Some(n) = c.user_id.as_deref().and_then(|u| self.presence.join(topic, u)) {
@@ -27,7 +28,7 @@ impl Engine {
 
     /// `c` was removed from `topic` (unsubscribed or gone).
     pub(crate) fn presence_left(&self, c: &Conn, topic: &str) {
-        if !self.cfg.presence {
+        if !self.cfg.presence || crate::pubsub::patterns::is_pattern(topic) {
             return;
         }
         self.presence.unwatch(topic, c.id);

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use rand_core::{OsRng, RngCore};
 
+use super::patterns::{is_pattern, Patterns};
+use crate::auth::acl::TopicAcl;
 use crate::connection::Conn;
 use crate::deliver::{deliver, Batch};
 use crate::outbound::PushMany;
@@ -126,6 +128,7 @@ impl TopicState {
 }
 
 pub struct Topic {
+    pub name: Arc<str>,
     state: Mutex<TopicState>,
 }
 
@@ -139,8 +142,8 @@ pub struct Recovery {
 }
 
 impl Topic {
-    fn new() -> Self {
-        Self { state: Mutex::new(TopicState::new()) }
+    fn new(name: Arc<str>) -> Self {
+        Self { name, state: Mutex::new(TopicState::new()) }
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -264,12 +267,18 @@ impl Topic {
 
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
     /// each, and keeps them for recovery.
-    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) -> PushMany {
+    /// `also`: pattern subscribers of the topic (those subscribed to it as well get it once).
+    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>, also: &[Arc<Conn>]) -> PushMany {
         let mut s = self.state.lock();
         let mut f = PushMany::default();
         let batch = Batch::new(msgs);
         for c in &s.subs {
             f.add(deliver(c, &batch));
+        }
+        for c in also {
+            if !s.index.contains_key(&c.id) {
+                f.add(deliver(c, &batch));
+            }
         }
         if !s.groups.is_empty() {
             s.push_groups(msgs, &mut f);
@@ -365,14 +374,24 @@ pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 pub struct Topics {
     map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    pub patterns: Patterns,
+    /// The server's topic ACL, applied to every topic a pattern matches.
+    acl: TopicAcl,
     recovery: Option<RecoveryLimits>,
     ring_bytes: AtomicUsize,
     on_interest: std::sync::OnceLock<InterestHook>,
 }
 
 impl Topics {
-    pub fn new(recovery: Option<RecoveryLimits>) -> Self {
-        Self { map: RwLock::new(HashMap::new()), recovery, ring_bytes: AtomicUsize::new(0), on_interest: Default::default() }
+    pub fn new(recovery: Option<RecoveryLimits>, acl: TopicAcl) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            patterns: Patterns::default(),
+            acl,
+            recovery,
+            ring_bytes: AtomicUsize::new(0),
+            on_interest: Default::default(),
+        }
     }
 
     /// Sets the one interest hook (the cluster mesh uses it); false if one was set already.
@@ -415,21 +434,42 @@ impl Topics {
         if let Some(t) = self.map.read().get(topic) {
             return t.clone();
         }
-        self.map.write().entry(Arc::from(topic)).or_insert_with(|| Arc::new(Topic::new())).clone()
+        self.map.write().entry(Arc::from(topic)).or_insert_with_key(|k| Arc::new(Topic::new(k.clone()))).clone()
     }
 
     /// Adds `conn` to `topic` (replaying what it missed if asked); false if it was there.
+    /// A pattern (see patterns.rs) takes no recovery and no group.
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
+        if is_pattern(topic) {
+            let (added, first) = self.patterns.add(topic, conn);
+            if first {
+                self.interest(topic, true);
+            }
+            return (added, Recovery { epoch: 0, offset: 0, recovered: false, count: 0 });
+        }
         self.get_or_create(topic).add(conn, recover, group, || self.interest(topic, true))
     }
 
-    /// Hands a run of publications of one topic to its subscribers (and its ring).
+    /// Hands a run of publications of one topic to its subscribers, pattern subscribers
+    /// included (and to its ring). Without recovery, a topic only patterns matched goes.
     pub fn push(&self, t: &Topic, msgs: &[Arc<OutMsg>]) -> PushMany {
-        t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)))
+        let also = self.patterns.subscribers(&t.name, &self.acl);
+        let f = t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)), &also);
+        if !also.is_empty() && self.recovery.is_none() && t.subscriber_count() == 0 {
+            self.remove_if_idle(&t.name);
+        }
+        f
     }
 
     /// Removes `conn` from `topic`; without recovery a topic goes away with its last subscriber.
     pub fn unsubscribe(&self, topic: &str, conn_id: u64) -> bool {
+        if is_pattern(topic) {
+            let (removed, last) = self.patterns.remove(topic, conn_id);
+            if last {
+                self.interest(topic, false);
+            }
+            return removed;
+        }
         let Some(t) = self.map.read().get(topic).cloned() else { return false };
         let empty = {
             let mut s = t.state.lock();
@@ -518,7 +558,7 @@ mod tests {
     #[test]
     fn a_mirror_follows_its_owner_and_a_joining_worker_takes_the_history_behind_live_traffic() {
         let total = AtomicUsize::new(0);
-        let t = Topic::new();
+        let t = Topic::new(Arc::from("t"));
         let owner: Arc<str> = Arc::from("mesh-1-9.sock");
         // Live traffic from the owner arrives first (offsets 5, 6), then its ring (1..=6)
         // while 5 and 6 are still in the publish queue.
@@ -529,7 +569,7 @@ mod tests {
         assert!(!t.next_mirrored(77, 6, &owner, false, &total, || msg(6, 6), |_| panic!("a repeat is ignored")));
         t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
         assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
-        t.push(&queued, Some((&LIM, &total)));
+        t.push(&queued, Some((&LIM, &total)), &[]);
         assert_eq!(offsets(&t), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(t.owner(), Owner::Peer(owner.clone()));
         // The mirror becomes the owner: it goes on from the owner's offsets, same epoch.
@@ -543,7 +583,7 @@ mod tests {
     #[test]
     fn another_epoch_replaces_an_older_history_only() {
         let total = AtomicUsize::new(0);
-        let t = Topic::new();
+        let t = Topic::new(Arc::from("t"));
         let peer: Arc<str> = Arc::from("p");
         t.merge(5, 3, None, (1..=3).map(|o| msg(o, 100 + o)).collect(), &LIM, &total);
         assert_eq!(offsets(&t), vec![1, 2, 3]);
@@ -557,7 +597,7 @@ mod tests {
         // This worker owns it: a split-brain stamp from a peer that loses the election is refused.
         let mut out = None;
         t.next(|seq, _| msg(seq, 300), |m, _| out = Some(m));
-        t.push(&[out.unwrap()], Some((&LIM, &total)));
+        t.push(&[out.unwrap()], Some((&LIM, &total)), &[]);
         assert!(!t.next_mirrored(1, 1, &peer, false, &total, || msg(1, 1), |_| panic!()));
         assert!(t.next_mirrored(1, 1, &peer, true, &total, || msg(1, 1), |_| {}));
     }
