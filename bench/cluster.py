@@ -8,7 +8,9 @@ Configurations, interleaved run by run:
   ``taskset -c SERVER_CORES`` (workers pinned one per core of that set); ``w2s``: the same with
   ``--steer-cpu`` (connections handed to the worker on the receiving CPU instead of the kernel's
   hash; with one client process on one core, every subscriber then lands on that core's worker,
-  so compare it with a client spread over cores).
+  so compare it with a client spread over cores); ``w2r``: recovery on (each topic's owner
+  stamps its publications and sends them to every worker, whose rings mirror the owner's; a
+  publication made on a worker that does not own the topic crosses twice).
 
 The load is ``bench/fanout_client.py`` (picows, pinned to ``--client-core``): S subscribers on
 topic ``bench``, spread over the workers by SO_REUSEPORT; subscriber 0's worker publishes M
@@ -50,15 +52,15 @@ BENCH = REPO / "bench"
 
 
 class ClusterServer:
-    def __init__(self, workers: int, port: int, cores: str, steer: bool = False) -> None:
+    def __init__(self, workers: int, port: int, cores: str, steer: bool = False, recovery: bool = False) -> None:
         self.workers, self.port, self.cores = workers, port, cores
         self.lines: list[str] = []
         cmd = ["taskset", "-c", cores, sys.executable, "-m", "wse_cli.main", "run", "bench.fanout_app:app",
                "--port", str(port), "--workers", str(workers), "--metrics-bind", "127.0.0.1:0", "--log-level", "warning"]
         if steer:
             cmd.append("--steer-cpu")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", WSE_BENCH_RECOVERY="1" if recovery else "0")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -129,9 +131,9 @@ def run_one(cfg: str, args: argparse.Namespace) -> dict[str, Any]:
             return client(args, port, [srv.pid])
         finally:
             srv.stop()
-    steer = cfg.endswith("s")
-    workers = int(cfg[1:].rstrip("s"))
-    cl = ClusterServer(workers, port, args.server_cores, steer)
+    steer, recovery = cfg.endswith("s"), cfg.endswith("r")
+    workers = int(cfg[1:].rstrip("sr"))
+    cl = ClusterServer(workers, port, args.server_cores, steer, recovery)
     try:
         before = cl.metrics()
         res = client(args, port, cl.pids())

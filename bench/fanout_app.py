@@ -12,17 +12,22 @@ and the handler publishes ``count`` payloads of about ``size`` bytes of JSON,
 loop (``await asyncio.sleep(0)``) after every ``chunk`` publications. When done it sends
 ``bench.done`` to the requester with the number published and the summed fan-out.
 
+``WSE_BENCH_RECOVERY=1`` in the environment turns recovery on.
+
 ``echo`` sends the payload back (``wse-loadgen latency``, used by ``bench/steer.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from wse import Connection, Message, WSEApp, WSEConfig
 
-app = WSEApp(WSEConfig(port=0, max_connections=19_000, backlog=4096))
+# WSE_BENCH_RECOVERY=1: recovery on (in a cluster, each topic's owner stamps it and every worker
+# keeps its ring: bench/cluster.py's ``w2r``).
+app = WSEApp(WSEConfig(port=0, max_connections=19_000, backlog=4096, recovery=os.environ.get("WSE_BENCH_RECOVERY") == "1"))
 
 
 def pad_for(size: int) -> str:

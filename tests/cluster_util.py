@@ -111,6 +111,12 @@ async def whoami(ws: ClientConnection) -> int:
     return int((await recv_type(ws, "whoami"))["p"]["slot"])
 
 
+async def pid_of(ws: ClientConnection) -> int:
+    """The pid of the worker process serving ``ws``."""
+    await ws.send(envelope("whoami"))
+    return int((await recv_type(ws, "whoami"))["p"]["pid"])
+
+
 async def clients_on_every_worker(url: str, workers: int, per_worker: int = 2, limit: int = 200) -> dict[int, list[ClientConnection]]:
     """Opens connections until each worker has ``per_worker`` of them (SO_REUSEPORT spreads them)."""
     by: dict[int, list[ClientConnection]] = {w: [] for w in range(workers)}

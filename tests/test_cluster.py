@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cluster_util import TOKEN, Cluster, clients_on_every_worker, promtool, subscribe, until_all_hear, whoami
+from tests.cluster_util import TOKEN, Cluster, clients_on_every_worker, pid_of, promtool, subscribe, until_all_hear, whoami
 from tests.conftest import envelope, subscribe_msg
 from tests.wsutil import open_ready, recv_type
 
@@ -157,7 +157,7 @@ def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluste
         for ws in [survivor, *victims]:
             await subscribe(ws, "load")
         await until_all_hear(publisher, [survivor, *victims], "load")
-        victim_pid = [p for p in cluster.worker_pids() if p != await _pid(publisher)][0]
+        victim_pid = [p for p in cluster.worker_pids() if p != await pid_of(publisher)][0]
 
         stop = asyncio.Event()
 
@@ -215,14 +215,6 @@ def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluste
         assert back_after < 5.0
 
     asyncio.run(main())
-
-
-async def _pid(ws: ClientConnection) -> int:
-    from tests.conftest import envelope as env
-    from tests.wsutil import recv_type
-
-    await ws.send(env("whoami"))
-    return int((await recv_type(ws, "whoami"))["p"]["pid"])
 
 
 def test_sigterm_under_load_drains_with_close_frames_and_leaves_no_process() -> None:

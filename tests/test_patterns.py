@@ -110,7 +110,7 @@ def test_a_pattern_on_one_worker_draws_matching_topics_over_the_mesh() -> None:
         for i in range(20):
             await publisher.send(envelope("pub", {"topic": f"lobby.{i}", "data": {"k": i}}))
             await publisher.send(envelope("pub", {"topic": f"room.x{i}", "data": {"k": i}}))
-        got = []
+        got: list[str] = []
         while len(got) < 20:
             m = orjson.loads(await asyncio.wait_for(listener.recv(), 5))
             if m.get("t") == "pubbed":

@@ -209,8 +209,9 @@ class WSEApp:
         return self.server.send_raw(_cid(conn), data, text)
 
     def subscribe(self, conn: Connection | int, topics: list[str] | str, *, group: str | None = None) -> list[str]:
-        """Subscribe a connection on the server's authority (no ACL check). With ``group``, it
-        joins that queue group of each topic: each publication goes to one member, in turn."""
+        """Subscribe a connection on the server's authority (no ACL check). A topic with ``*`` or
+        ``?`` is a pattern (every matching topic, live only). With ``group``, it joins that queue
+        group of each topic: each publication goes to one member, in turn."""
         return self.server.subscribe(_cid(conn), [topics] if isinstance(topics, str) else list(topics), group)
 
     def queue_groups(self, topic: str) -> dict[str, int]:
