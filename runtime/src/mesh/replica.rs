@@ -36,7 +36,9 @@ impl Engine {
         match self.owner_of(m, &t, topic) {
             None => self.publish_to(&t, topic, category, msg_type, payload, 0),
             Some(owner) => {
-                seq.hand_to(&owner, topic, category, msg_type, payload);
+                if seq.hand_to(&owner, topic, category, msg_type, payload) {
+                    m.stats.sent(owner.slot, payload.len());
+                }
                 Metrics::inc(&self.metrics.publishes);
                 t.subscriber_count()
             }
