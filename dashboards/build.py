@@ -43,6 +43,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("histogram_quantile(0.5, sum by (worker, le) (rate(wse_publish_queue_seconds_bucket[5m])))", f"p50 {W}"),
       ("histogram_quantile(0.99, sum by (worker, le) (rate(wse_publish_queue_seconds_bucket[5m])))", f"p99 {W}")]),
     ("Mesh drops /s", "ops", [("rate(wse_mesh_dropped_total[5m])", f"worker {W}")]),
+    ("Cluster recovery: publications stamped, handed to owners, mirrored /s", "ops",
+     [("rate(wse_mesh_stamped_total[1m])", f"stamped {W}"), ("rate(wse_mesh_handed_to_owner_total[1m])", f"handed {W}"),
+      ("rate(wse_mesh_mirrored_total[1m])", f"mirrored {W}"), ("rate(wse_mesh_rehanded_total[5m])", f"re-handed {W}"),
+      ("rate(wse_mesh_stamp_conflicts_total[5m])", f"conflicts {W}")]),
     ("Subscriptions and topics", "none",
      [("wse_subscriptions", f"subscriptions {W}"), ("wse_topics", f"topics {W}")]),
 ]

@@ -41,6 +41,9 @@ impl Engine {
     /// said where it stopped.
     fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>, group: Option<&str>) -> Option<Recovery> {
         let mut mine = c.topics.lock();
+        // `unregister` forgets the connection before it empties its topics under this lock: a
+        // connection already forgotten joins nothing (else it would stay in the topic).
+        self.get(c.id)?;
         let (added, rec) = self.topics.subscribe(topic, c, recover, group);
         if added {
             mine.insert(Arc::from(topic));

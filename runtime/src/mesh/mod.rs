@@ -209,19 +209,19 @@ impl Mesh {
             .map(|p| serde_json::json!({"name": p.name, "slot": p.slot, "topics": p.interest_count()}))
             .collect();
         let mut j = self.stats.to_json(self.cfg.slot, peers);
-        if let Some(s) = &self.seq {
-            use std::sync::atomic::Ordering::Relaxed;
-            let st = &s.stats;
-            j["recovery"] = serde_json::json!({
-                "ready": s.is_ready(),
-                "stamped_for_peers": st.stamped_for_peers.load(Relaxed),
-                "handed_to_owner": st.handed_to_owner.load(Relaxed),
-                "rehanded": st.rehanded.load(Relaxed),
-                "mirrored": st.mirrored.load(Relaxed),
-                "snapshot_bytes_in": st.snapshot_bytes_in.load(Relaxed),
-                "conflicts": st.conflicts.load(Relaxed),
-            });
-        }
+        // Zeros without recovery, so the families are always there for dashboards and alerts.
+        let z = sequencer::SeqStats::default();
+        let st = self.seq.as_ref().map_or(&z, |s| &s.stats);
+        use std::sync::atomic::Ordering::Relaxed;
+        j["recovery"] = serde_json::json!({
+            "ready": self.is_ready(),
+            "stamped_for_peers": st.stamped_for_peers.load(Relaxed),
+            "handed_to_owner": st.handed_to_owner.load(Relaxed),
+            "rehanded": st.rehanded.load(Relaxed),
+            "mirrored": st.mirrored.load(Relaxed),
+            "snapshot_bytes_in": st.snapshot_bytes_in.load(Relaxed),
+            "conflicts": st.conflicts.load(Relaxed),
+        });
         j.to_string()
     }
 }
