@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::frame::HEADER_ROOM;
 use crate::protocol::outgoing::OutMsg;
 use crate::pubsub::fanout::Target;
-use crate::pubsub::topics::{Owner, Topic};
+use crate::pubsub::topics::{Mirrored, Owner, Took, Topic};
 
 /// A snapshot frame carries about this many bytes of entries.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -77,19 +77,22 @@ impl Engine {
         let outranks = rank(topic, from.slot) > rank(topic, m.cfg.slot);
         let (op, zip) = (self.opcode(), self.cfg.zip());
         let mut help = false;
+        let linked = |p: &str| m.is_linked(p);
+        let mirrored = Mirrored { epoch: st.epoch, offset: st.offset, from: &name, outranks_me: outranks, linked: &linked };
         let took = t.next_mirrored(
-            st.epoch,
-            st.offset,
-            &name,
-            outranks,
+            mirrored,
             self.topics.ring_total(),
             || Arc::new(OutMsg::new(framed(body), op, zip, st.offset, st.at_ms)),
-            |msg| help = self.pubq.push(Target::Topic(t.clone()), msg),
+            &mut |msg| help |= self.pubq.push(Target::Topic(t.clone()), msg),
         );
-        if took {
-            seq.stats.mirrored.fetch_add(1, Relaxed);
-        } else {
-            seq.stats.conflicts.fetch_add(u64::from(st.epoch != 0 && t.owner() == Owner::Me), Relaxed);
+        match took {
+            Took::Taken => {
+                seq.stats.mirrored.fetch_add(1, Relaxed);
+            }
+            Took::Held => {}
+            Took::Ignored => {
+                seq.stats.conflicts.fetch_add(u64::from(st.epoch != 0 && t.owner() == Owner::Me), Relaxed);
+            }
         }
         seq.came_back(&from.name, origin);
         if help {
@@ -171,6 +174,12 @@ impl Engine {
     /// and not stamped goes to the topics' next owners.
     pub(crate) fn peer_gone(&self, m: &Mesh, peer: &Peer) {
         if let Some(seq) = &m.seq {
+            // Its last publications are all applied now: what waited for them goes.
+            for (_, t) in self.topics.all() {
+                t.flush_held(&mut |msg| {
+                    self.pubq.push(Target::Topic(t.clone()), msg);
+                });
+            }
             for h in seq.orphaned(&peer.name) {
                 self.publish(&h.topic, &h.category, &h.msg_type, &h.payload);
             }

@@ -49,6 +49,8 @@ struct TopicState {
     last_active_ms: u64,
     /// In a cluster with recovery: who stamps this topic's publications.
     owner: Owner,
+    /// Mirrored publications waiting for a gap before them to fill (see `next_mirrored`).
+    held: Vec<(u64, Arc<str>, Arc<OutMsg>)>,
 }
 
 /// Who stamped a topic's last publication.
@@ -77,6 +79,7 @@ impl TopicState {
             ring_bytes: 0,
             last_active_ms: now_ms(),
             owner: Owner::Unknown,
+            held: Vec::new(),
         }
     }
 
@@ -172,35 +175,47 @@ impl Topic {
         self.state.lock().owner.clone()
     }
 
-    /// Takes a publication its owner `from` stamped (a mirror): hands it to `emit` under the
-    /// lock if it is the next one, and ignores one already taken. Another epoch starts the
-    /// ring over. False if ignored.
-    /// `outranks_me`: whether `from` wins the topic's election against this worker; two
-    /// workers that both stamped the topic (a split while joining) settle on the winner's epoch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn next_mirrored(
-        &self,
-        epoch: u32,
-        offset: u64,
-        from: &Arc<str>,
-        outranks_me: bool,
-        total: &AtomicUsize,
-        build: impl FnOnce() -> Arc<OutMsg>,
-        emit: impl FnOnce(Arc<OutMsg>),
-    ) -> bool {
+    /// Takes a publication its owner stamped (a mirror): hands it to `emit` under the lock if
+    /// it is the next one, and ignores one already taken. Another epoch starts the ring over.
+    /// One that comes after a gap from a new owner while the previous owner's link is still
+    /// open is held: the previous owner's last publications may still be on that link (with
+    /// three workers or more), and they go first.
+    pub fn next_mirrored(&self, m: Mirrored<'_>, total: &AtomicUsize, build: impl FnOnce() -> Arc<OutMsg>, emit: &mut dyn FnMut(Arc<OutMsg>)) -> Took {
         let mut s = self.state.lock();
-        if epoch != s.epoch && s.owner == Owner::Me && !outranks_me {
-            return false;
+        if m.epoch != s.epoch && s.owner == Owner::Me && !m.outranks_me {
+            return Took::Ignored;
         }
-        if epoch != s.epoch {
-            s.reset(epoch, offset.saturating_sub(1), total);
-        } else if offset <= s.seq {
-            return false;
+        if m.epoch != s.epoch {
+            s.reset(m.epoch, m.offset.saturating_sub(1), total);
+            s.held.clear();
+        } else if m.offset <= s.seq {
+            return Took::Ignored;
+        } else if m.offset > s.seq + 1 {
+            if s.held.len() >= MAX_HELD {
+                // The gap is not filling: what waited goes, in order, before this one.
+                release_held(&mut s, emit, true);
+            }
+            if let Owner::Peer(prev) = &s.owner {
+                if **prev != **m.from && (m.linked)(prev) {
+                    let msg = build();
+                    s.held.push((m.offset, m.from.clone(), msg));
+                    return Took::Held;
+                }
+            }
         }
-        s.seq = offset;
-        s.owner = Owner::Peer(from.clone());
+        s.seq = m.offset;
+        s.owner = Owner::Peer(m.from.clone());
         emit(build());
-        true
+        release_held(&mut s, emit, false);
+        Took::Taken
+    }
+
+    /// A peer's link closed: publications held for a gap it might have filled go now.
+    pub fn flush_held(&self, emit: &mut dyn FnMut(Arc<OutMsg>)) {
+        let mut s = self.state.lock();
+        if !s.held.is_empty() {
+            release_held(&mut s, emit, true);
+        }
     }
 
     /// The topic's ring for a peer: `f(epoch, pushed, stamped here, entries)` under the lock.
@@ -359,6 +374,46 @@ impl Topic {
         }
         s.count() == 0 && s.ring.is_empty() && s.last_active_ms < cutoff_ms
     }
+}
+
+/// Publications held back for a gap, at most (per topic).
+const MAX_HELD: usize = 4096;
+
+/// What a mirror gets: a publication's stamp, who sent it, and whether that peer wins the
+/// topic's election against this worker and whether a peer is still linked.
+pub struct Mirrored<'a> {
+    pub epoch: u32,
+    pub offset: u64,
+    pub from: &'a Arc<str>,
+    pub outranks_me: bool,
+    pub linked: &'a dyn Fn(&str) -> bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Took {
+    Taken,
+    Held,
+    Ignored,
+}
+
+/// Hands on held publications that are now next (all of them, in order, with `all`).
+fn release_held(s: &mut TopicState, emit: &mut dyn FnMut(Arc<OutMsg>), all: bool) {
+    s.held.sort_by_key(|(o, _, _)| *o);
+    let held = std::mem::take(&mut s.held);
+    let mut rest = vec![];
+    for (o, from, msg) in held {
+        if o <= s.seq {
+            continue;
+        }
+        if all || (o == s.seq + 1 && rest.is_empty()) {
+            s.seq = o;
+            s.owner = Owner::Peer(from);
+            emit(msg);
+        } else {
+            rest.push((o, from, msg));
+        }
+    }
+    s.held = rest;
 }
 
 fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
@@ -553,6 +608,12 @@ mod tests {
         t.snapshot(|_, _, _, it| it.map(|m| m.offset).collect())
     }
 
+    fn mirrored<'a>(epoch: u32, offset: u64, from: &'a Arc<str>, outranks_me: bool, linked: &'a dyn Fn(&str) -> bool) -> Mirrored<'a> {
+        Mirrored { epoch, offset, from, outranks_me, linked }
+    }
+
+    const NONE_LINKED: &dyn Fn(&str) -> bool = &|_| false;
+
     const LIM: RecoveryLimits = RecoveryLimits { max_messages: 100, ttl_ms: 60_000, max_bytes: 1 << 20 };
 
     #[test]
@@ -564,9 +625,11 @@ mod tests {
         // while 5 and 6 are still in the publish queue.
         let mut queued = vec![];
         for o in [5, 6] {
-            assert!(t.next_mirrored(77, o, &owner, false, &total, || msg(o, o), |m| queued.push(m)));
+            let took = t.next_mirrored(mirrored(77, o, &owner, false, NONE_LINKED), &total, || msg(o, o), &mut |m| queued.push(m));
+            assert_eq!(took, Took::Taken);
         }
-        assert!(!t.next_mirrored(77, 6, &owner, false, &total, || msg(6, 6), |_| panic!("a repeat is ignored")));
+        let took = t.next_mirrored(mirrored(77, 6, &owner, false, NONE_LINKED), &total, || msg(6, 6), &mut |_| panic!("a repeat"));
+        assert_eq!(took, Took::Ignored);
         t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
         assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
         t.push(&queued, Some((&LIM, &total)), &[]);
@@ -598,7 +661,40 @@ mod tests {
         let mut out = None;
         t.next(|seq, _| msg(seq, 300), |m, _| out = Some(m));
         t.push(&[out.unwrap()], Some((&LIM, &total)), &[]);
-        assert!(!t.next_mirrored(1, 1, &peer, false, &total, || msg(1, 1), |_| panic!()));
-        assert!(t.next_mirrored(1, 1, &peer, true, &total, || msg(1, 1), |_| {}));
+        assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, false, NONE_LINKED), &total, || msg(1, 1), &mut |_| panic!()), Took::Ignored);
+        assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, true, NONE_LINKED), &total, || msg(1, 1), &mut |_| {}), Took::Taken);
+    }
+
+    #[test]
+    fn a_new_owners_publication_waits_for_the_old_owners_last_while_its_link_is_open() {
+        let total = AtomicUsize::new(0);
+        let t = Topic::new(Arc::from("t"));
+        let (old, new): (Arc<str>, Arc<str>) = (Arc::from("old"), Arc::from("new"));
+        let linked: &dyn Fn(&str) -> bool = &|p| p == "old";
+        let mut out: Vec<u64> = vec![];
+        for o in 1..=3 {
+            t.next_mirrored(mirrored(9, o, &old, false, linked), &total, || msg(o, o), &mut |m| out.push(m.offset));
+        }
+        // The new owner's 5 and 6 come before the old owner's 4: held.
+        for o in [5, 6] {
+            let took = t.next_mirrored(mirrored(9, o, &new, false, linked), &total, || msg(o, o), &mut |m| out.push(m.offset));
+            assert_eq!(took, Took::Held);
+        }
+        assert_eq!(out, vec![1, 2, 3]);
+        t.next_mirrored(mirrored(9, 4, &old, false, linked), &total, || msg(4, 4), &mut |m| out.push(m.offset));
+        assert_eq!(out, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(t.owner(), Owner::Peer(new.clone()));
+        // A gap the old owner cannot fill any more (its link closed) is let through at once...
+        let gone: &dyn Fn(&str) -> bool = &|_| false;
+        t.next_mirrored(mirrored(9, 8, &old, false, gone), &total, || msg(8, 8), &mut |m| out.push(m.offset));
+        assert_eq!(out.last(), Some(&8));
+        // ...and what is held when the link closes goes then.
+        let took = t.next_mirrored(mirrored(9, 10, &new, false, linked), &total, || msg(10, 10), &mut |m| out.push(m.offset));
+        assert_eq!(took, Took::Held);
+        t.flush_held(&mut |m| out.push(m.offset));
+        assert_eq!(out.last(), Some(&10));
+        // From the owner it already follows, a gap is not waited for.
+        let took = t.next_mirrored(mirrored(9, 12, &new, false, linked), &total, || msg(12, 12), &mut |m| out.push(m.offset));
+        assert_eq!((took, out.last()), (Took::Taken, Some(&12)));
     }
 }
