@@ -21,6 +21,12 @@ use crate::outbound::PushMany;
 use crate::protocol::outgoing::OutMsg;
 use crate::protocol::time::now_ms;
 
+mod mirror;
+#[cfg(test)]
+mod tests;
+
+pub use mirror::{Mirrored, Took};
+
 /// Recovery limits.
 #[derive(Debug, Clone, Copy)]
 pub struct RecoveryLimits {
@@ -175,111 +181,6 @@ impl Topic {
         self.state.lock().owner.clone()
     }
 
-    /// Takes a publication its owner stamped (a mirror): hands it to `emit` under the lock if
-    /// it is the next one, and ignores one already taken. Another epoch starts the ring over.
-    /// One that comes after a gap from a new owner while the previous owner's link is still
-    /// open is held: the previous owner's last publications may still be on that link (with
-    /// three workers or more), and they go first.
-    pub fn next_mirrored(&self, m: Mirrored<'_>, total: &AtomicUsize, build: impl FnOnce() -> Arc<OutMsg>, emit: &mut dyn FnMut(Arc<OutMsg>)) -> Took {
-        let mut s = self.state.lock();
-        if m.epoch != s.epoch && s.owner == Owner::Me && !m.outranks_me {
-            return Took::Ignored;
-        }
-        if m.epoch != s.epoch {
-            s.reset(m.epoch, m.offset.saturating_sub(1), total);
-            s.held.clear();
-        } else if m.offset <= s.seq {
-            return Took::Ignored;
-        } else if m.offset > s.seq + 1 {
-            if s.held.len() >= MAX_HELD {
-                // The gap is not filling: what waited goes, in order, before this one.
-                release_held(&mut s, emit, true);
-            }
-            if let Owner::Peer(prev) = &s.owner {
-                if **prev != **m.from && (m.linked)(prev) {
-                    let msg = build();
-                    s.held.push((m.offset, m.from.clone(), msg));
-                    return Took::Held;
-                }
-            }
-        }
-        s.seq = m.offset;
-        s.owner = Owner::Peer(m.from.clone());
-        emit(build());
-        release_held(&mut s, emit, false);
-        Took::Taken
-    }
-
-    /// A peer's link closed: publications held for a gap it might have filled go now.
-    pub fn flush_held(&self, emit: &mut dyn FnMut(Arc<OutMsg>)) {
-        let mut s = self.state.lock();
-        if !s.held.is_empty() {
-            release_held(&mut s, emit, true);
-        }
-    }
-
-    /// The topic's ring for a peer: `f(epoch, pushed, stamped here, entries)` under the lock.
-    pub fn snapshot<R>(&self, f: impl FnOnce(u32, u64, bool, &mut dyn Iterator<Item = &Arc<OutMsg>>) -> R) -> R {
-        let s = self.state.lock();
-        f(s.epoch, s.pushed, s.owner == Owner::Me, &mut s.ring.iter().map(|(m, _)| m))
-    }
-
-    /// Takes part of a peer's ring (a worker joining the mesh): with no history of its own, or
-    /// the same epoch, it keeps what it lacks; another epoch replaces its own only if that is
-    /// newer. `owner` names the peer when the peer stamps the topic.
-    pub fn merge(&self, epoch: u32, pushed: u64, owner: Option<&Arc<str>>, entries: Vec<Arc<OutMsg>>, lim: &RecoveryLimits, total: &AtomicUsize) {
-        let mut s = self.state.lock();
-        let mine_newest = s.ring.back().map_or(0, |(m, _)| m.at_ms);
-        let theirs_newest = entries.last().map_or(0, |m| m.at_ms);
-        let fresh = s.seq == 0 && s.ring.is_empty();
-        if epoch != s.epoch {
-            if !fresh && theirs_newest <= mine_newest {
-                return;
-            }
-            let before = entries.first().map_or(pushed, |m| m.offset.saturating_sub(1));
-            s.reset(epoch, before, total);
-        }
-        // Older entries than the ring's first (or, with the ring empty, than the next to be
-        // pushed: mirrored publications may still be on their way to it) go in front; newer
-        // than anything it has or awaits, at the back.
-        let front = Some(s.ring.front().map_or(s.pushed + 1, |(m, _)| m.offset));
-        let mut older: Vec<(Arc<OutMsg>, usize)> = vec![];
-        for m in entries {
-            let n = m.size();
-            if front.is_some_and(|f| m.offset < f) {
-                older.push((m, n));
-            } else if m.offset > s.pushed && m.offset > s.seq {
-                s.pushed = m.offset;
-                s.seq = m.offset;
-                s.ring_bytes += n;
-                total.fetch_add(n, Relaxed);
-                s.ring.push_back((m, n));
-            }
-        }
-        // Only a contiguous run can go in front.
-        if let (Some(f), Some(last)) = (front, older.last()) {
-            if last.0.offset + 1 == f {
-                for (m, n) in older.into_iter().rev() {
-                    s.ring_bytes += n;
-                    total.fetch_add(n, Relaxed);
-                    s.ring.push_front((m, n));
-                }
-            }
-        }
-        // A peer whose ring has expired still knows where the offsets stand.
-        if s.ring.is_empty() && s.seq < pushed {
-            s.seq = pushed;
-            s.pushed = pushed;
-        }
-        if let Some(o) = owner {
-            s.owner = Owner::Peer(o.clone());
-        }
-        s.last_active_ms = s.last_active_ms.max(theirs_newest);
-        while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
-            evict_front(&mut s, total);
-        }
-    }
-
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
     /// each, and keeps them for recovery.
     /// `also`: pattern subscribers of the topic (those subscribed to it as well get it once).
@@ -374,46 +275,6 @@ impl Topic {
         }
         s.count() == 0 && s.ring.is_empty() && s.last_active_ms < cutoff_ms
     }
-}
-
-/// Publications held back for a gap, at most (per topic).
-const MAX_HELD: usize = 4096;
-
-/// What a mirror gets: a publication's stamp, who sent it, and whether that peer wins the
-/// topic's election against this worker and whether a peer is still linked.
-pub struct Mirrored<'a> {
-    pub epoch: u32,
-    pub offset: u64,
-    pub from: &'a Arc<str>,
-    pub outranks_me: bool,
-    pub linked: &'a dyn Fn(&str) -> bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Took {
-    Taken,
-    Held,
-    Ignored,
-}
-
-/// Hands on held publications that are now next (all of them, in order, with `all`).
-fn release_held(s: &mut TopicState, emit: &mut dyn FnMut(Arc<OutMsg>), all: bool) {
-    s.held.sort_by_key(|(o, _, _)| *o);
-    let held = std::mem::take(&mut s.held);
-    let mut rest = vec![];
-    for (o, from, msg) in held {
-        if o <= s.seq {
-            continue;
-        }
-        if all || (o == s.seq + 1 && rest.is_empty()) {
-            s.seq = o;
-            s.owner = Owner::Peer(from);
-            emit(msg);
-        } else {
-            rest.push((o, from, msg));
-        }
-    }
-    s.held = rest;
 }
 
 fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
@@ -590,111 +451,5 @@ impl Topics {
 
     pub fn get(&self, topic: &str) -> Option<Arc<Topic>> {
         self.map.read().get(topic).cloned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::frame::{OP_TEXT, HEADER_ROOM};
-
-    fn msg(offset: u64, at: u64) -> Arc<OutMsg> {
-        let mut v = vec![0; HEADER_ROOM];
-        v.extend_from_slice(format!("{{\"o\":{offset}}}").as_bytes());
-        Arc::new(OutMsg::new(v, OP_TEXT, None, offset, at))
-    }
-
-    fn offsets(t: &Topic) -> Vec<u64> {
-        t.snapshot(|_, _, _, it| it.map(|m| m.offset).collect())
-    }
-
-    fn mirrored<'a>(epoch: u32, offset: u64, from: &'a Arc<str>, outranks_me: bool, linked: &'a dyn Fn(&str) -> bool) -> Mirrored<'a> {
-        Mirrored { epoch, offset, from, outranks_me, linked }
-    }
-
-    const NONE_LINKED: &dyn Fn(&str) -> bool = &|_| false;
-
-    const LIM: RecoveryLimits = RecoveryLimits { max_messages: 100, ttl_ms: 60_000, max_bytes: 1 << 20 };
-
-    #[test]
-    fn a_mirror_follows_its_owner_and_a_joining_worker_takes_the_history_behind_live_traffic() {
-        let total = AtomicUsize::new(0);
-        let t = Topic::new(Arc::from("t"));
-        let owner: Arc<str> = Arc::from("mesh-1-9.sock");
-        // Live traffic from the owner arrives first (offsets 5, 6), then its ring (1..=6)
-        // while 5 and 6 are still in the publish queue.
-        let mut queued = vec![];
-        for o in [5, 6] {
-            let took = t.next_mirrored(mirrored(77, o, &owner, false, NONE_LINKED), &total, || msg(o, o), &mut |m| queued.push(m));
-            assert_eq!(took, Took::Taken);
-        }
-        let took = t.next_mirrored(mirrored(77, 6, &owner, false, NONE_LINKED), &total, || msg(6, 6), &mut |_| panic!("a repeat"));
-        assert_eq!(took, Took::Ignored);
-        t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
-        assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
-        t.push(&queued, Some((&LIM, &total)), &[]);
-        assert_eq!(offsets(&t), vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(t.owner(), Owner::Peer(owner.clone()));
-        // The mirror becomes the owner: it goes on from the owner's offsets, same epoch.
-        let mut out = None;
-        t.next(|seq, _| msg(seq, 7), |m, epoch| out = Some((m, epoch)));
-        let (m, epoch) = out.unwrap();
-        assert_eq!((m.offset, epoch), (7, 77));
-        assert_eq!(t.owner(), Owner::Me);
-    }
-
-    #[test]
-    fn another_epoch_replaces_an_older_history_only() {
-        let total = AtomicUsize::new(0);
-        let t = Topic::new(Arc::from("t"));
-        let peer: Arc<str> = Arc::from("p");
-        t.merge(5, 3, None, (1..=3).map(|o| msg(o, 100 + o)).collect(), &LIM, &total);
-        assert_eq!(offsets(&t), vec![1, 2, 3]);
-        // Older than what it has: kept out.
-        t.merge(6, 9, None, vec![msg(9, 50)], &LIM, &total);
-        assert_eq!(offsets(&t), vec![1, 2, 3]);
-        // Newer: taken, the old epoch's entries go (and their bytes with them).
-        t.merge(6, 9, Some(&peer), vec![msg(8, 200), msg(9, 201)], &LIM, &total);
-        assert_eq!(offsets(&t), vec![8, 9]);
-        assert_eq!(total.load(Relaxed), msg(8, 0).size() + msg(9, 0).size());
-        // This worker owns it: a split-brain stamp from a peer that loses the election is refused.
-        let mut out = None;
-        t.next(|seq, _| msg(seq, 300), |m, _| out = Some(m));
-        t.push(&[out.unwrap()], Some((&LIM, &total)), &[]);
-        assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, false, NONE_LINKED), &total, || msg(1, 1), &mut |_| panic!()), Took::Ignored);
-        assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, true, NONE_LINKED), &total, || msg(1, 1), &mut |_| {}), Took::Taken);
-    }
-
-    #[test]
-    fn a_new_owners_publication_waits_for_the_old_owners_last_while_its_link_is_open() {
-        let total = AtomicUsize::new(0);
-        let t = Topic::new(Arc::from("t"));
-        let (old, new): (Arc<str>, Arc<str>) = (Arc::from("old"), Arc::from("new"));
-        let linked: &dyn Fn(&str) -> bool = &|p| p == "old";
-        let mut out: Vec<u64> = vec![];
-        for o in 1..=3 {
-            t.next_mirrored(mirrored(9, o, &old, false, linked), &total, || msg(o, o), &mut |m| out.push(m.offset));
-        }
-        // The new owner's 5 and 6 come before the old owner's 4: held.
-        for o in [5, 6] {
-            let took = t.next_mirrored(mirrored(9, o, &new, false, linked), &total, || msg(o, o), &mut |m| out.push(m.offset));
-            assert_eq!(took, Took::Held);
-        }
-        assert_eq!(out, vec![1, 2, 3]);
-        t.next_mirrored(mirrored(9, 4, &old, false, linked), &total, || msg(4, 4), &mut |m| out.push(m.offset));
-        assert_eq!(out, vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(t.owner(), Owner::Peer(new.clone()));
-        // A gap the old owner cannot fill any more (its link closed) is let through at once...
-        let gone: &dyn Fn(&str) -> bool = &|_| false;
-        t.next_mirrored(mirrored(9, 8, &old, false, gone), &total, || msg(8, 8), &mut |m| out.push(m.offset));
-        assert_eq!(out.last(), Some(&8));
-        // ...and what is held when the link closes goes then.
-        let took = t.next_mirrored(mirrored(9, 10, &new, false, linked), &total, || msg(10, 10), &mut |m| out.push(m.offset));
-        assert_eq!(took, Took::Held);
-        t.flush_held(&mut |m| out.push(m.offset));
-        assert_eq!(out.last(), Some(&10));
-        // From the owner it already follows, a gap is not waited for.
-        let took = t.next_mirrored(mirrored(9, 12, &new, false, linked), &total, || msg(12, 12), &mut |m| out.push(m.offset));
-        assert_eq!((took, out.last()), (Took::Taken, Some(&12)));
     }
 }
