@@ -6,16 +6,12 @@ Python saw. The token secret comes from ``WSE_TEST_JWT_SECRET``."""
 import os
 from typing import Any
 
-from wse import Connection, JWTConfig, Message, PresenceEvent, WSEApp, WSEConfig
+from tests.apps.cluster_app import build
+from wse import Connection, JWTConfig, Message, PresenceEvent
 
 SECRET = os.environ["WSE_TEST_JWT_SECRET"]
-app = WSEApp(WSEConfig(port=0, idle_timeout_ms=0, ping_interval_ms=0, jwt=JWTConfig(secret=SECRET), presence=True))
+app = build(jwt=JWTConfig(secret=SECRET), presence=True)
 events: list[list[Any]] = []
-
-
-@app.on("whoami")
-def _whoami(conn: Connection, msg: Message) -> None:
-    app.send(conn, {"pid": os.getpid(), "slot": os.environ.get("WSE_WORKER_SLOT")}, type="whoami")
 
 
 @app.on("presence")

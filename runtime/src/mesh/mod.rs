@@ -50,7 +50,7 @@ fn default_peer_queue() -> usize {
 struct State {
     /// Topics with subscribers in this process: what peers are told.
     local: HashSet<Arc<str>>,
-    peers: HashMap<String, Arc<Peer>>,
+    peers: HashMap<Arc<str>, Arc<Peer>>,
 }
 
 pub struct Mesh {
@@ -98,9 +98,9 @@ impl Mesh {
         }
     }
 
-    /// The linked peers now.
-    pub fn live_peers(&self) -> Vec<Arc<Peer>> {
-        self.live.read().clone()
+    /// Runs `f` on the linked peers (under the read lock: no copy on the publish path).
+    pub fn with_live<R>(&self, f: impl FnOnce(&[Arc<Peer>]) -> R) -> R {
+        f(&self.live.read())
     }
 
     /// Gates every live peer has written (the publish queue lets those through).
@@ -206,7 +206,7 @@ impl Mesh {
             .live
             .read()
             .iter()
-            .map(|p| serde_json::json!({"name": p.name, "slot": p.slot, "topics": p.interest_count()}))
+            .map(|p| serde_json::json!({"name": &*p.name, "slot": p.slot, "topics": p.interest_count()}))
             .collect();
         let mut j = self.stats.to_json(self.cfg.slot, peers);
         // Zeros without recovery, so the families are always there for dashboards and alerts.

@@ -12,7 +12,7 @@ use crate::auth::acl::glob_match;
 use crate::pubsub::patterns::is_pattern;
 
 pub struct Peer {
-    pub name: String,
+    pub name: Arc<str>,
     pub slot: u32,
     interest: RwLock<HashSet<Arc<str>>>,
     /// Pattern subscriptions the peer has subscribers for.
@@ -29,7 +29,7 @@ pub struct Peer {
 impl Peer {
     pub fn new(name: String, slot: u32) -> Self {
         Self {
-            name,
+            name: Arc::from(name),
             slot,
             interest: RwLock::new(HashSet::new()),
             patterns: RwLock::new(Vec::new()),
@@ -43,10 +43,17 @@ impl Peer {
 
     /// Queues a frame that carries `gate` (never dropped: mirrors depend on it).
     pub fn push_gated(&self, frame: &[u8], gate: u64) {
+        self.append(frame, Some(gate));
+    }
+
+    /// Appends to the queue (waking the writer if it was empty), under its lock.
+    fn append(&self, frame: &[u8], gate: Option<u64>) {
         let mut out = self.out.lock();
         let was_empty = out.is_empty();
         out.extend_from_slice(frame);
-        self.gate_queued.store(gate, Relaxed);
+        if let Some(g) = gate {
+            self.gate_queued.store(g, Relaxed);
+        }
         if was_empty {
             self.wake.notify_one();
         }
@@ -113,14 +120,8 @@ impl Peer {
 
     /// Queues interest changes: never dropped (they are small and the routing depends on them).
     pub fn push_control(&self, frame: &[u8]) {
-        if frame.is_empty() {
-            return;
-        }
-        let mut out = self.out.lock();
-        let was_empty = out.is_empty();
-        out.extend_from_slice(frame);
-        if was_empty {
-            self.wake.notify_one();
+        if !frame.is_empty() {
+            self.append(frame, None);
         }
     }
 

@@ -47,12 +47,12 @@ impl Engine {
 
     /// The peer that stamps `topic`, or `None` for this worker.
     fn owner_of(&self, m: &Mesh, t: &Topic, topic: &str) -> Option<Arc<Peer>> {
-        let live = m.live_peers();
-        match t.owner() {
+        let owner = t.owner();
+        m.with_live(|live| match owner {
             Owner::Me => None,
-            Owner::Peer(name) if live.iter().any(|p| *p.name == *name) => live.into_iter().find(|p| *p.name == *name),
-            _ => Sequencer::elect(topic, m.cfg.slot, &live).cloned(),
-        }
+            Owner::Peer(name) if live.iter().any(|p| p.name == name) => live.iter().find(|p| p.name == name).cloned(),
+            _ => Sequencer::elect(topic, m.cfg.slot, live).cloned(),
+        })
     }
 
     /// Called under the topic's lock as this worker stamps a publication: sends it to every
@@ -61,24 +61,25 @@ impl Engine {
         let Some(m) = &self.mesh else { return 0 };
         let Some(seq) = &m.seq else { return 0 };
         let st = Stamp { epoch, offset: msg.offset, at_ms: msg.at_ms };
-        let peers = m.live_peers();
-        let g = seq.stamp_out(&peers, origin, super::stats::now_ns(), topic, &st, msg.body());
-        for p in &peers {
-            m.stats.sent(p.slot, msg.body().len());
-        }
-        g
+        m.with_live(|peers| {
+            let g = seq.stamp_out(peers, origin, super::stats::now_ns(), topic, &st, msg.body());
+            for p in peers {
+                m.stats.sent(p.slot, msg.body().len());
+            }
+            g
+        })
     }
 
     /// A publication a peer stamped: this worker's copy of the ring, and its subscribers.
     pub(crate) fn mirror(&self, m: &Mesh, from: &Peer, origin: u64, topic: &str, st: &Stamp, body: &[u8]) {
         let Some(seq) = &m.seq else { return };
         let t = self.topics.get_or_create(topic);
-        let name: Arc<str> = Arc::from(from.name.as_str());
+        let name = &from.name;
         let outranks = rank(topic, from.slot) > rank(topic, m.cfg.slot);
         let (op, zip) = (self.opcode(), self.cfg.zip());
         let mut help = false;
         let linked = |p: &str| m.is_linked(p);
-        let mirrored = Mirrored { epoch: st.epoch, offset: st.offset, from: &name, outranks_me: outranks, linked: &linked };
+        let mirrored = Mirrored { epoch: st.epoch, offset: st.offset, from: name, outranks_me: outranks, linked: &linked };
         let took = t.next_mirrored(
             mirrored,
             self.topics.ring_total(),
@@ -115,9 +116,8 @@ impl Engine {
         seq.stats.snapshot_bytes_in.fetch_add(bytes as u64, Relaxed);
         let msgs: Vec<Arc<OutMsg>> =
             entries.into_iter().map(|(st, b)| Arc::new(OutMsg::new(framed(&b), op, zip, st.offset, st.at_ms))).collect();
-        let name: Arc<str> = Arc::from(from.name.as_str());
         let lim = *lim;
-        self.topics.get_or_create(topic).merge(epoch, pushed, owner.then_some(&name), msgs, &lim, self.topics.ring_total());
+        self.topics.get_or_create(topic).merge(epoch, pushed, owner.then_some(&from.name), msgs, &lim, self.topics.ring_total());
     }
 
     /// Sends a new peer every ring, then `SYNCED`. Publications stamped before the peer was

@@ -145,7 +145,7 @@ impl Sequencer {
         let id = self.next_id.fetch_add(1, Relaxed);
         let Some(f) = wire::sequence(id, topic, category, msg_type, payload) else { return false };
         let mut h = self.handed.lock();
-        h.entry(Arc::from(owner.name.as_str())).or_default().push_back(Handed {
+        h.entry(owner.name.clone()).or_default().push_back(Handed {
             id,
             topic: topic.into(),
             category: category.into(),
@@ -228,7 +228,7 @@ mod tests {
         for i in 0..3 {
             assert!(s.hand_to(&owner, "t", "U", "m", &[b'0' + i]));
         }
-        let ids: Vec<u64> = s.handed.lock()[owner.name.as_str()].iter().map(|h| h.id).collect();
+        let ids: Vec<u64> = s.handed.lock()[&*owner.name].iter().map(|h| h.id).collect();
         s.came_back(&owner.name, ids[0]);
         // Another process's ids (another tag) are not ours.
         s.came_back(&owner.name, ids[2] ^ (1 << 50));

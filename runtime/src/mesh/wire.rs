@@ -43,15 +43,20 @@ pub fn interest(out: &mut BytesMut, topic: &str, present: bool) {
 
 /// A publication as it crosses the mesh; `sent_ns` is CLOCK_MONOTONIC (shared by the host's processes).
 pub fn publish(sent_ns: u64, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Option<Bytes> {
+    publication(PUBLISH, sent_ns, topic, category, msg_type, payload)
+}
+
+/// `PUBLISH` and `SEQUENCE` share one layout: a u64 (send time, or the hand-off's id) first.
+fn publication(kind: u8, lead: u64, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Option<Bytes> {
     if topic.len() > u16::MAX as usize || category.len() > u8::MAX as usize || msg_type.len() > u16::MAX as usize {
         return None;
     }
     let mut b = BytesMut::new();
     put_frame(
         &mut b,
-        PUBLISH,
+        kind,
         &[
-            &sent_ns.to_le_bytes(),
+            &lead.to_le_bytes(),
             &(topic.len() as u16).to_le_bytes(),
             topic.as_bytes(),
             &[category.len() as u8],
@@ -92,10 +97,7 @@ pub fn stamped(out: &mut BytesMut, origin: u64, sent_ns: u64, topic: &str, st: &
 
 /// A publication for the owner to stamp; `id` comes back in the owner's `STAMPED` frame.
 pub fn sequence(id: u64, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Option<Bytes> {
-    let p = publish(id, topic, category, msg_type, payload)?;
-    let mut b = BytesMut::from(&p[..]);
-    b[4] = SEQUENCE;
-    Some(b.freeze())
+    publication(SEQUENCE, id, topic, category, msg_type, payload)
 }
 
 /// Part of a topic's ring: `(offset, at_ms, body)` entries in offset order; `owner` is true
