@@ -7,6 +7,9 @@
 #   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A new venv ships pip 23.2, whose resolver cannot satisfy wse-cli's dependency on the
+# wse-engine being installed beside it: bring pip up to date first.
+python3 -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
 python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli -e "./clients/python[crypto,msgpack]"
 bash tests/setup_reference.sh
 # promtool (Debian's prometheus package) checks the cluster's /metrics and the alert rules.
