@@ -7,6 +7,12 @@
 #   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the tests need; waits for another apt/dpkg to finish instead of failing on its lock.
+apt_install() {
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@"
+}
 # A new venv ships pip 23.2, whose resolver cannot satisfy wse-cli's dependency on the
 # wse-engine being installed beside it: bring pip up to date first.
 python3 -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
@@ -14,7 +20,7 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli -e "./c
 bash tests/setup_reference.sh
 # promtool (Debian's prometheus package) checks the cluster's /metrics and the alert rules.
 if ! command -v promtool >/dev/null; then
-    apt-get update -q && apt-get install -y -q prometheus
+    apt_install prometheus
 fi
 cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_util import TOKEN, Cluster, clients_on_every_worker, pid_of, promtool, subscribe, until_all_hear, whoami
 from tests.conftest import envelope, subscribe_msg
-from tests.wsutil import open_ready, recv_type
+from tests.wsutil import eventually, open_ready, recv_type
 
 
 @pytest.fixture
@@ -105,8 +105,17 @@ def test_publication_on_one_worker_reaches_subscribers_on_all_in_order(cluster: 
         for ws in by[1]:
             await ws.send(subscribe_msg(["room.all"], action="unsubscribe"))
             await recv_type(ws, "subscription_update")
-        await asyncio.sleep(0.3)
-        before = cluster.metric("wse_mesh_messages_total", direction="out")["0"]
+        # Worker 0 learns of the lost interest over the mesh, asynchronously: probe until two
+        # probes in a row reach the local listener without crossing to worker 1.
+        home = 0
+        for k in range(400):
+            before = cluster.metric("wse_mesh_messages_total", direction="out")["0"]
+            await publisher.send(envelope("pub", {"topic": "room.all", "data": {"probe": k}}))
+            await collect(by[0][1], "probe", 1)
+            home = home + 1 if cluster.metric("wse_mesh_messages_total", direction="out")["0"] == before else 0
+            if home == 2:
+                break
+        assert home == 2, "worker 0 kept sending room.all to worker 1 after its last subscriber left"
         for i in range(20):
             await publisher.send(envelope("pub", {"topic": "room.all", "data": {"m": i}}))
         assert await collect(by[0][1], "m", 20) == list(range(20))
@@ -160,24 +169,25 @@ def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluste
         victim_pid = [p for p in cluster.worker_pids() if p != await pid_of(publisher)][0]
 
         stop = asyncio.Event()
+        sent = 0
 
         async def publish_loop() -> int:
-            i = 0
+            nonlocal sent
             while not stop.is_set():
-                await publisher.send(envelope("pub", {"topic": "load", "data": {"s": i}}))
-                i += 1
-                await asyncio.sleep(0.002)
-            return i
+                await publisher.send(envelope("pub", {"topic": "load", "data": {"s": sent}}))
+                sent += 1
+                await asyncio.sleep(0.002)  # pacing: a steady stream, not a burst
+            return sent
 
         pub_task = asyncio.ensure_future(publish_loop())
-        await asyncio.sleep(0.3)
+        await eventually(lambda: sent >= 100, 30, "100 publications before the kill")
         killed_at = time.monotonic()
         os.kill(victim_pid, signal.SIGKILL)
         # Back: the slot's new worker answers (restarts counted, up again).
         await asyncio.to_thread(cluster.wait_metric, "wse_worker_restarts_total", lambda m: m.get("1") == 1, 10.0)
         await asyncio.to_thread(cluster.wait_metric, "wse_worker_up", lambda m: m.get("1") == 1, 10.0)
-        back_after = time.monotonic() - killed_at
-        print(f"worker 1 back after {back_after:.3f}s")
+        # Reported, not asserted: a slow machine must not fail the test.
+        print(f"worker 1 back after {time.monotonic() - killed_at:.3f}s")
         # The dead worker's clients were disconnected; they reconnect (anywhere) and hear the topic again.
         for ws in victims:
             with pytest.raises(ConnectionClosed):
@@ -188,7 +198,11 @@ def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluste
             ws, _ = await open_ready(cluster.url)
             await subscribe(ws, "load")
             re.append(ws)
-        await asyncio.sleep(0.5)
+        # Their interest crosses the mesh asynchronously: wait until every one of them hears,
+        # then let the stream run on a little before stopping it.
+        await until_all_hear(publisher, re, "load")
+        resumed_at = sent
+        await eventually(lambda: sent >= resumed_at + 50, 30, "publications after the reconnect")
         stop.set()
         sent = await pub_task
         # The surviving worker's client saw every publication, in order, across the kill.
@@ -198,21 +212,18 @@ def test_kill9_worker_comes_back_and_the_other_workers_clients_see_no_gap(cluste
             if m.get("t") == "pubbed" and "s" in m["p"]:
                 seen.append(m["p"]["s"])
         assert seen == list(range(sent))
+        # A reconnected client hears, in order and once each, everything up to the last publication.
         for ws in re:
-            got = []
-            try:
-                while True:
-                    m = orjson.loads(await asyncio.wait_for(ws.recv(), 1))
-                    if m.get("t") == "pubbed" and "s" in m["p"]:
-                        got.append(m["p"]["s"])
-            except TimeoutError:
-                pass
-            assert got, "a reconnected client heard nothing"
+            got: list[int] = []
+            while not got or got[-1] != sent - 1:
+                m = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                if m.get("t") == "pubbed" and "s" in m["p"]:
+                    got.append(m["p"]["s"])
             assert got == sorted(got) and len(set(got)) == len(got)
+            assert len(got) >= 50, len(got)
             await ws.close()
         for ws in [publisher, survivor, *victims]:
             await ws.close()
-        assert back_after < 5.0
 
     asyncio.run(main())
 
@@ -228,16 +239,18 @@ def test_sigterm_under_load_drains_with_close_frames_and_leaves_no_process() -> 
             await subscribe(ws, "drain")
         await until_all_hear(publisher, listeners, "drain")
 
+        sent = 0
+
         async def load() -> None:
-            i = 0
+            nonlocal sent
             with pytest.raises(ConnectionClosed):
                 while True:
-                    await publisher.send(envelope("pub", {"topic": "drain", "data": {"d": i}}))
-                    i += 1
-                    await asyncio.sleep(0.001)
+                    await publisher.send(envelope("pub", {"topic": "drain", "data": {"d": sent}}))
+                    sent += 1
+                    await asyncio.sleep(0.001)  # pacing
 
         task = asyncio.ensure_future(load())
-        await asyncio.sleep(0.3)
+        await eventually(lambda: sent >= 100, 30, "load under way")
         c.proc.send_signal(signal.SIGTERM)
         codes = []
         for ws in listeners:
@@ -288,7 +301,7 @@ def test_sighup_reloads_every_worker_without_refusing_a_connection(cluster: Clus
                     failures.append(repr(e))
 
         tasks = [asyncio.ensure_future(connector()) for _ in range(4)]
-        await asyncio.sleep(0.5)
+        await eventually(lambda: ok >= 8, 30, "connections served before the reload")
         before = ok
         cluster.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -297,7 +310,9 @@ def test_sighup_reloads_every_worker_without_refusing_a_connection(cluster: Clus
             if len(now) == 2 and not (now & old):
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        # The new workers serve too before the connectors stop.
+        replaced_at = ok
+        await eventually(lambda: ok >= replaced_at + 8, 30, "connections served after the reload")
         stop.set()
         await asyncio.gather(*tasks)
         return before, ok, failures

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_util import Cluster, clients_on_every_worker, pid_of, whoami
 from tests.conftest import envelope
-from tests.wsutil import open_ready, recv_type
+from tests.wsutil import eventually, open_ready, recv_type
 
 TARGET = "tests.apps.cluster_recovery_app:app"
 
@@ -163,23 +163,28 @@ def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(workers:
         victim_pid = await pid_of(victims[0])
         stop = asyncio.Event()
 
+        sent = 0
+
         async def publish_loop() -> int:
-            i = 0
+            nonlocal sent
             while not stop.is_set():
-                await publisher.send(envelope("pub", {"topic": topics[i % len(topics)], "data": {"s": i}}))
-                i += 1
-                await asyncio.sleep(0.002)
-            return i
+                await publisher.send(envelope("pub", {"topic": topics[sent % len(topics)], "data": {"s": sent}}))
+                sent += 1
+                await asyncio.sleep(0.002)  # pacing: a steady stream, not a burst
+            return sent
 
         seen_before = [Seen() for _ in victims]
         readers = [asyncio.ensure_future(read_until_closed(ws, s)) for ws, s in zip(victims, seen_before)]
         pub_task = asyncio.ensure_future(publish_loop())
-        await asyncio.sleep(0.4)
+        # Kill once every victim has seen live traffic on every topic.
+        await eventually(lambda: all(len(s.values) == len(topics) for s in seen_before), 30, "victims hearing every topic")
         killed_at = time.monotonic()
         os.kill(victim_pid, signal.SIGKILL)
         await asyncio.gather(*readers)
         await asyncio.to_thread(cluster.wait_metric, "wse_worker_up", lambda m: m.get("1") == 1, 10.0)
         back_after = time.monotonic() - killed_at
+        # The restart time is reported, not asserted (a slow machine must not fail the test);
+        # bench/ measures it.
         print(f"worker 1 back after {back_after:.3f}s")
         # One client comes back on the survivor, the other on the restarted worker; each asks
         # for what it missed after the last offset it saw of every topic.
@@ -188,7 +193,9 @@ def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(workers:
         seen_after = [Seen() for _ in again]
         for ws, s, a in zip(again, seen_before, seen_after):
             acks.append(await sub_recover(ws, topics, s.points(), a))
-        await asyncio.sleep(0.4)
+        # Stop once the returning clients have seen live publications made after their recovery.
+        resumed_at = sent
+        await eventually(lambda: sent >= resumed_at + 2 * len(topics), 30, "publications after recovery")
         stop.set()
         sent = await pub_task
         expected = {t: [i for i in range(sent) if topics[i % len(topics)] == t] for t in topics}
@@ -212,7 +219,6 @@ def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(workers:
                 assert got == expected[t], (t, owners[t], ack[t], len(got), len(expected[t]))
         for ws in [publisher, *survivors, *again]:
             await ws.close()
-        assert back_after < 1.0, back_after
 
     try:
         asyncio.run(main())

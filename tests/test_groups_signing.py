@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import envelope
-from tests.wsutil import open_ready, recv_type, stats
+from tests.wsutil import open_ready, recv_type, stats, wait_stats
 
 KEY = "k" * 40
 
@@ -48,7 +48,7 @@ def test_queue_group_round_robin_beside_fanout(make_server: Any) -> None:
         assert all(len(s) == 10 for s in shares)
         # A member that leaves stops getting work; the rest take it all.
         await workers[0].close()
-        await asyncio.sleep(0.3)
+        await wait_stats(watcher, lambda st: st["record"]["disconnects"] >= 1, what="the member's disconnect")
         await watcher.send(envelope("publish", {"topic": "jobs", "count": 10}))
         rest = [(await recv_type(w, "pub"))["p"]["i"] for w in workers[1:] for _ in range(5)]
         assert sorted(rest) == list(range(10))

@@ -76,6 +76,18 @@ async def wait_stats(
         await asyncio.sleep(0.02)
 
 
+async def eventually(pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Waits until ``pred()`` holds (checked every few milliseconds); fails after ``timeout``.
+
+    For conditions that the test itself observes (a counter its readers update, a task's
+    progress): the deadline is generous, so a slow machine waits longer instead of failing."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or 'a condition'}")
+        await asyncio.sleep(0.005)
+
+
 def stats_when(srv: Any, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
     """From sync test code: opens a connection to ``srv`` and waits until ``pred`` holds on its stats."""
 
