@@ -72,7 +72,7 @@ def test_failed_probe_opens_it_again(make_server: Any) -> None:
         ws, _ = await open_ready(srv.url)
         for _ in range(3):
             await call(ws, "flaky", {"fail": True})
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.7)  # the breaker's reset timeout passing is what is tested
         assert code(await call(ws, "flaky", {"fail": True})) == "HANDLER_ERROR", "the probe ran and failed"
         assert code(await call(ws, "flaky", {"fail": False})) == "HANDLER_UNAVAILABLE"
         b = (await breakers(ws))["flaky"]
@@ -99,7 +99,7 @@ def test_hanging_async_handler_times_out_and_opens(make_server: Any) -> None:
         assert time.monotonic() - t0 < 10, "a clear error, not a hung request"
         assert code(await call(ws, "flaky_async", {"hang": 0})) == "HANDLER_UNAVAILABLE"
         # A failing async handler is reported too (it used to be only logged).
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.7)  # the breaker's reset timeout passing is what is tested
         assert code(await call(ws, "flaky_async", {"hang": 0, "n": 2})) == "ok"
         assert code(await call(ws, "flaky_async", {"fail": True})) == "HANDLER_ERROR"
         b = (await breakers(ws))["flaky_async"]

@@ -65,7 +65,7 @@ def test_dedup_window_by_count_and_by_age(make_server: Any) -> None:
         # Three keys remembered: "a" was pushed out by "d", "d" is still there.
         assert await publish_once(pub, "a", 10) == 1
         assert await publish_once(pub, "d", 11) == 0
-        await asyncio.sleep(1.6)
+        await asyncio.sleep(1.6)  # the dedup window passing is what is tested
         assert await publish_once(pub, "d", 12) == 1, "forgotten after dedup_window_ms"
         assert await drain_pubs(sub) == [0, 1, 2, 3, 10, 12]
         await sub.close()

@@ -156,7 +156,7 @@ def test_no_rotation_for_clients_that_do_not_announce_it(make_server: Any) -> No
     async def main() -> None:
         c, hello = await E2EClient.open(srv.url, rotation=False)
         assert hello["p"]["key_rotation_ms"] == 0
-        await asyncio.sleep(2.2)
+        await asyncio.sleep(2.2)  # several rotation periods pass with no rotation: an absence, so a window
         await c.send("echo", "same key")
         assert (await c.recv_type("echo"))["p"] == "same key"
         assert not [f for f in c.frames if decode_frame(f, c.key)["t"] == "key_rotation"]

@@ -134,7 +134,7 @@ def test_not_recovered_when_too_old_wrong_epoch_or_expired(make_server: Any) -> 
         await ws.close()
 
         # After the TTL the ring is empty and the topic forgotten: a new epoch.
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3.0)  # the passing of the TTL is what is tested: no event to wait for
         ws, _ = await open_ready(srv.url)
         await ws.send(sub(["t"], {"t": {"epoch": epoch, "offset": 10}}))
         r = (await recv_type(ws, "subscription_update"))["p"]["recovery"]["t"]

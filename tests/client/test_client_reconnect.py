@@ -191,7 +191,7 @@ def test_keepalive_keeps_an_idle_connection(our_server: Any) -> None:
     async def main() -> None:
         for ping_interval in (0.3, 60.0):  # its own pings; only answers to the server's
             async with connect(srv.url, token=token(), ping_interval=ping_interval, **FAST) as client:
-                await asyncio.sleep(4.0)
+                await asyncio.sleep(4.0)  # longer than the idle timeout: staying connected is what is tested
                 assert client.connected and client.stats["reconnects"] == 0
                 assert (await client.request("rpc", {})).type == "rpc.reply"
 
@@ -207,7 +207,7 @@ def test_overflow_block_loses_nothing(our_server: Any) -> None:
             await client.subscribe("t")
             await client.send("publish", {"topic": "t", "count": 3000})
             await until(lambda: len(client._queue) == 10, what="the queue to fill")  # the user is busy
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window in which the full queue must not grow (an absence)
             assert len(client._queue) == 10
             assert await collect_pubs(client, 3000) == list(range(3000))
             assert client.stats["dropped"] == 0

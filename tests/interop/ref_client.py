@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 
+from settle import settled
 from wse_client import connect
 
 
@@ -16,7 +17,7 @@ async def main(url: str, token: str, count: int) -> None:
     types: list[str] = []
     async with connect(url, token=token) as client:
         await client.subscribe(["notifications"])
-        await asyncio.sleep(0.3)  # the subscribe is fire-and-forget in this client
+        await settled(client)  # the subscribe is fire-and-forget in this client
         await client.send("publish", {"topic": "notifications", "count": count, "payload": {"k": "v"}})
 
         async def collect() -> None:

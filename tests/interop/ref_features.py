@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 
+from settle import settled
 from wse_client import connect
 
 BIG = "lorem ipsum dolor sit amet " * 100
@@ -31,10 +32,9 @@ async def main(mode: str, url: str, token: str) -> None:
     if mode == "msgpack":
         url += "?format=msgpack"
     async with connect(url, token=token, **kw) as client:
-        # Let client_hello / server_hello settle (the client keys itself asynchronously).
-        await asyncio.sleep(0.5)
+        await settled(client)  # client_hello / server_hello: the client keys itself asynchronously
         await client.subscribe(["feat"])
-        await asyncio.sleep(0.3)
+        await settled(client)  # the subscribe is fire-and-forget in this client
         payload = {"text": BIG} if mode == "compressed" else {}
         await client.send("publish", {"topic": "feat", "count": 5, "payload": payload})
         await collect(client, 5, got)

@@ -10,6 +10,7 @@ import json
 import sys
 import urllib.request
 
+from settle import settled
 from wse_client import connect
 
 
@@ -22,9 +23,9 @@ async def main(ws_url: str, http_url: str, token: str, count: int, encrypted: bo
     news: list = []
     echo: list = []
     async with connect(ws_url, token=token, encryption=encrypted) as client:
-        await asyncio.sleep(0.5)  # let client_hello / server_hello settle (keying is asynchronous)
+        await settled(client)  # client_hello / server_hello: keying is asynchronous
         await client.subscribe(["news"])
-        await asyncio.sleep(0.3)  # the subscribe is fire-and-forget in this client
+        await settled(client)  # the subscribe is fire-and-forget in this client
         for i in range(count):
             await asyncio.to_thread(post, f"{http_url}/news", {"i": i})
         await client.send("echo", {"hello": "router"})
