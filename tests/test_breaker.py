@@ -88,15 +88,14 @@ def test_hanging_async_handler_times_out_and_opens(make_server: Any) -> None:
     async def main() -> None:
         ws, _ = await open_ready(srv.url)
         other, _ = await open_ready(srv.url)
-        t0 = time.monotonic()
         for _ in range(3):
             await ws.send(envelope("flaky_async", {"hang": 30}))
         # While they hang, the server keeps serving.
         await other.send(envelope("echo", 1))
         assert (await recv_type(other, "echo"))["p"] == 1
-        replies = [await recv_type(ws, "error") for _ in range(3)]
+        # A clear error well before the 30 s the handlers would hang (a deadline, not a timing bound).
+        replies = [await recv_type(ws, "error", timeout=20) for _ in range(3)]
         assert [r["p"]["code"] for r in replies] == ["HANDLER_TIMEOUT"] * 3
-        assert time.monotonic() - t0 < 10, "a clear error, not a hung request"
         assert code(await call(ws, "flaky_async", {"hang": 0})) == "HANDLER_UNAVAILABLE"
         # A failing async handler is reported too (it used to be only logged).
         await asyncio.sleep(0.7)  # the breaker's reset timeout passing is what is tested
