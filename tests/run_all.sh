@@ -22,5 +22,7 @@ bash tests/setup_reference.sh
 if ! command -v promtool >/dev/null; then
     apt_install prometheus
 fi
+# libfaketime moves the server's wall clock in the clock-jump fault test.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_install libfaketime
 cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"

@@ -93,12 +93,21 @@ async def read_until_closed(ws: ClientConnection, seen: Seen, timeout: float = 1
             seen.add(orjson.loads(await asyncio.wait_for(ws.recv(), timeout)))
 
 
-async def read_for(ws: ClientConnection, seen: Seen, quiet: float = 1.0) -> None:
-    try:
-        while True:
-            seen.add(orjson.loads(await asyncio.wait_for(ws.recv(), quiet)))
-    except TimeoutError:
-        pass
+async def read_until(ws: ClientConnection, seen: Seen, done: Any, timeout: float = 30.0) -> None:
+    """Reads into ``seen`` until ``done(seen)`` holds (what the test knows must arrive)."""
+    deadline = time.monotonic() + timeout
+    while not done(seen):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out: {({t: v[-3:] for t, v in seen.values.items()})}")
+        seen.add(orjson.loads(await asyncio.wait_for(ws.recv(), left)))
+
+
+def has_last(expected: dict[str, list[int]], *earlier: Seen) -> Any:
+    """``done`` for ``read_until``: every topic's last expected value is in (or before) ``seen``."""
+    def done(seen: Seen) -> bool:
+        return all(not want or any(want[-1] in s.values.get(t, []) for s in (*earlier, seen)) for t, want in expected.items())
+    return done
 
 
 async def on_slot(url: str, slot: int, tries: int = 200) -> ClientConnection:
@@ -212,7 +221,7 @@ def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(workers:
                 assert offs == list(range(offs[0], offs[0] + len(offs))), t
 
         for ws, before, ack, after in zip(again, seen_before, acks, seen_after):
-            await read_for(ws, after)
+            await read_until(ws, after, has_last(expected, before))
             for t in topics:
                 assert ack[t]["recovered"] is True, (t, ack[t])
                 got = before.values.get(t, []) + after.values.get(t, [])
@@ -225,3 +234,74 @@ def test_kill9_under_load_clients_recover_on_either_worker_with_no_loss(workers:
     finally:
         cluster.stop()
 
+
+
+def test_kill9_in_a_loop_under_load_every_recovering_client_gets_everything_once() -> None:
+    """Worker 1 is killed three times while publications flow; each time its clients come back
+    on its successor and recover. Across the three deaths each client's lineage holds every
+    publication exactly once, in order. The restart times are reported, not asserted."""
+    topics = [f"k{i}" for i in range(12)]
+    cluster = Cluster(2, target=TARGET)
+
+    async def main() -> list[float]:
+        by = await clients_on_every_worker(cluster.url, 2, per_worker=2)
+        publisher, survivor = by[0]
+        victims = list(by[1])
+        lineages = [Seen() for _ in victims]
+        await sub_recover(survivor, topics)
+        for ws in victims:
+            await sub_recover(ws, topics)
+        stop = asyncio.Event()
+        sent = 0
+
+        async def publish_loop() -> int:
+            nonlocal sent
+            while not stop.is_set():
+                await publisher.send(envelope("pub", {"topic": topics[sent % len(topics)], "data": {"s": sent}}))
+                sent += 1
+                await asyncio.sleep(0.002)  # pacing: a steady stream
+            return sent
+
+        pub_task = asyncio.ensure_future(publish_loop())
+        restart_times: list[float] = []
+        for kill in range(1, 4):
+            readers = [asyncio.ensure_future(read_until_closed(ws, s, 30)) for ws, s in zip(victims, lineages)]
+            # Kill once every victim has heard every topic in this life.
+            await eventually(lambda: all(len(s.values) == len(topics) for s in lineages), 30, "victims hearing every topic")
+            os.kill(cluster_pid(cluster, 1), signal.SIGKILL)
+            await asyncio.gather(*readers)
+            await asyncio.to_thread(cluster.wait_metric, "wse_worker_restarts_total", lambda m: m.get("1") == kill, 30.0)
+            await asyncio.to_thread(cluster.wait_metric, "wse_worker_up", lambda m: m.get("1") == 1, 30.0)
+            # The supervisor reports how long the slot went without a worker.
+            restart_times.append((await asyncio.to_thread(cluster.metric, "wse_worker_last_restart_seconds"))["1"])
+            victims = [await on_slot(cluster.url, 1) for _ in lineages]
+            for ws, s in zip(victims, lineages):
+                ack = await sub_recover(ws, topics, s.points(), s)
+                assert all(ack[t]["recovered"] is True for t in topics), (kill, ack)
+            resumed_at = sent
+            await eventually(lambda: sent >= resumed_at + 2 * len(topics), 30, "publications after recovery")
+        stop.set()
+        sent = await pub_task
+        expected = {t: [i for i in range(sent) if topics[i % len(topics)] == t] for t in topics}
+        for ws, s in zip([survivor, *victims], [Seen(), *lineages]):
+            await read_until(ws, s, has_last(expected))
+            for t in topics:
+                assert s.values.get(t, []) == expected[t], (t, len(s.values.get(t, [])), len(expected[t]))
+        for ws in [publisher, survivor, *victims]:
+            await ws.close()
+        return restart_times
+
+    try:
+        times = asyncio.run(main())
+        print(f"worker 1 served again after {', '.join(f'{t:.3f}s' for t in times)} (three kill -9)")
+    finally:
+        cluster.stop()
+
+
+def cluster_pid(cluster: Cluster, slot: int) -> int:
+    """The pid of the worker serving ``slot`` now (from the supervisor's view of its children)."""
+    for pid in cluster.worker_pids():
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if f"WSE_WORKER_SLOT={slot}".encode() in f.read().split(b"\0"):
+                return pid
+    raise AssertionError(f"no worker serves slot {slot}")

@@ -60,6 +60,10 @@ def run(
     steer_cpu: Annotated[
         bool, typer.Option(help="With --workers: hand each connection to the worker on the CPU that received it (BPF).")
     ] = False,
+    watchdog_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="With --workers: kill and restart a worker that answers no ping for this many seconds (hung or stopped); 0 turns it off."),
+    ] = 30.0,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse import WSEApp
@@ -92,6 +96,7 @@ def run(
         drain_timeout=drain_timeout,
         log_level=log_level,
         steer_cpu=steer_cpu,
+        watchdog_timeout=watchdog_timeout,
     )
     Supervisor(cfg).run()
 

@@ -98,6 +98,8 @@ class WorkerSample:
     slot: int
     up: bool
     restarts: int
+    hung: int = 0
+    last_restart_s: float | None = None
     cpu_seconds: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
     mesh: dict[str, Any] | None = None
@@ -135,6 +137,12 @@ def render(workers: list[WorkerSample]) -> str:
                [("", {"worker": str(w.slot)}, int(w.up)) for w in workers])
     out.family("wse_worker_restarts_total", "counter", "Workers restarted after dying, by slot.",
                [("", {"worker": str(w.slot)}, w.restarts) for w in workers])
+    out.family("wse_worker_hung_total", "counter",
+               "Workers the watchdog killed for answering nothing (hung or stopped), by slot.",
+               [("", {"worker": str(w.slot)}, w.hung) for w in workers])
+    out.family("wse_worker_last_restart_seconds", "gauge",
+               "Seconds from the slot's last worker death until its successor served.",
+               [("", {"worker": str(w.slot)}, w.last_restart_s) for w in workers if w.last_restart_s is not None])
     out.family("wse_worker_cpu_seconds_total", "counter", "CPU time (user + system) of the slot's current worker.",
                [("", {"worker": str(w.slot)}, w.cpu_seconds) for w in workers if w.cpu_seconds is not None])
     live = [w for w in workers if w.stats]

@@ -51,6 +51,13 @@ class Slot:
     restart_at: float | None = None
     ready: bool = False
     retired: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    died_at: float | None = None
+    """When the slot's last worker died (cleared once its successor serves)."""
+    last_restart_s: float | None = None
+    """Seconds from that death until the successor served."""
+    last_alive: float = 0.0
+    hung: int = 0
+    """Workers killed by the watchdog for not answering (hung, or stopped by SIGSTOP)."""
 
 
 @dataclass
@@ -70,6 +77,9 @@ class ClusterConfig:
     steer_cpu: bool = False
     """Steer each connection to the worker on the CPU that received it (classic BPF on the
     SO_REUSEPORT group) instead of the kernel's hash."""
+    watchdog_timeout: float = 30.0
+    """A worker that answers none of the supervisor's pings for this long (a handler that never
+    returns to the event loop, a SIGSTOP) is killed and restarted; 0 turns the watchdog off."""
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -146,6 +156,12 @@ class Supervisor:
         ok = await self._wait_ready(slot, proc)
         if slot.proc is proc:  # not superseded by a reload meanwhile
             slot.ready = ok
+            slot.last_alive = time.monotonic()
+            if ok and slot.died_at is not None:
+                slot.last_restart_s = time.monotonic() - slot.died_at
+                slot.died_at = None
+                log.info("slot %d: worker %d serves again, %.3fs after its predecessor died",
+                         slot.index, proc.pid, slot.last_restart_s)
         return ok
 
     def _forget(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
@@ -174,10 +190,41 @@ class Supervisor:
                     log.warning("slot %d: worker %d exited (%s); restarting in %.1fs",
                                 slot.index, proc.pid, proc.returncode, slot.backoff)
                     slot.proc, slot.ready, slot.restart_at = None, False, now + slot.backoff
+                    slot.died_at = slot.died_at or now
                 if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
                     slot.restart_at = None
                     asyncio.ensure_future(self._start(slot))
             await asyncio.sleep(0.05)
+
+    async def _watchdog(self) -> None:
+        """Kills a worker that stops answering its control socket for ``watchdog_timeout``.
+
+        The control socket is served by the worker's asyncio loop, so a worker whose loop is
+        blocked (a synchronous handler that never returns) or that is stopped (SIGSTOP, a frozen
+        cgroup) goes silent. Its clients are stalled and its mesh peers hold what they sent it;
+        killing it turns that into a death the rest of the cluster already handles: its clients
+        reconnect elsewhere (and recover), peers drop its link, and ``_watch`` restarts it."""
+        timeout = self.cfg.watchdog_timeout
+        every = min(1.0, max(0.05, timeout / 10))
+
+        async def check(slot: Slot) -> None:
+            proc = slot.proc
+            if proc is None or not slot.ready or proc.poll() is not None:
+                return
+            try:
+                await request(control_path(self.run_dir, slot.index, proc.pid), {"op": "ping"}, every)
+                slot.last_alive = time.monotonic()
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                silent = time.monotonic() - slot.last_alive
+                if silent >= timeout and slot.proc is proc:
+                    slot.hung += 1
+                    log.error("slot %d: worker %d answered nothing for %.1fs (hung or stopped); killing it",
+                              slot.index, proc.pid, silent)
+                    proc.kill()
+
+        while not self._stopping:
+            await asyncio.gather(*(check(s) for s in self.slots))
+            await asyncio.sleep(every)
 
     async def _stop_proc(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
@@ -217,7 +264,8 @@ class Supervisor:
 
     async def samples(self) -> list[WorkerSample]:
         async def one(slot: Slot) -> WorkerSample:
-            s = WorkerSample(slot.index, up=False, restarts=slot.restarts)
+            s = WorkerSample(slot.index, up=False, restarts=slot.restarts, hung=slot.hung,
+                             last_restart_s=slot.last_restart_s)
             proc = slot.proc
             if proc is None or not slot.ready:
                 return s
@@ -289,6 +337,7 @@ class Supervisor:
         if not all(ok):
             log.error("some workers did not start")
         watch = asyncio.ensure_future(self._watch())
+        dog = asyncio.ensure_future(self._watchdog()) if self.cfg.watchdog_timeout > 0 else None
         web = None
         if self.cfg.metrics_port is not None:
             web = await http.serve(self.cfg.metrics_host, self.cfg.metrics_port, self._http)
@@ -301,6 +350,8 @@ class Supervisor:
         finally:
             self._stopping = True
             watch.cancel()
+            if dog is not None:
+                dog.cancel()
             if self._reloading is not None:
                 self._reloading.cancel()
             procs = [p for s in self.slots for p in ([s.proc] if s.proc else []) + s.retired]
