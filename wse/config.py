@@ -38,6 +38,9 @@ class JWTConfig:
     """Claim with ``{"allow": [...], "deny": [...]}`` topic globs for this user."""
     required: bool = True
     """Refuse connections without a token (else they connect anonymously)."""
+    expire_connections: bool = True
+    """Close a connection (4401, reason ``expired``) when its token's ``exp`` plus the leeway
+    passes, unless the client sent a fresh token first (``auth_refresh``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

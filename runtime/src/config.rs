@@ -55,6 +55,9 @@ pub struct JwtConfig {
     pub topics_claim: String,
     /// Refuse connections without a token (otherwise they connect anonymously).
     pub required: bool,
+    /// Close a connection (4401, reason `expired`) when its token's `exp` (plus the leeway)
+    /// passes, unless the client sent a fresh token with `auth_refresh` before then.
+    pub expire_connections: bool,
 }
 
 impl Default for JwtConfig {
@@ -76,6 +79,7 @@ impl Default for JwtConfig {
             claims: Vec::new(),
             topics_claim: "wse_topics".into(),
             required: true,
+            expire_connections: true,
         }
     }
 }

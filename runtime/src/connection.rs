@@ -43,6 +43,9 @@ pub struct Conn {
     /// The client accepts `C:` (zlib) frames: it said so in the URL or in `client_hello`.
     pub zip: AtomicBool,
     pub created_ms: u64,
+    /// When the connection's token expires (ms since the epoch, leeway included; 0: never).
+    /// `auth_refresh` moves it; the keepalive sweep closes the connection once it passes.
+    pub token_expires_ms: AtomicU64,
     /// The rate limit on what this client sends (None: no limit).
     pub rate: Option<Mutex<crate::limits::rate::RateState>>,
 }

@@ -176,6 +176,7 @@ impl Engine {
             rotation: AtomicBool::new(false),
             zip: AtomicBool::new(compression),
             created_ms: now,
+            token_expires_ms: AtomicU64::new(claims.as_ref().map_or(0, |c| self.token_deadline(c))),
             rate: crate::limits::rate::for_connection(&self.cfg, now),
         });
         self.conns.write().insert(id, conn.clone());
@@ -270,6 +271,7 @@ impl Engine {
                 "connection_id": conn.id.to_string(),
                 "server_time": rfc3339(now_ms()),
                 "user_id": conn.user_id,
+                "token_expires_at": self.token_expires_at(conn),
             }
         });
         self.send_system(conn, "server_ready", p);
@@ -407,6 +409,7 @@ impl Engine {
             }
             "client_hello" => self.client_hello(c, &p),
             "presence_update" => self.client_presence_update(c, &p),
+            "auth_refresh" => self.client_auth_refresh(c, &p),
             _ => {} // PONG replies: the read itself refreshed the idle timer.
         }
     }
@@ -469,6 +472,9 @@ impl Engine {
         let all: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
         let ping_frame = frame::build(frame::OP_PING, b"");
         for c in all {
+            if self.expire_token(&c, now) {
+                continue;
+            }
             let quiet = now.saturating_sub(c.last_rx_ms.load(Relaxed));
             if cfg.idle_timeout_ms > 0 && quiet >= cfg.idle_timeout_ms {
                 if c.out.close(1000, "idle timeout") {
@@ -521,6 +527,7 @@ impl Engine {
             "subscriptions": true,
             "recovery": cfg.recovery,
             "presence": cfg.presence,
+            "token_refresh": self.verifier.is_some(),
         })
     }
 }

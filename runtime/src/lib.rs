@@ -21,6 +21,7 @@ pub mod pubsub;
 pub mod server;
 pub mod subscriptions;
 pub mod tls;
+pub mod token_life;
 
 #[cfg(feature = "python")]
 mod py;

@@ -26,7 +26,9 @@ Overflow = Literal["block", "drop_oldest", "drop_newest", "error"]
 Handler = Callable[[Event], Any]
 
 # System messages the client handles itself (category WSE); everything else reaches the user.
-_SYSTEM = frozenset({"server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update"})
+_SYSTEM = frozenset(
+    {"server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh"}
+)
 
 
 class ReceiveMixin:
@@ -56,6 +58,7 @@ class ReceiveMixin:
     _recovering: set[str]
     _soft: set[str]
     _last_rx: float
+    _refresh_waiters: deque[asyncio.Future[dict[str, Any]]]
 
     if TYPE_CHECKING:
 
@@ -193,6 +196,12 @@ class ReceiveMixin:
                     log.error("key rotation failed: %s", exc)
         elif t == "subscription_update":
             self._sub_ack(p, msg)
+        elif t == "auth_refresh":
+            while self._refresh_waiters:
+                fut = self._refresh_waiters.popleft()
+                if not fut.done():
+                    fut.set_result(p)
+                    break
 
     def _sub_ack(self, p: dict[str, Any], msg: dict[str, Any]) -> None:
         rec_raw = p.get("recovery")

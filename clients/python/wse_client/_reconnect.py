@@ -44,6 +44,8 @@ class ReconnectMixin:
     _topics: dict[str, None]
     _positions: dict[str, list[Any]]
     _last_rx: float
+    _token: Any
+    _refresh_waiters: deque[asyncio.Future[dict[str, Any]]]
 
     if TYPE_CHECKING:
 
@@ -104,7 +106,7 @@ class ReconnectMixin:
             if self._keepalive is not None:
                 self._keepalive.cancel()
             self._fail_pending(ConnectionLost(f"connection lost (close code {code})"))
-            if code == AUTH_CLOSE:
+            if code == AUTH_CLOSE and not callable(self._token):
                 self._give_up(AuthError("the server closed the connection: authentication failed (4401)"))
                 return
             if not self.reconnect:
@@ -146,6 +148,10 @@ class ReconnectMixin:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
+        for rfut in self._refresh_waiters:
+            if not rfut.done():
+                rfut.set_exception(exc)
+        self._refresh_waiters.clear()
         for _, _, sfut in self._sub_waiters:
             if not sfut.done():
                 sfut.set_exception(exc)

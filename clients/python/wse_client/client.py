@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import logging
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
@@ -67,6 +69,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
         max_queue: int = 10_000,
         overflow: Overflow = "block",
         max_message_bytes: int | None = 16 * 1024 * 1024,
+        refresh_ahead: float = 30.0,
     ) -> None:
         if encryption:
             require_crypto()
@@ -95,6 +98,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
         self.max_queue = max_queue
         self.overflow: Overflow = overflow
         self._max_size = max_message_bytes
+        self.refresh_ahead = refresh_ahead
 
         self.server_info: dict[str, Any] = {}
         """``server_ready.p.details`` of the current connection (version, features, ids)."""
@@ -112,6 +116,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             "frames_encrypted": 0,
             "frames_zlib": 0,
             "frames_msgpack": 0,
+            "token_refreshes": 0,
         }
         """Counters: events received and delivered, duplicates dropped, events dropped by the queue
         policy, gaps reported, reconnects, frames that could not be decoded, and frames received by
@@ -125,6 +130,9 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
         self._supervisor: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self._current_token: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello: asyncio.Future[None] | None = None
 
@@ -176,7 +184,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
                 await asyncio.wait_for(self._ws.close(), 5)
             except (asyncio.TimeoutError, OSError, WebSocketException):
                 pass
-        for task in (self._supervisor, self._reader, self._keepalive):
+        for task in (self._supervisor, self._reader, self._keepalive, self._refresher):
             if task is not None and not task.done():
                 task.cancel()
         for task in list(self._tasks):
@@ -298,6 +306,36 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
                 self._sub_waiters.remove(entry)
             self._recovering.difference_update(topics)
 
+    async def refresh_token(self, *, timeout: float | None = None) -> int | None:
+        """Gets a fresh token from the token function and sends it on the open connection
+        (``auth_refresh``): the server verifies it and extends the connection. Returns the new
+        deadline (ms since the epoch, or None); raises :class:`AuthError` if it is refused.
+        The client does this by itself ``refresh_ahead`` seconds before the token expires."""
+        source = self._token
+        if not callable(source):
+            raise WSEError("refresh_token needs a token function (connect(url, token=fn))")
+        fresh = source()
+        token = await fresh if inspect.isawaitable(fresh) else fresh
+        if not token:
+            raise AuthError("the token function returned no token")
+        timeout = self.request_timeout if timeout is None else timeout
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(timeout):
+            ws = await self._live()
+            self._refresh_waiters.append(fut)
+            try:
+                await self._send(ws, {"c": "WSE", "t": "auth_refresh", "p": {"token": token}})
+                p = await fut
+            finally:
+                if fut in self._refresh_waiters:
+                    self._refresh_waiters.remove(fut)
+        if p.get("success") is not True:
+            raise AuthError(f"token refresh refused: {p.get('code')} {p.get('reason')}: {p.get('message', '')}")
+        self._current_token = token
+        self.stats["token_refreshes"] += 1
+        expires = p.get("expires_at")
+        return expires if isinstance(expires, int) else _token_expiry_ms(token)
+
     # ---- receiving ------------------------------------------------------------------------------
 
     def on(self, type: str, handler: H | None = None) -> Any:
@@ -373,6 +411,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             token = await fresh if inspect.isawaitable(fresh) else fresh
         else:
             token = source
+        self._current_token = token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
@@ -420,6 +459,10 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
                 self._keepalive.cancel()
             await abort(ws)
             raise
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if callable(self._token):
+            self._refresher = loop.create_task(self._refresh_loop(ws))
         self._ready.set()
 
     def _client_hello(self) -> dict[str, Any]:
@@ -445,6 +488,26 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
         delay = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** min(attempt, 64))
         return random.uniform(delay / 2, delay)
 
+    async def _refresh_loop(self, ws: ClientConnection) -> None:
+        """Refreshes the token ``refresh_ahead`` seconds before it (or the server's deadline)
+        expires, for as long as this connection lives. A failed refresh is retried while there
+        is time; the server's close (4401) and a reconnect with a fresh token remain."""
+        expires = _token_expiry_ms(self._current_token)
+        if expires is None:
+            server = self.server_info.get("token_expires_at")
+            expires = server if isinstance(server, int) else None
+        while expires is not None and self._ws is ws:
+            left = expires / 1000 - time.time()
+            await asyncio.sleep(max(0.0, left - self.refresh_ahead if left > self.refresh_ahead else left / 2))
+            try:
+                expires = await self.refresh_token()
+            except (WSEError, asyncio.TimeoutError, ConnectionClosed, OSError) as exc:
+                log.warning("token refresh failed: %s", exc)
+                left = expires / 1000 - time.time()
+                if left <= 0.2:
+                    return
+                await asyncio.sleep(min(5.0, left / 2))
+
     async def _send(self, ws: ClientConnection, env: dict[str, Any]) -> None:
         data = _codec.dumps(env)
         session = self._session
@@ -452,6 +515,19 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             await ws.send(session.encrypt(data))
         else:
             await ws.send(data.decode("utf-8"))
+
+
+def _token_expiry_ms(token: str | None) -> int | None:
+    """A JWT's ``exp`` in ms (not verified: the server does that), or None."""
+    if not token or token.count(".") != 2:
+        return None
+    body = token.split(".")[1]
+    try:
+        claims = _codec.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return int(exp * 1000) if isinstance(exp, (int, float)) else None
 
 
 def _with_format(url: str, fmt: str) -> str:

@@ -39,7 +39,7 @@ struct Full {
 
 /// System types the engine answers itself.
 pub fn engine_handles(t: &str) -> bool {
-    matches!(t, "subscription_update" | "ping" | "PONG" | "pong" | "client_hello" | "presence_update")
+    matches!(t, "subscription_update" | "ping" | "PONG" | "pong" | "client_hello" | "presence_update" | "auth_refresh")
 }
 
 /// Removes the v1 text prefixes `WSE{`, `S{`, `U{` (keeping the brace).
@@ -56,7 +56,7 @@ pub fn strip_legacy(data: &[u8]) -> &[u8] {
 fn may_be_system(data: &[u8]) -> bool {
     use std::sync::LazyLock;
     static FINDERS: LazyLock<Vec<memchr::memmem::Finder<'static>>> = LazyLock::new(|| {
-        ["\"subscription_update\"", "\"ping\"", "\"PONG\"", "\"pong\"", "\"client_hello\"", "\"presence_update\""]
+        ["\"subscription_update\"", "\"ping\"", "\"PONG\"", "\"pong\"", "\"client_hello\"", "\"presence_update\"", "\"auth_refresh\""]
             .iter()
             .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
             .collect()
