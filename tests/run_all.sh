@@ -4,7 +4,10 @@
 #      Python client (clients/python, pure Python) with its crypto and msgpack extras
 #   2. the reference engine's chroot (interop tests against the published wse-client), promtool
 #   3. cargo test for the Rust units (engine and load generator)
-#   4. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types
+#   4. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
+#      chromium for its browser tests; then its unit tests (vitest)
+#   5. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types, the
+#      TypeScript client end to end in Chromium and Node (tests/ts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +27,15 @@ if ! command -v promtool >/dev/null; then
 fi
 # libfaketime moves the server's wall clock in the clock-jump fault test.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_install libfaketime
+# The TypeScript client: node/npm (Node >= 20), its packages, and Chromium for tests/ts.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+fi
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+    || echo "run_all: node $(node --version) is older than 20: the TypeScript client's tests will fail" >&2
+if ! command -v chromium >/dev/null; then
+    apt_install chromium
+fi
+(cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
 cargo test --workspace --no-default-features -q
 python3 -m pytest -q "$@"

@@ -147,7 +147,7 @@ mod tests {
         }
     }
 
-    fn refresh(hub: &Externals, e: &Engine, id: u64, tok: &str) -> Value {
+    fn refresh(hub: &Externals, e: &Arc<Engine>, id: u64, tok: &str) -> Value {
         let msg = json!({"c": "WSE", "t": "auth_refresh", "p": {"token": tok}}).to_string();
         hub.feed(e, id, Bytes::from(msg), true).unwrap();
         let (out, _) = drain(hub, e, id);

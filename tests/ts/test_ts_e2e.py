@@ -72,6 +72,6 @@ def test_node_against_the_reference_server(ts_bundles: Any, ref_server: Any, web
     """The published wse-server 2.5.1: connect with a token, subscribe, receive, encrypted."""
     srv = ref_server(jwt_secret=SECRET)
     w = web(srv.url)
-    names = ["query_token", "ordered_10k", "encrypted"]
+    names = ["cookie_token", "ordered_10k", "encrypted"]
     out = run_node(["e2e/run-node.mjs", "--reference", "--engine", srv.url, "--tokens", f"{w.url}/token", *names])
     check(out, names)

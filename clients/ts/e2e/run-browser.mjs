@@ -22,12 +22,12 @@ const browser = await chromium.launch({
 });
 try {
   if (demo) {
-    const ctx = await browser.newContext({ viewport: { width: 900, height: 560 } });
+    const ctx = await browser.newContext({ viewport: { width: 900, height: 400 } });
     const p = await ctx.newPage();
     p.on("console", (m) => console.error(`[page] ${m.text()}`));
     await p.goto(demo);
     // Live: the ticker shows prices that change, the presence list names who is here.
-    await p.waitForFunction(() => Number(document.querySelector("[data-ticks]")?.getAttribute("data-ticks")) >= 5, null, { timeout: 30_000 });
+    await p.waitForFunction(() => Number(document.querySelector("[data-ticks]")?.getAttribute("data-ticks")) >= 15, null, { timeout: 30_000 });
     await p.waitForFunction(() => document.querySelectorAll("[data-member]").length >= 1, null, { timeout: 30_000 });
     const first = await p.textContent("[data-ticker]");
     await p.waitForFunction((f) => document.querySelector("[data-ticker]")?.textContent !== f, first, { timeout: 30_000 });
