@@ -497,13 +497,14 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             server = self.server_info.get("token_expires_at")
             expires = server if isinstance(server, int) else None
         while expires is not None and self._ws is ws:
-            left = expires / 1000 - time.time()
+            deadline: int = expires
+            left = deadline / 1000 - time.time()
             await asyncio.sleep(max(0.0, left - self.refresh_ahead if left > self.refresh_ahead else left / 2))
             try:
                 expires = await self.refresh_token()
             except (WSEError, asyncio.TimeoutError, ConnectionClosed, OSError) as exc:
                 log.warning("token refresh failed: %s", exc)
-                left = expires / 1000 - time.time()
+                left = deadline / 1000 - time.time()
                 if left <= 0.2:
                     return
                 await asyncio.sleep(min(5.0, left / 2))
