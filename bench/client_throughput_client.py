@@ -76,12 +76,24 @@ async def main() -> None:
     ap.add_argument("--size", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=2_000)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--format", choices=("json", "msgpack", "zlib", "e2e"), default="json",
+                    help="msgpack: ?format=msgpack; zlib: ?compression=true (use --size over 1 KiB); e2e: encryption")
     args = ap.parse_args()
 
     # The published client drops its oldest events when its queue (default 1000) is full, so it
     # gets a queue big enough to hold the whole stream; ours blocks the socket instead (default).
     options: dict[str, Any] = {} if OURS else {"queue_size": args.count + args.warmup + 100}
-    async with connect(args.url, **options) as client:
+    url = args.url
+    if args.format == "e2e":
+        options["encryption"] = True
+    elif args.format == "msgpack":
+        if OURS:
+            options["msgpack"] = True
+        else:
+            url += ("&" if "?" in url else "?") + "format=msgpack"
+    elif args.format == "zlib":
+        url += ("&" if "?" in url else "?") + "compression=true"
+    async with connect(url, **options) as client:
         await client.subscribe(["bench"])
         if not OURS:
             await asyncio.sleep(0.5)  # its subscribe does not wait for the ack
@@ -99,6 +111,7 @@ async def main() -> None:
         json.dumps(
             {
                 "library": library(),
+                "format": args.format,
                 "received": got,
                 "expected": args.count,
                 "out_of_order": bad,

@@ -1,4 +1,4 @@
-// Bundles the e2e scenarios (browser and Node) and the React demo with esbuild.
+// Bundles the e2e scenarios (browser and Node), the throughput bench and the React demo with esbuild.
 import { build } from "esbuild";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
@@ -8,6 +8,8 @@ const common = { bundle: true, logLevel: "warning", absWorkingDir: root, target:
 await Promise.all([
   build({ ...common, entryPoints: ["e2e/browser-entry.ts"], outfile: "e2e/dist/browser.js", format: "iife", platform: "browser" }),
   build({ ...common, entryPoints: ["e2e/scenarios.ts"], outfile: "e2e/dist/scenarios.mjs", format: "esm", platform: "node", external: ["ws"] }),
+  build({ ...common, entryPoints: ["bench/browser-entry.ts"], outfile: "bench/dist/bench.js", format: "iife", platform: "browser", minify: true }),
+  build({ ...common, entryPoints: ["bench/throughput.ts"], outfile: "bench/dist/node.mjs", format: "esm", platform: "node", external: ["ws"], minify: true }),
   build({
     ...common,
     entryPoints: ["demo/demo.tsx"],
