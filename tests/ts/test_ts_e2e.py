@@ -50,14 +50,16 @@ def engine(ts_bundles: Any) -> Any:
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 def test_chromium_against_our_engine(engine: OurServer, web: Any) -> None:
     w = web(engine.url)
+    names = [*SCENARIOS, "offline_queue_indexeddb"]
     out = run_node(["e2e/run-browser.mjs", "--page", f"{w.url}/e2e/index.html", "--engine", engine.url,
-                    "--tokens", f"{w.url}/token", *SCENARIOS])
-    r = check(out, SCENARIOS)
+                    "--tokens", f"{w.url}/token", *names])
+    r = check(out, names)
     assert r["cookie_token"]["user"] == "cookie-user"
     assert r["ordered_10k"]["received"] == 10_000
     assert r["encrypted"]["generation"] >= 2
     assert r["drop_recover"]["received"] == 3000 and r["drop_recover"]["reconnects"] >= 1
     assert r["token_refresh"]["refreshes"] >= 2 and r["token_refresh"]["reconnects"] == 0
+    assert r["offline_queue_indexeddb"]["replies"] == ["persisted-1", "persisted-2"]
 
 
 def test_node_against_our_engine(engine: OurServer, web: Any) -> None:

@@ -210,6 +210,30 @@ export const scenarios: Record<string, (env: Env) => Promise<Result>> = {
     }
   },
 
+  /** Browser: sends made while offline wait in IndexedDB and go out from the next client. */
+  async offline_queue_indexeddb(env) {
+    check(env.where === "browser", "IndexedDB is a browser feature");
+    const db = `wse-e2e-${uniq()}`;
+    // A client that never connected (as if the page went offline, then was closed).
+    const offline = new WSEClient(env.engine, { ...base(env), sendQueue: { persist: db } });
+    check(offline.send("rpc", { persisted: 1 }, { cid: "persisted-1" }) === "queued", "queued while offline");
+    check(offline.send("rpc", { persisted: 2 }, { cid: "persisted-2" }) === "queued", "queued while offline");
+    await offline.persisted();
+    offline.close();
+    // The next page load: the same queue name, now online.
+    const replies: string[] = [];
+    const c = new WSEClient(env.engine, { ...base(env), token: await token(env, "queued-user"), sendQueue: { persist: db } });
+    c.on("rpc.reply", (e) => replies.push(String(e.cid)));
+    await c.connect();
+    try {
+      await waitFor(() => replies.length === 2, "the persisted messages' replies");
+      check(replies.join() === "persisted-1,persisted-2", `in order (${replies})`);
+      return { replies };
+    } finally {
+      c.close();
+    }
+  },
+
   /** A token that expires (and no getToken): the server closes with 4401 and the client stops. */
   async token_expired(env) {
     const c = await connect(env.engine, { ...base(env), token: await token(env, "shortlived", 2) });

@@ -242,6 +242,11 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
     return Object.fromEntries([...this.positions].map(([t, p]) => [t, { ...p }]));
   }
 
+  /** Resolves once the offline queue's IndexedDB copy (`sendQueue.persist`) is written. */
+  persisted(): Promise<void> {
+    return this.sendq.settled();
+  }
+
   /** Messages waiting in the offline send queue. */
   get queuedSends(): number {
     return this.sendq.length;

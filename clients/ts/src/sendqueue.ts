@@ -53,6 +53,11 @@ export class SendQueue {
     return true;
   }
 
+  /** Resolves once every held message's IndexedDB copy is written. */
+  async settled(): Promise<void> {
+    await Promise.all(this.items.map((i) => i.saved));
+  }
+
   /** Takes every held message, oldest first. */
   drain(): Envelope[] {
     const out = this.items;
