@@ -660,6 +660,7 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
   private async reconnectLoop(): Promise<void> {
     const o = this.options;
     let attempt = 0;
+    let authFailures = 0;
     while (!this.closing && !this.lost) {
       await this.sleep(backoffDelay(attempt, o, o.random));
       if (this.closing || this.lost) return;
@@ -670,13 +671,14 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
       } catch (e) {
         if (this.closing || this.lost) return;
         if (e instanceof AuthError) {
-          // A token refused at the handshake: one more try with a fresh one, if we can get one.
-          if (o.getToken && !this.needFresh) {
-            this.needFresh = true;
-          } else {
+          // A token refused at the handshake: one more try with a fresh one, if we can get one;
+          // a fresh token refused too is final.
+          authFailures++;
+          if (!o.getToken || authFailures > 1) {
             this.giveUp(e);
             return;
           }
+          this.needFresh = true;
         }
         attempt++;
         if (o.maxReconnectAttempts !== null && attempt >= o.maxReconnectAttempts) {

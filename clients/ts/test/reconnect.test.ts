@@ -154,7 +154,17 @@ describe("the reconnect state machine", () => {
     await vi.advanceTimersByTimeAsync(250);
     expect(FakeWS.last.url).toContain("token=t2");
     expect(getToken).toHaveBeenCalledTimes(2);
-    d.close();
+    // t2 refused at the handshake: one more fresh token (t3); refused too: final.
+    FakeWS.last.accept();
+    FakeWS.last.drop(4401, "signature");
+    await vi.advanceTimersByTimeAsync(500);
+    expect(FakeWS.last.url).toContain("token=t3");
+    FakeWS.last.accept();
+    FakeWS.last.drop(4401, "signature");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(FakeWS.last.url).toContain("token=t3");
+    expect(d.state).toBe("closed");
+    expect(d.error).toBeInstanceOf(AuthError);
   });
 
   it("refreshes the token ahead of expiry with auth_refresh, on the same connection", async () => {
