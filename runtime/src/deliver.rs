@@ -35,12 +35,15 @@ pub struct Batch<'a> {
     json: OnceCell<Vec<Bytes>>,
     /// The zlib-encoded frames, and how many of them really are compressed.
     zipped: OnceCell<(Vec<Bytes>, usize)>,
+    /// The same, with the compact envelope where not compressed.
+    zipped_compact: OnceCell<(Vec<Bytes>, usize)>,
     msgpack: OnceCell<Vec<Bytes>>,
+    compact: OnceCell<Vec<Bytes>>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(msgs: &'a [Arc<OutMsg>]) -> Self {
-        Self { msgs, json: OnceCell::new(), zipped: OnceCell::new(), msgpack: OnceCell::new() }
+        Self { msgs, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new() }
     }
 
     pub fn msgs(&self) -> &[Arc<OutMsg>] {
@@ -48,20 +51,24 @@ impl<'a> Batch<'a> {
     }
 
     /// How many of the zlib-encoded frames are really compressed (counted once per batch).
-    fn zipped_count(&self) -> usize {
-        self.zipped.get().map_or(0, |(_, n)| *n)
+    fn zipped_count(&self, compact: bool) -> usize {
+        let cell = if compact { &self.zipped_compact } else { &self.zipped };
+        cell.get().map_or(0, |(_, n)| *n)
     }
 
-    fn frames(&self, mode: Mode, zip: bool) -> &[Bytes] {
+    fn frames(&self, mode: Mode, zip: bool, compact: bool) -> &[Bytes] {
         if zip && mode == Mode::Json {
-            return &self
-                .zipped
+            let cell = if compact { &self.zipped_compact } else { &self.zipped };
+            return &cell
                 .get_or_init(|| {
-                    let f: Vec<Bytes> = self.msgs.iter().map(|m| m.zipped()).collect();
+                    let f: Vec<Bytes> = self.msgs.iter().map(|m| m.zipped(compact)).collect();
                     let n = f.iter().filter(|b| is_zipped(b)).count();
                     (f, n)
                 })
                 .0;
+        }
+        if compact && mode == Mode::Json {
+            return self.compact.get_or_init(|| self.msgs.iter().map(|m| m.compact()).collect());
         }
         let cell = if mode == Mode::Msgpack { &self.msgpack } else { &self.json };
         cell.get_or_init(|| self.msgs.iter().map(|m| m.frame_for(mode)).collect())
@@ -75,12 +82,13 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
         match mode {
             Mode::Json | Mode::Msgpack => {
                 let zip = conn.zip.load(Relaxed) && mode == Mode::Json;
-                match conn.out.push_many(batch.frames(mode, zip), Some(mode)) {
+                let compact = conn.compact.load(Relaxed);
+                match conn.out.push_many(batch.frames(mode, zip, compact), Some(mode)) {
                     Ok(mut r) => {
                         if mode == Mode::Msgpack {
                             r.msgpack = r.queued;
                         } else if zip {
-                            r.zipped = r.queued.min(batch.zipped_count());
+                            r.zipped = r.queued.min(batch.zipped_count(compact));
                         }
                         return r;
                     }
@@ -94,7 +102,11 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                 match mode {
                     Mode::Sealed => {
                         let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
-                        let frames: Vec<Bytes> = batch.msgs.iter().map(|m| seal(sess, m.body())).collect();
+                        let frames: Vec<Bytes> = if conn.compact.load(Relaxed) {
+                            batch.msgs.iter().map(|m| seal(sess, m.compact_body())).collect()
+                        } else {
+                            batch.msgs.iter().map(|m| seal(sess, m.body())).collect()
+                        };
                         let mut r = conn.out.push_many(&frames, Some(Mode::Sealed)).unwrap_or_default();
                         r.sealed = r.queued;
                         return r;
@@ -154,7 +166,8 @@ pub fn start_encryption(conn: &Conn, session: Session, hello: Bytes) -> bool {
     let held = std::mem::take(&mut cs.held);
     cs.held_bytes = 0;
     let sess = cs.session.as_mut().expect("just set");
-    let frames: Vec<Bytes> = held.iter().map(|m| seal(sess, m.body())).collect();
+    let compact = conn.compact.load(Relaxed);
+    let frames: Vec<Bytes> = held.iter().map(|m| seal(sess, if compact { m.compact_body() } else { m.body() })).collect();
     let _ = conn.out.push_many(&frames, Some(Mode::Sealed));
     true
 }

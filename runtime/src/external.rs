@@ -153,8 +153,7 @@ impl Externals {
             }
         }
         Metrics::inc(&m.handshakes_ok);
-        let (msgpack, compression) = encodings(engine, req.query);
-        let conn = engine.register(user_id, claims, addr, msgpack, compression);
+        let conn = engine.register(user_id, claims, addr, encodings(engine, req.query));
         let pump = rt.spawn(pump(self.clone(), conn.clone()));
         let id = conn.id;
         self.conns.lock().insert(id, Arc::new(Ext { conn: conn.clone(), held: Mutex::new(None), pump }));
