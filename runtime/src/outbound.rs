@@ -184,6 +184,27 @@ impl Outbound {
         Ok(r)
     }
 
+    /// Queues pieces (bytes holding whole frames, `n` messages each) in order under one lock,
+    /// waking the writer at most once; counts are in messages.
+    pub fn push_pieces(&self, pieces: &[(Bytes, u32)], built_for: Option<Mode>) -> Result<PushMany, Mode> {
+        let mut r = PushMany::default();
+        let mut s = self.state.lock();
+        check_mode(&s, built_for)?;
+        for (bytes, n) in pieces {
+            match self.push_locked(&mut s, bytes.clone()) {
+                Push::Queued => r.queued += *n as usize,
+                Push::Dropped => r.dropped += *n as usize,
+                Push::Overflow => {
+                    r.overflowed += 1;
+                    break;
+                }
+                Push::Closed => break,
+            }
+        }
+        self.wake_locked(&mut s);
+        Ok(r)
+    }
+
     /// Queues a control frame (pong): exempt from the budget, kept in order with data.
     pub fn push_control(&self, frame: Bytes) {
         let mut s = self.state.lock();
