@@ -209,3 +209,108 @@ def test_msgpack_is_refused_when_disabled(make_server: Any) -> None:
         await ws.close()
 
     run(main())
+
+
+def _without_id_ts(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k not in ("id", "ts")}
+
+
+def test_compact_envelope_asked_in_url_beside_full_subscriber(make_server: Any) -> None:
+    srv = make_server({})
+
+    async def main() -> None:
+        compact, ready = await open_ready(srv.url + "?envelope=compact")
+        full, _ = await open_ready(srv.url)
+        features = ready["p"]["details"]["features"]
+        assert features["compact_envelope"] is True and features["envelope"] == "full"
+        for ws in (compact, full):
+            await ws.send(subscribe_msg(["cmp"]))
+            await recv_type(ws, "subscription_update")
+        await full.send(envelope("publish", {"topic": "cmp", "count": 5, "payload": {"x": "y"}}))
+        cf: list[Any] = []
+        ff: list[Any] = []
+        for i in range(5):
+            c = await next_of(compact, "pub", cf)
+            f = await next_of(full, "pub", ff)
+            assert "id" not in c and "ts" not in c, c
+            assert f["id"] and f["ts"]
+            assert c == _without_id_ts(f) and c["p"] == {"i": i, "x": "y"} and c["tp"] == "cmp"
+            # Exactly the two members are gone: 76 bytes.
+            assert len(ff[-1]) - len(cf[-1]) == 76
+        # Direct sends to the connection are compact too.
+        await compact.send(envelope("echo", "hi"))
+        e = await next_of(compact, "echo")
+        assert e["p"] == "hi" and "id" not in e and "ts" not in e
+        await compact.close()
+        await full.close()
+
+    run(main())
+
+
+def test_client_hello_switches_the_envelope_both_ways(make_server: Any) -> None:
+    srv = make_server({})
+
+    async def main() -> None:
+        ws, _ = await open_ready(srv.url)
+        await ws.send(envelope("client_hello", {"features": {"envelope": "compact"}}, c="WSE"))
+        await next_of(ws, "server_hello")
+        await ws.send(envelope("echo", 1))
+        e = await next_of(ws, "echo")
+        assert "id" not in e and "ts" not in e and e["p"] == 1
+        await ws.send(envelope("client_hello", {"features": {"envelope": "full"}}, c="WSE"))
+        await next_of(ws, "server_hello")
+        await ws.send(envelope("echo", 2))
+        e = await next_of(ws, "echo")
+        assert e["id"] and e["ts"] and e["p"] == 2
+        await ws.close()
+
+    run(main())
+
+
+def test_compact_by_config_and_full_on_request(make_server: Any) -> None:
+    srv = make_server({"compact_envelope": True})
+
+    async def main() -> None:
+        dflt, ready = await open_ready(srv.url)
+        assert "id" not in ready and ready["p"]["details"]["features"]["envelope"] == "compact"
+        full, ready_full = await open_ready(srv.url + "?envelope=full")
+        assert ready_full["id"] and ready_full["ts"]
+        for ws in (dflt, full):
+            await ws.send(subscribe_msg(["cfg"]))
+            await recv_type(ws, "subscription_update")
+        await full.send(envelope("publish", {"topic": "cfg", "count": 2}))
+        for i in range(2):
+            c = await next_of(dflt, "pub")
+            f = await next_of(full, "pub")
+            assert "id" not in c and c == _without_id_ts(f) and c["p"] == {"i": i}
+        await dflt.close()
+        await full.close()
+
+    run(main())
+
+
+def test_compact_envelope_under_encryption_and_msgpack(make_server: Any) -> None:
+    from tests.e2eutil import E2EClient
+
+    srv = make_server({})
+
+    async def main() -> None:
+        enc, hello = await E2EClient.open(srv.url + "?envelope=compact")
+        assert hello["t"] == "server_hello"
+        mp, _ = await open_ready_msgpack(srv.url + "?envelope=compact&format=msgpack")
+        await enc.send("subscription_update", {"action": "subscribe", "topics": ["sealed"]}, c="WSE")
+        await enc.recv_type("subscription_update")
+        await mp.send(subscribe_msg(["sealed"]))
+        await next_of(mp, "subscription_update")
+        await mp.send(envelope("publish", {"topic": "sealed", "count": 2}))
+        for i in range(2):
+            m = await enc.recv_type("pub")
+            assert "id" not in m and "ts" not in m and m["p"] == {"i": i}
+            # msgpack frames keep the full envelope.
+            f = await next_of(mp, "pub")
+            assert f["id"] and f["ts"] and f["p"] == {"i": i}
+        assert all(isinstance(f, bytes) and f[:2] == b"E:" for f in enc.frames)
+        await enc.close()
+        await mp.close()
+
+    run(main())

@@ -88,6 +88,11 @@ class WSEConfig:
     accept it (``?compression=true`` or ``features.compression`` in ``client_hello``)."""
     compression_threshold: int = 1024
     compression_level: int = 6
+    compact_envelope: bool = False
+    """Send the compact envelope (no ``id``, ``ts``: about 76 bytes less per message) to every
+    client that does not ask for the full one (``?envelope=full`` or ``features.envelope`` in
+    ``client_hello``). Off (default): the full envelope, which the published ``wse-client``
+    expects, unless a client asks for compact (``?envelope=compact``)."""
     msgpack: bool = True
     """Clients may ask for msgpack (``M:`` frames) with ``?format=msgpack``."""
     encryption: Literal["off", "optional", "required"] = "optional"

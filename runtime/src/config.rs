@@ -129,6 +129,9 @@ pub struct Config {
     pub compression: bool,
     pub compression_threshold: usize,
     pub compression_level: u32,
+    /// Send every connection the compact envelope (no `id`, `ts`) unless it asks for the full
+    /// one (`?envelope=full`, `client_hello.features.envelope`). Off: full unless asked.
+    pub compact_envelope: bool,
     /// Clients may ask for msgpack with `?format=msgpack`.
     pub msgpack: bool,
     pub encryption: EncryptionPolicy,
@@ -214,6 +217,7 @@ impl Default for Config {
             compression: true,
             compression_threshold: 1024,
             compression_level: 6,
+            compact_envelope: false,
             msgpack: true,
             encryption: EncryptionPolicy::Optional,
             key_rotation_ms: 3_600_000,

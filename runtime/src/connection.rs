@@ -42,6 +42,8 @@ pub struct Conn {
     pub rotation: AtomicBool,
     /// The client accepts `C:` (zlib) frames: it said so in the URL or in `client_hello`.
     pub zip: AtomicBool,
+    /// The client takes the compact envelope (no `id`, `ts`): URL, `client_hello` or the config.
+    pub compact: AtomicBool,
     pub created_ms: u64,
     /// When the connection's token expires (ms since the epoch, leeway included; 0: never).
     /// `auth_refresh` moves it; the keepalive sweep closes the connection once it passes.

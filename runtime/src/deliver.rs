@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::connection::Conn;
 use crate::crypto::session::Session;
-use crate::outbound::PushMany;
+use crate::outbound::{PushMany, COALESCE_MAX};
 use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
 use crate::protocol::outgoing::{Mode, OutMsg};
 
@@ -29,18 +29,39 @@ pub struct CryptoState {
     held_bytes: usize,
 }
 
+/// What goes on a connection's queue: bytes holding `n` whole frames.
+pub type Piece = (Bytes, u32);
+
+/// A run shared by several connections is cut into pieces of at most this many bytes: big enough
+/// that a subscriber's queue and writer handle one item for many messages, small enough to stay
+/// in cache while every subscriber's writer copies it.
+pub const SHARED_PIECE: usize = 64 << 10;
+
 /// Messages to deliver to several connections, with their shared encodings built lazily.
+/// When the batch is `shared` (several messages, several connections), each encoding's small
+/// frames are also concatenated once into pieces (`SHARED_PIECE`): the bytes on the wire are
+/// the same frames, but every subscriber's queue takes one reference per piece instead of one
+/// per message, and the kernel copies one run instead of many small segments.
 pub struct Batch<'a> {
     msgs: &'a [Arc<OutMsg>],
-    json: OnceCell<Vec<Bytes>>,
+    shared: bool,
+    json: OnceCell<Vec<Piece>>,
     /// The zlib-encoded frames, and how many of them really are compressed.
-    zipped: OnceCell<(Vec<Bytes>, usize)>,
-    msgpack: OnceCell<Vec<Bytes>>,
+    zipped: OnceCell<(Vec<Piece>, usize)>,
+    /// The same, with the compact envelope where not compressed.
+    zipped_compact: OnceCell<(Vec<Piece>, usize)>,
+    msgpack: OnceCell<Vec<Piece>>,
+    compact: OnceCell<Vec<Piece>>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(msgs: &'a [Arc<OutMsg>]) -> Self {
-        Self { msgs, json: OnceCell::new(), zipped: OnceCell::new(), msgpack: OnceCell::new() }
+        Self { msgs, shared: false, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new() }
+    }
+
+    /// A batch that goes to several connections: its frames are pieced (see `Batch`).
+    pub fn shared(msgs: &'a [Arc<OutMsg>], connections: usize) -> Self {
+        Self { shared: msgs.len() > 1 && connections > 1, ..Self::new(msgs) }
     }
 
     pub fn msgs(&self) -> &[Arc<OutMsg>] {
@@ -48,24 +69,63 @@ impl<'a> Batch<'a> {
     }
 
     /// How many of the zlib-encoded frames are really compressed (counted once per batch).
-    fn zipped_count(&self) -> usize {
-        self.zipped.get().map_or(0, |(_, n)| *n)
+    fn zipped_count(&self, compact: bool) -> usize {
+        let cell = if compact { &self.zipped_compact } else { &self.zipped };
+        cell.get().map_or(0, |(_, n)| *n)
     }
 
-    fn frames(&self, mode: Mode, zip: bool) -> &[Bytes] {
+    fn frames(&self, mode: Mode, zip: bool, compact: bool) -> &[Piece] {
         if zip && mode == Mode::Json {
-            return &self
-                .zipped
+            let cell = if compact { &self.zipped_compact } else { &self.zipped };
+            return &cell
                 .get_or_init(|| {
-                    let f: Vec<Bytes> = self.msgs.iter().map(|m| m.zipped()).collect();
+                    let f: Vec<Bytes> = self.msgs.iter().map(|m| m.zipped(compact)).collect();
                     let n = f.iter().filter(|b| is_zipped(b)).count();
-                    (f, n)
+                    (pieces(f, self.shared), n)
                 })
                 .0;
         }
+        if compact && mode == Mode::Json {
+            return self.compact.get_or_init(|| pieces(self.msgs.iter().map(|m| m.compact()), self.shared));
+        }
         let cell = if mode == Mode::Msgpack { &self.msgpack } else { &self.json };
-        cell.get_or_init(|| self.msgs.iter().map(|m| m.frame_for(mode)).collect())
+        cell.get_or_init(|| pieces(self.msgs.iter().map(|m| m.frame_for(mode)), self.shared))
     }
+}
+
+/// One piece per frame, or (`shared`) runs of small frames concatenated into pieces of up to
+/// `SHARED_PIECE` bytes; a frame over `COALESCE_MAX` stays a piece of its own.
+fn pieces(frames: impl IntoIterator<Item = Bytes>, shared: bool) -> Vec<Piece> {
+    let frames = frames.into_iter();
+    if !shared {
+        return frames.map(|f| (f, 1)).collect();
+    }
+    let mut out = Vec::new();
+    let mut run: Vec<u8> = Vec::new();
+    let mut n = 0u32;
+    let flush = |run: &mut Vec<u8>, n: &mut u32, out: &mut Vec<Piece>| {
+        if *n > 0 {
+            out.push((Bytes::from(std::mem::take(run)), *n));
+            *n = 0;
+        }
+    };
+    for f in frames {
+        if f.len() > COALESCE_MAX {
+            flush(&mut run, &mut n, &mut out);
+            out.push((f, 1));
+            continue;
+        }
+        if run.len() + f.len() > SHARED_PIECE {
+            flush(&mut run, &mut n, &mut out);
+        }
+        if run.capacity() == 0 {
+            run.reserve(SHARED_PIECE);
+        }
+        run.extend_from_slice(&f);
+        n += 1;
+    }
+    flush(&mut run, &mut n, &mut out);
+    out
 }
 
 /// Queues the batch on `conn` in its encoding. Messages held for a key exchange count as queued.
@@ -75,12 +135,13 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
         match mode {
             Mode::Json | Mode::Msgpack => {
                 let zip = conn.zip.load(Relaxed) && mode == Mode::Json;
-                match conn.out.push_many(batch.frames(mode, zip), Some(mode)) {
+                let compact = conn.compact.load(Relaxed);
+                match conn.out.push_pieces(batch.frames(mode, zip, compact), Some(mode)) {
                     Ok(mut r) => {
                         if mode == Mode::Msgpack {
                             r.msgpack = r.queued;
                         } else if zip {
-                            r.zipped = r.queued.min(batch.zipped_count());
+                            r.zipped = r.queued.min(batch.zipped_count(compact));
                         }
                         return r;
                     }
@@ -94,7 +155,11 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                 match mode {
                     Mode::Sealed => {
                         let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
-                        let frames: Vec<Bytes> = batch.msgs.iter().map(|m| seal(sess, m.body())).collect();
+                        let frames: Vec<Bytes> = if conn.compact.load(Relaxed) {
+                            batch.msgs.iter().map(|m| seal(sess, m.compact_body())).collect()
+                        } else {
+                            batch.msgs.iter().map(|m| seal(sess, m.body())).collect()
+                        };
                         let mut r = conn.out.push_many(&frames, Some(Mode::Sealed)).unwrap_or_default();
                         r.sealed = r.queued;
                         return r;
@@ -154,7 +219,8 @@ pub fn start_encryption(conn: &Conn, session: Session, hello: Bytes) -> bool {
     let held = std::mem::take(&mut cs.held);
     cs.held_bytes = 0;
     let sess = cs.session.as_mut().expect("just set");
-    let frames: Vec<Bytes> = held.iter().map(|m| seal(sess, m.body())).collect();
+    let compact = conn.compact.load(Relaxed);
+    let frames: Vec<Bytes> = held.iter().map(|m| seal(sess, if compact { m.compact_body() } else { m.body() })).collect();
     let _ = conn.out.push_many(&frames, Some(Mode::Sealed));
     true
 }
@@ -181,5 +247,26 @@ mod tests {
     fn idle_crypto_state_is_small() {
         // Every connection carries one; only encrypted ones pay for a session.
         assert!(std::mem::size_of::<super::CryptoState>() <= 64, "{}", std::mem::size_of::<super::CryptoState>());
+    }
+
+    #[test]
+    fn shared_runs_are_pieced_and_keep_every_frame_in_order() {
+        use super::{pieces, Bytes, COALESCE_MAX, SHARED_PIECE};
+        use crate::protocol::frame;
+        let small: Vec<Bytes> = (0..1000).map(|i| frame::build(frame::OP_TEXT, format!("{{\"i\":{i}}}").as_bytes())).collect();
+        let big = frame::build(frame::OP_BINARY, &vec![b'x'; COALESCE_MAX + 1]);
+        let mut all = small.clone();
+        all.insert(500, big.clone());
+        // Not shared: one piece per frame.
+        assert!(pieces(all.clone(), false).iter().all(|(_, n)| *n == 1));
+        let p = pieces(all.clone(), true);
+        assert_eq!(p.iter().map(|(_, n)| *n as usize).sum::<usize>(), all.len());
+        assert!(p.iter().all(|(b, n)| b.len() <= SHARED_PIECE || *n == 1));
+        // The big frame is a piece of its own, the same bytes (not copied).
+        assert!(p.iter().any(|(b, n)| *n == 1 && b.as_ptr() == big.as_ptr()));
+        let joined: Vec<u8> = p.iter().flat_map(|(b, _)| b.iter().copied()).collect();
+        let expected: Vec<u8> = all.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(joined, expected);
+        assert!(p.len() < 10, "{}", p.len());
     }
 }

@@ -146,14 +146,14 @@ impl Engine {
     }
 
     /// Registers an authenticated connection and tells Python (the `connect` event).
-    pub fn register(&self, user_id: Option<String>, claims: Option<Map<String, Value>>, addr: String, msgpack: bool, compression: bool) -> Arc<Conn> {
+    pub fn register(&self, user_id: Option<String>, claims: Option<Map<String, Value>>, addr: String, enc: crate::handshake::Encodings) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let acl = claims
             .as_ref()
             .and_then(|c| self.cfg.jwt.as_ref().and_then(|j| c.get(&j.topics_claim)))
             .and_then(TopicAcl::from_claim);
         let now = now_ms();
-        let mode = match (self.cfg.encryption, msgpack) {
+        let mode = match (self.cfg.encryption, enc.msgpack) {
             (EncryptionPolicy::Required, _) => Mode::AwaitKey,
             (_, true) => Mode::Msgpack,
             _ => Mode::Json,
@@ -174,7 +174,8 @@ impl Engine {
             last_ping_ms: AtomicU64::new(now),
             crypto: Mutex::new(Default::default()),
             rotation: AtomicBool::new(false),
-            zip: AtomicBool::new(compression),
+            zip: AtomicBool::new(enc.compression),
+            compact: AtomicBool::new(enc.compact),
             created_ms: now,
             token_expires_ms: AtomicU64::new(claims.as_ref().map_or(0, |c| self.token_deadline(c))),
             rate: crate::limits::rate::for_connection(&self.cfg, now),
@@ -434,6 +435,11 @@ impl Engine {
         if cfg.compression && p.pointer("/features/compression").and_then(|v| v.as_bool()) == Some(true) {
             c.zip.store(true, Relaxed);
         }
+        match p.pointer("/features/envelope").and_then(|v| v.as_str()) {
+            Some("compact") => c.compact.store(true, Relaxed),
+            Some("full") => c.compact.store(false, Relaxed),
+            _ => {}
+        }
         let key = p.get("encryption_public_key").and_then(|k| k.as_str());
         let Some(key) = key.filter(|_| cfg.encryption != EncryptionPolicy::Off) else {
             return self.send_system(c, "server_hello", hello);
@@ -524,6 +530,8 @@ impl Engine {
             "key_rotation": cfg.encryption != EncryptionPolicy::Off && cfg.key_rotation_ms > 0,
             "msgpack": cfg.msgpack,
             "batching": false,
+            "compact_envelope": true,
+            "envelope": if cfg.compact_envelope { "compact" } else { "full" },
             "subscriptions": true,
             "recovery": cfg.recovery,
             "presence": cfg.presence,

@@ -153,8 +153,7 @@ impl Externals {
             }
         }
         Metrics::inc(&m.handshakes_ok);
-        let (msgpack, compression) = encodings(engine, req.query);
-        let conn = engine.register(user_id, claims, addr, msgpack, compression);
+        let conn = engine.register(user_id, claims, addr, encodings(engine, req.query));
         let pump = rt.spawn(pump(self.clone(), conn.clone()));
         let id = conn.id;
         self.conns.lock().insert(id, Arc::new(Ext { conn: conn.clone(), held: Mutex::new(None), pump }));
@@ -221,12 +220,14 @@ impl Externals {
         let m = &engine.metrics;
         Metrics::add(&m.frames_out, frames.len() as u64);
         Metrics::add(&m.bytes_out, frames.iter().map(|f| f.len() as u64).sum());
-        for f in frames {
-            let (op, payload) = split(f);
-            match op {
-                frame::OP_TEXT => out.push((true, payload)),
-                frame::OP_BINARY => out.push((false, payload)),
-                _ => {}
+        for piece in frames {
+            // A piece may hold several whole frames (a run shared by several subscribers).
+            for (op, payload) in split_all(piece) {
+                match op {
+                    frame::OP_TEXT => out.push((true, payload)),
+                    frame::OP_BINARY => out.push((false, payload)),
+                    _ => {}
+                }
             }
         }
         match r {
@@ -291,6 +292,23 @@ async fn pump(hub: Arc<Externals>, conn: Arc<Conn>) {
 }
 
 /// A server frame's opcode and payload (server frames are unmasked, FIN set, never fragmented).
+/// The frames of a piece, each as (opcode, payload). Server frames are unmasked and whole.
+fn split_all(mut piece: Bytes) -> Vec<(u8, Bytes)> {
+    let mut out = Vec::with_capacity(1);
+    while piece.len() >= 2 {
+        let (hdr, len) = match piece[1] & 0x7f {
+            126 if piece.len() >= 4 => (4, u16::from_be_bytes([piece[2], piece[3]]) as usize),
+            127 if piece.len() >= 10 => (10, u64::from_be_bytes(piece[2..10].try_into().expect("8 bytes")) as usize),
+            n if n < 126 => (2, n as usize),
+            _ => break,
+        };
+        let end = (hdr + len).min(piece.len());
+        let f = piece.split_to(end);
+        out.push(split(f));
+    }
+    out
+}
+
 fn split(f: Bytes) -> (u8, Bytes) {
     let op = f.first().map_or(0, |b| b & 0x0f);
     let hdr = match f.get(1).map(|b| b & 0x7f) {
@@ -313,6 +331,12 @@ mod tests {
             assert_eq!(op, frame::OP_TEXT);
             assert_eq!(&p[..], &body[..]);
         }
+        let mut two = frame::build(frame::OP_TEXT, b"a").to_vec();
+        two.extend_from_slice(&frame::build(frame::OP_BINARY, &vec![b'y'; 300]));
+        let parts = split_all(Bytes::from(two));
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].0, &parts[0].1[..]), (frame::OP_TEXT, &b"a"[..]));
+        assert_eq!((parts[1].0, parts[1].1.len()), (frame::OP_BINARY, 300));
         let (op, p) = split(frame::close_frame(4401, "expired"));
         assert_eq!(op, frame::OP_CLOSE);
         assert_eq!(&p[..2], &4401u16.to_be_bytes());

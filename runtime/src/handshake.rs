@@ -26,10 +26,19 @@ pub struct Accepted<S> {
     pub leftover: BytesMut,
     pub user_id: Option<String>,
     pub claims: Option<Map<String, Value>>,
-    /// The client asked for msgpack (`?format=msgpack`).
+    pub enc: Encodings,
+}
+
+/// What the client asked for in the query string, as far as the server allows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Encodings {
+    /// msgpack frames (`?format=msgpack`).
     pub msgpack: bool,
     /// The client accepts zlib frames (`?compression=true`).
     pub compression: bool,
+    /// The compact envelope, without `id` and `ts` (`?envelope=compact`; the server's
+    /// `compact_envelope` default otherwise, which `?envelope=full` overrides).
+    pub compact: bool,
 }
 
 /// `key=value` in the query string (case-insensitive).
@@ -98,10 +107,21 @@ pub fn origin_allowed(engine: &Engine, origin: Option<&str>) -> bool {
     false
 }
 
-/// The encodings the client asked for in the query string and the server allows: (msgpack, zlib).
-pub fn encodings(engine: &Engine, query: Option<&str>) -> (bool, bool) {
+/// The encodings the client asked for in the query string and the server allows.
+pub fn encodings(engine: &Engine, query: Option<&str>) -> Encodings {
     let cfg = &engine.cfg;
-    (cfg.msgpack && query_has(query, "format=msgpack"), cfg.compression && query_has(query, "compression=true"))
+    let compact = if query_has(query, "envelope=compact") {
+        true
+    } else if query_has(query, "envelope=full") {
+        false
+    } else {
+        cfg.compact_envelope
+    };
+    Encodings {
+        msgpack: cfg.msgpack && query_has(query, "format=msgpack"),
+        compression: cfg.compression && query_has(query, "compression=true"),
+        compact,
+    }
 }
 
 /// Runs the handshake. `None` means the client was answered and the socket is done.
@@ -192,8 +212,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             }
             Metrics::inc(&m.handshakes_ok);
             let Identity { user_id, claims } = id;
-            let (msgpack, compression) = encodings(engine, query);
-            Some(Accepted { stream, leftover: buf, user_id, claims, msgpack, compression })
+            Some(Accepted { stream, leftover: buf, user_id, claims, enc: encodings(engine, query) })
         }
         Err(e) => {
             // Upgrade, say why, close with 4401: browsers cannot read an HTTP refusal's status.

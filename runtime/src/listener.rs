@@ -161,7 +161,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     if !crate::limits::users::admit(engine, a.user_id.as_deref(), &mut a.stream).await {
         return None;
     }
-    let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.msgpack, a.compression);
+    let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.enc);
     if engine.cfg.envelopes {
         engine.send_ready(&conn);
     }

@@ -100,6 +100,31 @@ def test_msgpack(server: Any) -> None:
     asyncio.run(main())
 
 
+def test_compact_envelope(server: Any) -> None:
+    """``compact=True``: ours leaves ``id`` and ``ts`` out; the reference ignores the query
+    parameter and the client works the same on what it sends."""
+
+    async def main() -> None:
+        async with connect(server.url, token=token(), compact=True) as client:
+            assert "envelope=compact" in client.url
+            await client.subscribe("c")
+            await client.send("publish", {"topic": "c", "count": 20})
+            got: list[Event] = []
+            async with asyncio.timeout(10):
+                async for ev in client:
+                    if ev.type == "pub":
+                        got.append(ev)
+                        if len(got) == 20:
+                            break
+            assert [e.payload["i"] for e in got] == list(range(20))
+            assert all(e.topic == "c" for e in got)
+            if server.kind == "ours":
+                assert client.server_info["features"]["compact_envelope"] is True
+                assert all(e.id is None and e.ts is None for e in got)
+
+    asyncio.run(main())
+
+
 def test_compression(server: Any) -> None:
     need(server, "compression")
 

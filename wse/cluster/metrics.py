@@ -41,7 +41,7 @@ ENGINE_METRICS: list[_Spec] = [
      [("messages_in", {"direction": "in"}, 1), ("messages_out", {"direction": "out"}, 1)]),
     ("wse_bytes_total", "counter", "WebSocket payload bytes, by direction.",
      [("bytes_in", {"direction": "in"}, 1), ("bytes_out", {"direction": "out"}, 1)]),
-    ("wse_frames_out_total", "counter", "Frames written to sockets.", [("frames_out", {}, 1)]),
+    ("wse_frames_out_total", "counter", "Buffers written to sockets: a frame, or a run of frames shared by several subscribers.", [("frames_out", {}, 1)]),
     ("wse_write_syscalls_total", "counter", "Vectored socket writes.", [("write_syscalls", {}, 1)]),
     ("wse_publishes_total", "counter", "Publications made in this worker (local or from the mesh).",
      [("publishes", {}, 1)]),

@@ -55,6 +55,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
         headers: dict[str, str] | None = None,
         encryption: bool = False,
         msgpack: bool = False,
+        compact: bool = False,
         key_rotation: bool = True,
         reconnect: bool = True,
         backoff_initial: float = 0.25,
@@ -79,11 +80,14 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             raise ValueError(f"overflow must be block, drop_oldest, drop_newest or error, not {overflow!r}")
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0 (0: no queue, handlers only)")
-        self.url = _with_format(url, "msgpack") if msgpack else url
+        self.url = _with_query(url, "format", "msgpack") if msgpack else url
+        if compact:
+            self.url = _with_query(self.url, "envelope", "compact")
         self._headers = dict(headers or {})
         self._token = token
         self.encryption = encryption
         self.msgpack = msgpack
+        self.compact = compact
         self.key_rotation = key_rotation
         self.reconnect = reconnect
         self.backoff_initial = backoff_initial
@@ -531,10 +535,10 @@ def _token_expiry_ms(token: str | None) -> int | None:
     return int(exp * 1000) if isinstance(exp, (int, float)) else None
 
 
-def _with_format(url: str, fmt: str) -> str:
+def _with_query(url: str, key: str, value: str) -> str:
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "format"]
-    query.append(("format", fmt))
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    query.append((key, value))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

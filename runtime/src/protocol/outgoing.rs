@@ -1,6 +1,7 @@
 //! An outgoing envelope in every encoding a subscriber may need, each built at most once:
 //! the plain JSON frame (always), `C:` zlib (when large and compression is on), `M:` msgpack
-//! (on first use by a msgpack subscriber). Encrypted connections seal the JSON body themselves.
+//! (on first use by a msgpack subscriber), the compact JSON frame without `id` and `ts` (on first
+//! use by a subscriber that asked for it). Encrypted connections seal the JSON body themselves.
 
 use std::sync::OnceLock;
 
@@ -47,6 +48,10 @@ pub struct OutMsg {
     zip: Option<Zip>,
     compressed: OnceLock<Option<Bytes>>,
     msgpack: OnceLock<Bytes>,
+    /// Where `,"id":"…","ts":"…"` lies in the body (the compact envelope leaves it out).
+    id_ts: Option<(u32, u32)>,
+    /// The compact frame and its header length.
+    compact: OnceLock<(Bytes, usize)>,
     /// The topic offset (recovery), 0 for messages to one connection.
     pub offset: u64,
     /// When it was built (ms), for the recovery TTL.
@@ -60,7 +65,8 @@ impl OutMsg {
         let zip = zip.filter(|z| body_len > z.threshold);
         let plain = frame_in_place(opcode, buf);
         let hdr = plain.len() - body_len;
-        OutMsg { plain, hdr, zip, compressed: OnceLock::new(), msgpack: OnceLock::new(), offset, at_ms }
+        let id_ts = id_ts_span(&plain[hdr..]);
+        OutMsg { plain, hdr, zip, compressed: OnceLock::new(), msgpack: OnceLock::new(), id_ts, compact: OnceLock::new(), offset, at_ms }
     }
 
     /// Bytes the application sends as they are: no compression, no msgpack conversion
@@ -69,7 +75,7 @@ impl OutMsg {
         let body_len = buf.len() - HEADER_ROOM;
         let plain = frame_in_place(opcode, buf);
         let hdr = plain.len() - body_len;
-        OutMsg { msgpack: OnceLock::from(plain.clone()), plain, hdr, zip: None, compressed: OnceLock::new(), offset: 0, at_ms: 0 }
+        OutMsg { msgpack: OnceLock::from(plain.clone()), plain, hdr, zip: None, compressed: OnceLock::new(), id_ts: None, compact: OnceLock::new(), offset: 0, at_ms: 0 }
     }
 
     /// The JSON envelope, unframed (what encryption seals).
@@ -85,20 +91,51 @@ impl OutMsg {
     /// Bytes held in memory (for the recovery budget).
     pub fn size(&self) -> usize {
         let zipped = self.compressed.get().and_then(|c| c.as_ref()).map_or(0, |c| c.len());
-        self.plain.len() + zipped + self.msgpack.get().map_or(0, |m| m.len())
+        let compact = self.compact.get().filter(|(c, _)| c.as_ptr() != self.plain.as_ptr()).map_or(0, |(c, _)| c.len());
+        self.plain.len() + zipped + self.msgpack.get().map_or(0, |m| m.len()) + compact
     }
 
-    /// The frame for a JSON connection that accepts `C:` frames: compressed when large.
-    pub fn zipped(&self) -> Bytes {
-        let Some(z) = self.zip else { return self.plain.clone() };
-        self.compressed
+    fn compact_parts(&self) -> &(Bytes, usize) {
+        self.compact.get_or_init(|| {
+            let Some((a, b)) = self.id_ts else { return (self.plain.clone(), self.hdr) };
+            let body = self.body();
+            let (a, b) = (a as usize, b as usize);
+            let mut v = Vec::with_capacity(HEADER_ROOM + body.len() - (b - a));
+            v.resize(HEADER_ROOM, 0);
+            v.extend_from_slice(&body[..a]);
+            v.extend_from_slice(&body[b..]);
+            let body_len = v.len() - HEADER_ROOM;
+            let f = frame_in_place(self.plain[0] & 0x0f, v);
+            let hdr = f.len() - body_len;
+            (f, hdr)
+        })
+    }
+
+    /// The JSON frame in the compact envelope: without `id` and `ts` (the same frame when the
+    /// envelope has none).
+    pub fn compact(&self) -> Bytes {
+        self.compact_parts().0.clone()
+    }
+
+    /// The compact envelope, unframed (what encryption seals for a compact connection).
+    pub fn compact_body(&self) -> &[u8] {
+        let (f, hdr) = self.compact_parts();
+        &f[*hdr..]
+    }
+
+    /// The frame for a JSON connection that accepts `C:` frames: compressed when large (the
+    /// full envelope), otherwise the plain or (`compact`) the compact frame.
+    pub fn zipped(&self, compact: bool) -> Bytes {
+        let uncompressed = || if compact { self.compact() } else { self.plain.clone() };
+        let Some(z) = self.zip else { return uncompressed() };
+        let c = self
+            .compressed
             .get_or_init(|| {
                 let c = frame_in_place(frame::OP_BINARY, compress::compress(self.body(), z.level, HEADER_ROOM));
                 (c.len() < self.plain.len()).then_some(c)
             })
-            .as_ref()
-            .unwrap_or(&self.plain)
-            .clone()
+            .as_ref();
+        c.cloned().unwrap_or_else(uncompressed)
     }
 
     /// The frame for a JSON or msgpack connection (uncompressed).
@@ -117,6 +154,21 @@ impl OutMsg {
     }
 }
 
+/// The span of `,"id":"<uuid>","ts":"<time>"` in an envelope. `,"` cannot occur inside a JSON
+/// string (a quote there is escaped), so the first match is the member itself.
+fn id_ts_span(body: &[u8]) -> Option<(u32, u32)> {
+    const ID: &[u8] = b",\"id\":\"";
+    const TS: &[u8] = b"\",\"ts\":\"";
+    let a = memchr::memmem::find(body, ID)?;
+    let id_end = a + ID.len() + 36;
+    if body.get(id_end..id_end + TS.len())? != TS {
+        return None;
+    }
+    let ts = id_end + TS.len();
+    let close = ts + memchr::memchr(b'"', body.get(ts..)?)?;
+    Some((a as u32, (close + 1) as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +179,8 @@ mod tests {
         let small = Envelope { category: "U", msg_type: "t", seq: 1, topic: None, stamp: None, cid: None, payload: b"{\"a\":1}" };
         let m = OutMsg::new(small.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 0, 0);
         assert_eq!(m.frame_for(Mode::Json), m.plain);
-        assert_eq!(m.zipped(), m.plain);
+        assert_eq!(m.zipped(false), m.plain);
+        assert_eq!(m.zipped(true), m.compact());
         assert_eq!(m.body()[0], b'{');
         let mp = m.frame_for(Mode::Msgpack);
         assert_eq!(&mp[2..4], b"M:");
@@ -136,11 +189,33 @@ mod tests {
         let big = Envelope { category: "U", msg_type: "t", seq: 2, topic: Some("a"), stamp: Some((7, 2)), cid: None, payload: text.as_bytes() };
         let m = OutMsg::new(big.encode(HEADER_ROOM), frame::OP_BINARY, Some(Zip { threshold: 1024, level: 6 }), 2, 0);
         assert_eq!(m.frame_for(Mode::Json), m.plain);
-        let f = m.zipped();
+        let f = m.zipped(true);
         assert!(f.len() < 200, "{}", f.len());
         // A 126..=65535-byte payload has a 4-byte frame header.
         assert_eq!(&f[4..6], b"C:");
         let body = compress::inflate(&f[6..], 1 << 20).unwrap();
         assert_eq!(body, m.body());
+    }
+
+    #[test]
+    fn compact_drops_id_and_ts_only() {
+        let e = Envelope { category: "U", msg_type: "a,\"id\":\"", seq: 3, topic: Some("t"), stamp: None, cid: None, payload: b"{\"id\":\"x\"}" };
+        let m = OutMsg::new(e.encode(HEADER_ROOM), frame::OP_TEXT, None, 3, 0);
+        let full: serde_json::Value = serde_json::from_slice(m.body()).unwrap();
+        let c = m.compact();
+        assert_eq!(c[0], 0x80 | frame::OP_TEXT);
+        let body = m.compact_body();
+        assert_eq!(&c[c.len() - body.len()..], body);
+        let mut compact: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(compact.get("id").is_none() && compact.get("ts").is_none());
+        assert_eq!(compact["p"]["id"], "x");
+        assert_eq!(compact["t"], "a,\"id\":\"");
+        compact["id"] = full["id"].clone();
+        compact["ts"] = full["ts"].clone();
+        assert_eq!(compact, full);
+        assert_eq!(m.body().len() - body.len(), 76);
+        // A raw message has no envelope to cut: the same frame.
+        let raw = OutMsg::raw([vec![0; HEADER_ROOM], b"{\"id\":1}".to_vec()].concat(), frame::OP_TEXT);
+        assert_eq!(raw.compact(), *raw.plain());
     }
 }

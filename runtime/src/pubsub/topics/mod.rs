@@ -187,7 +187,7 @@ impl Topic {
     pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>, also: &[Arc<Conn>]) -> PushMany {
         let mut s = self.state.lock();
         let mut f = PushMany::default();
-        let batch = Batch::new(msgs);
+        let batch = Batch::shared(msgs, s.subs.len() + also.len());
         for c in &s.subs {
             f.add(deliver(c, &batch));
         }
