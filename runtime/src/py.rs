@@ -210,6 +210,11 @@ impl Server {
         self.engine.mesh.as_ref().map(|m| m.stats_json())
     }
 
+    /// Cuts every mesh link of this worker (they re-link by themselves); how many were cut.
+    fn mesh_cut(&self) -> usize {
+        self.engine.mesh.as_ref().map_or(0, |m| m.cut_links())
+    }
+
     /// Every counter and gauge, by name.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

@@ -218,6 +218,9 @@ _MESH_RECOVERY = [
 def _mesh(out: _Out, workers: list[WorkerSample]) -> None:
     out.family("wse_mesh_peers", "gauge", "Peers this worker is linked to on the mesh.",
                [("", {"worker": str(w.slot)}, len(w.mesh["peers"])) for w in workers if w.mesh])
+    out.family("wse_mesh_links_opened_total", "counter",
+               "Mesh links this worker opened (a link that keeps reopening is flapping).",
+               [("", {"worker": str(w.slot)}, w.mesh["links_opened"]) for w in workers if w.mesh])
     msgs, byts = [], []
     for w in workers:
         assert w.mesh is not None

@@ -79,6 +79,9 @@ class Worker:
             n = self.app.publish(topic, req.get("payload"), type=str(req.get("type", "message")),
                                  category=str(req.get("category", "U")))
             return {"ok": True, "local_subscribers": n}
+        if op == "mesh_cut":
+            # Fault injection for operators and tests: the links end and re-link by themselves.
+            return {"cut": server.mesh_cut()}
         raise ValueError(f"unknown op {op!r}")
 
 

@@ -138,9 +138,12 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
         if buf.capacity() - buf.len() < 16 << 10 {
             buf.reserve(64 << 10);
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            _ = peer.cut.notified() => break,
         }
     }
     mesh.remove_peer(&peer);

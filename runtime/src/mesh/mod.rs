@@ -103,6 +103,18 @@ impl Mesh {
         f(&self.live.read())
     }
 
+    /// Ends every link as if the peers had gone (both sides treat it as a peer's death); the
+    /// worker that dials re-links within a scan interval. Returns how many links were cut.
+    pub fn cut_links(&self) -> usize {
+        self.with_live(|peers| {
+            for p in peers {
+                // NOTE: notify_one keeps a permit if the link is not waiting on a read right now.
+                p.cut.notify_one();
+            }
+            peers.len()
+        })
+    }
+
     /// Gates every live peer has written (the publish queue lets those through).
     pub fn released(&self) -> u64 {
         self.live.read().iter().map(|p| p.gate_open()).min().unwrap_or(u64::MAX)

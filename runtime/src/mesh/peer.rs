@@ -24,6 +24,8 @@ pub struct Peer {
     gate_written: AtomicU64,
     /// The peer sent its whole recovery state (with recovery on).
     pub synced: AtomicBool,
+    /// Ends the link from this side while both workers live (an operator's or a test's cut).
+    pub cut: Notify,
 }
 
 impl Peer {
@@ -38,6 +40,7 @@ impl Peer {
             gate_queued: AtomicU64::new(0),
             gate_written: AtomicU64::new(0),
             synced: AtomicBool::new(false),
+            cut: Notify::new(),
         }
     }
 
