@@ -9,6 +9,7 @@ message once per topic). Back-pressure limit raised so that no message is droppe
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def main() -> None:
             ws.send(hub.stats(), OpCode.TEXT)
 
     app.ws("/*", {
-        "compression": CompressOptions.DISABLED,
+        # BENCH_DEFLATE=1 (bench/deflate_fanout.py): uWS's shared compressor (no context takeover,
+        # one compression per publication).
+        "compression": CompressOptions.SHARED_COMPRESSOR if os.environ.get("BENCH_DEFLATE") == "1" else CompressOptions.DISABLED,
         "max_payload_length": 1 << 20,
         "idle_timeout": 0,
         "max_backpressure": 1 << 30,

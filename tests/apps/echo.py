@@ -2,7 +2,12 @@
 
 from wse import Connection, WSEApp, WSEConfig
 
-app = WSEApp(WSEConfig(port=0, path="/", envelopes=False, max_message_bytes=64 << 20, max_outbound_bytes=256 << 20))
+app = WSEApp(
+    WSEConfig(
+        port=0, path="/", envelopes=False, max_message_bytes=64 << 20, max_outbound_bytes=256 << 20,
+        permessage_deflate=True,  # sections 12 and 13
+    )
+)
 
 
 @app.on_raw
