@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from tests.conftest import ServerProc, envelope, subscribe_msg
-from tests.wsutil import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, RawWS, close_code, recv_json, recv_type, stats
+from tests.wsutil import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, close_code, recv_json, recv_type, stats
 
 DEFLATE = {"permessage_deflate": True}
 
@@ -145,7 +145,7 @@ def test_invalid_offers_declined_and_the_next_valid_one_taken(make_server: Any) 
 def raw_deflate_conn(srv: ServerProc) -> RawWS:
     c = RawWS(srv.port, srv.path, {"Sec-WebSocket-Extensions": "permessage-deflate"})
     assert "permessage-deflate" in c.head
-    assert c.recv_json()["t"] == "server_ready"
+    assert recv_message(c)[1]["t"] == "server_ready"  # over 64 bytes: it comes compressed
     return c
 
 
@@ -155,7 +155,7 @@ def recv_message(c: RawWS) -> tuple[int, dict[str, Any]]:
         c._need(1)
         b0 = c.buf[0]
         op, payload = c.recv_frame()
-        if op == OP_PING:
+        if op in (OP_PING, OP_PONG):
             continue
         assert op in (OP_TEXT, OP_BINARY), (op, payload)
         return b0, orjson.loads(inflate_raw(payload) if b0 & 0x40 else payload)
@@ -175,10 +175,10 @@ def test_compressed_fragments_and_plain_messages_mix(make_server: Any) -> None:
     b0, got = recv_message(c)
     assert got["t"] == "echo" and got["p"]["text"] == "fragmented and compressed " * 40
     assert b0 & 0x40, "the echo (1 KB, compressible) comes back compressed"
-    # An uncompressed message on the same connection is fine too; a small answer comes plain.
+    # An uncompressed message on the same connection is fine too.
     c.send_frame(OP_TEXT, envelope("echo", {"n": 1}))
-    b0, got = recv_message(c)
-    assert got["p"] == {"n": 1} and not b0 & 0x40
+    _, got = recv_message(c)
+    assert got["p"] == {"n": 1}
     # A compressed text message must inflate to valid UTF-8.
     c.send_frame(OP_TEXT, deflate_raw(b'{"t":"echo","p":"\xff\xfe"}'), rsv=4)
     _, code, _ = c.read_until_close()
@@ -310,6 +310,7 @@ def test_fanout_compresses_once_per_parameter_set(make_server: Any) -> None:
             await ws.send(subscribe_msg(["ticker"]))
             await recv_type(ws, "subscription_update")
         pub = await open_ws(srv.url, compression=None)
+        before = (await stats(pub))["engine"]  # server_ready and acks were compressed per connection
         await pub.send(envelope("publish", {"topic": "ticker", "count": n_msgs, "payload": {"text": text}}))
         assert (await recv_type(pub, "published"))["p"]["queued"] == n_msgs * 35
         seen = []
@@ -322,6 +323,8 @@ def test_fanout_compresses_once_per_parameter_set(make_server: Any) -> None:
                     got.append(m["p"]["i"])
             seen.append(got)
         st = (await stats(pub))["engine"]
+        st["deflate_compressions"] -= before["deflate_compressions"]
+        st["deflated_out"] -= before["deflated_out"]
         for ws in subs + plain + [pub]:
             await ws.close()
         return st, seen

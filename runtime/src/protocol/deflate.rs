@@ -292,6 +292,7 @@ pub fn parse_own(f: &[u8]) -> (u8, &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::{Decoder, Event, OP_BINARY, OP_CONT, OP_PING, OP_TEXT};
     use super::*;
 
     const S: Settings = Settings { client_context_takeover: true, threshold: 0, level: 6 };
@@ -388,10 +389,49 @@ mod tests {
         assert_eq!(Inflater::new(&params(true)).inflate(&c, 999), Err(InflateError::TooLarge));
     }
 
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut v = vec![b0, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn decode(frames: &[Vec<u8>], max: usize) -> Result<Vec<Event>, u16> {
+        let mut d = Decoder::new(max).with_deflate(Some(Inflater::new(&params(true))));
+        let mut buf = BytesMut::from(&frames.concat()[..]);
+        let mut out = vec![];
+        while let Some(e) = d.next(&mut buf).map_err(|v| v.code)? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn decoder_inflates_rsv1_messages_and_enforces_the_rules() {
+        let msg = b"hello hello hello hello";
+        let c = compress(msg, 15, 6, 0);
+        // Whole, and in fragments with a ping between: RSV1 on the first frame only.
+        assert_eq!(decode(&[client_frame(0x80 | RSV1 | OP_TEXT, &c)], 100), Ok(vec![Event::Text(Bytes::from_static(msg))]));
+        let frags = [client_frame(RSV1 | OP_BINARY, &c[..3]), client_frame(0x80 | OP_PING, b""), client_frame(0x80 | OP_CONT, &c[3..])];
+        assert_eq!(decode(&frags, 100), Ok(vec![Event::Ping(Bytes::new()), Event::Binary(Bytes::from_static(msg))]));
+        // Uncompressed messages still pass.
+        assert_eq!(decode(&[client_frame(0x81, b"plain")], 100), Ok(vec![Event::Text(Bytes::from_static(b"plain"))]));
+        // RSV1 on a control frame or a continuation, RSV2: 1002. Too big once inflated: 1009.
+        assert_eq!(decode(&[client_frame(0x80 | RSV1 | OP_PING, b"")], 100), Err(1002));
+        assert_eq!(decode(&[client_frame(RSV1 | OP_TEXT, &c[..3]), client_frame(0x80 | RSV1 | OP_CONT, &c[3..])], 100), Err(1002));
+        assert_eq!(decode(&[client_frame(0x80 | 0x20 | OP_TEXT, b"x")], 100), Err(1002));
+        assert_eq!(decode(&[client_frame(0x80 | RSV1 | OP_TEXT, &c)], msg.len() - 1), Err(1009));
+        // Inflated text must be UTF-8; without the extension RSV1 is an error.
+        assert_eq!(decode(&[client_frame(0x80 | RSV1 | OP_TEXT, &compress(b"\xff\xfe", 15, 6, 0))], 100), Err(1007));
+        let mut plain = Decoder::new(100);
+        let mut buf = BytesMut::from(&client_frame(0x80 | RSV1 | OP_TEXT, &c)[..]);
+        assert_eq!(plain.next(&mut buf).unwrap_err().code, 1002);
+    }
+
     #[test]
     fn frames_carry_rsv1() {
         let c = compress(&[b'a'; 300], 15, 6, 10);
-        let f = frame(super::super::frame::OP_TEXT, c.clone(), 10);
+        let f = frame(OP_TEXT, c.clone(), 10);
         assert_eq!(f[0], 0x80 | RSV1 | 0x1);
         let (op, p) = parse_own(&f);
         assert_eq!((op, p), (1, &c[10..]));
