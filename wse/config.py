@@ -103,7 +103,8 @@ class WSEConfig:
     The server compresses each message on its own (``server_no_context_takeover``), so a
     publication is compressed once per window size and shared by its subscribers."""
     deflate_threshold: int = 64
-    """Messages shorter than this many bytes go out uncompressed."""
+    """Messages shorter than this many bytes go out uncompressed, as do those that compression
+    does not shrink. 0 compresses every message (some clients' test suites expect that)."""
     deflate_level: int = 6
     deflate_client_context_takeover: bool = False
     """Let clients keep their compression window between messages (better ratio for what they

@@ -135,7 +135,8 @@ pub struct Config {
     pub compact_envelope: bool,
     /// permessage-deflate (RFC 7692) for clients that offer it (browsers do).
     pub permessage_deflate: bool,
-    /// Messages shorter than this go out uncompressed (compressing them gains nothing).
+    /// Messages shorter than this go out uncompressed (compressing them gains nothing), as do
+    /// those compression does not shrink; 0 compresses every message.
     pub deflate_threshold: usize,
     pub deflate_level: u32,
     /// Let clients keep their compression context between messages (better ratio for what they

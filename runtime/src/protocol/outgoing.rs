@@ -102,7 +102,8 @@ impl OutMsg {
     }
 
     /// The frame for a connection with permessage-deflate `p` in `mode` (JSON or msgpack):
-    /// compressed on its own (no context), once per parameter set, when that makes it smaller.
+    /// compressed on its own (no context), once per parameter set, when that makes it smaller
+    /// (always with a threshold of 0).
     /// The flag says whether this call did the compression.
     /// `compact`: the compact JSON envelope (see `compact`).
     pub fn deflated(&self, mode: Mode, compact: bool, p: &Params) -> (Bytes, bool) {
@@ -118,7 +119,8 @@ impl OutMsg {
             return (f.clone().unwrap_or(base), false);
         }
         let c = deflate::compress(payload, p.server_bits, p.level, HEADER_ROOM);
-        let f = (c.len() - HEADER_ROOM < payload.len()).then(|| deflate::frame(opcode, c, HEADER_ROOM));
+        // A message that does not shrink goes uncompressed, unless the threshold is 0 (compress all).
+        let f = (p.threshold == 0 || c.len() - HEADER_ROOM < payload.len()).then(|| deflate::frame(opcode, c, HEADER_ROOM));
         cache.push((key, f.clone()));
         (f.unwrap_or(base), true)
     }
