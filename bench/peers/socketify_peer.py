@@ -21,6 +21,10 @@ from socketify import App, AppListenOptions, CompressOptions, OpCode  # noqa: E4
 from common import Auth, Hub, announce, parse, peer_args, server_ready  # noqa: E402
 
 
+# BENCH_DEFLATE=1 (bench/deflate_fanout.py): permessage-deflate, publications compressed.
+DEFLATE = os.environ.get("BENCH_DEFLATE") == "1"
+
+
 def main() -> None:
     args = peer_args(__doc__ or "")
     auth = Auth(args.jwt_secret)
@@ -60,12 +64,12 @@ def main() -> None:
         elif t == "bench.publish":
             topic, frames = hub.frames(p)
             for f in frames:
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, DEFLATE)
             ws.send(hub.done(len(frames)), OpCode.TEXT)
         elif t == "bench.users":
             n = 0
             for n, (topic, f) in enumerate(hub.user_sends(p), 1):
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, DEFLATE)
             ws.send(hub.done(n), OpCode.TEXT)
         elif t == "bench.stats":
             ws.send(hub.stats(), OpCode.TEXT)
@@ -73,7 +77,7 @@ def main() -> None:
     app.ws("/*", {
         # BENCH_DEFLATE=1 (bench/deflate_fanout.py): uWS's shared compressor (no context takeover,
         # one compression per publication).
-        "compression": CompressOptions.SHARED_COMPRESSOR if os.environ.get("BENCH_DEFLATE") == "1" else CompressOptions.DISABLED,
+        "compression": CompressOptions.SHARED_COMPRESSOR if DEFLATE else CompressOptions.DISABLED,
         "max_payload_length": 1 << 20,
         "idle_timeout": 0,
         "max_backpressure": 1 << 30,
