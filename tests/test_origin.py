@@ -81,3 +81,13 @@ def test_cli_turns_permessage_deflate_on(make_server: Any) -> None:
     c = RawWS(srv.port, srv.path, {"Sec-WebSocket-Extensions": "permessage-deflate"})
     assert "Sec-WebSocket-Extensions: permessage-deflate" in c.head
     c.close()
+
+
+def test_cluster_workers_take_the_cli_settings() -> None:
+    """``wse run --workers`` passes the options to its workers in the environment."""
+    from wse.cluster.worker import config_overrides
+
+    env = {"WSE_ALLOWED_ORIGINS": f"{APP}\nhttps://b.example", "WSE_PERMESSAGE_DEFLATE": "1"}
+    assert config_overrides(env) == {"allowed_origins": (APP, "https://b.example"), "permessage_deflate": True}
+    assert config_overrides({"WSE_ALLOWED_ORIGINS": "", "WSE_PERMESSAGE_DEFLATE": "0"}) == {"allowed_origins": (), "permessage_deflate": False}
+    assert config_overrides({}) == {}
