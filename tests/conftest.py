@@ -22,7 +22,7 @@ SECRET = "test-secret-0123456789abcdef-0123456789"
 class ServerProc:
     """A running ``wse run`` subprocess."""
 
-    def __init__(self, target: str, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(self, target: str, config: dict[str, Any], env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         full_env = dict(os.environ)
         full_env["WSE_TEST_CONFIG"] = orjson.dumps(config).decode()
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -31,7 +31,7 @@ class ServerProc:
 
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wse_cli.main", "run", target, "--log-level", "warning"],
+            [sys.executable, "-m", "wse_cli.main", "run", target, "--log-level", "warning", *(args or [])],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.PIPE,
@@ -75,11 +75,14 @@ class ServerProc:
 
 @pytest.fixture
 def make_server() -> Iterator[Any]:
-    """``make_server(config={...}, target=..., env={...})`` starts a server, stopped after the test."""
+    """``make_server(config={...}, target=..., env={...}, args=[...])`` starts a server (``args``: more
+    ``wse run`` options), stopped after the test."""
     started: list[ServerProc] = []
 
-    def start(config: dict[str, Any] | None = None, target: str = "tests.apps.testapp:app", env: dict[str, str] | None = None) -> ServerProc:
-        s = ServerProc(target, config or {}, env)
+    def start(
+        config: dict[str, Any] | None = None, target: str = "tests.apps.testapp:app", env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> ServerProc:
+        s = ServerProc(target, config or {}, env, args)
         started.append(s)
         return s
 

@@ -6,7 +6,8 @@
 #   3. cargo test for the Rust units (engine and load generator)
 #   4. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
 #      chromium for its browser tests; then its unit tests (vitest)
-#   5. pytest: engine suites with real clients, Autobahn|Testsuite 1-10, stubs and types, the
+#   5. pytest: engine suites with real clients, Autobahn|Testsuite 1-13 (with
+#      permessage-deflate), stubs and types, the
 #      TypeScript client end to end in Chromium and Node (tests/ts)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -59,7 +59,12 @@ class WSEConfig:
     handshake_timeout_ms: int = 5_000
     max_request_bytes: int = 16 * 1024
     allowed_origins: tuple[str, ...] = ()
-    """Allowed ``Origin`` header values; empty allows any."""
+    """Allowed ``Origin`` values, e.g. ``("https://app.example.com",)``: a browser handshake from
+    any other origin is refused with HTTP 403 (cross-site WebSocket hijacking: another site's page
+    opening a socket with your users' cookies). Compared without case, a trailing ``/`` ignored;
+    ``"*"`` allows any, ``"null"`` must be listed to be allowed. Empty (the default) allows any.
+    Requests without ``Origin`` are allowed: browsers always send it, so they come from clients
+    that are not browsers and carry no victim's cookies. Set it whenever tokens come in a cookie."""
     max_message_bytes: int = 1 << 20
     ping_interval_ms: int = 25_000
     idle_timeout_ms: int = 60_000
@@ -93,6 +98,19 @@ class WSEConfig:
     client that does not ask for the full one (``?envelope=full`` or ``features.envelope`` in
     ``client_hello``). Off (default): the full envelope, which the published ``wse-client``
     expects, unless a client asks for compact (``?envelope=compact``)."""
+    permessage_deflate: bool = False
+    """permessage-deflate (RFC 7692) for clients that offer it (browsers, websockets, Node ``ws``).
+    The server compresses each message on its own (``server_no_context_takeover``), so a
+    publication is compressed once per window size and shared by its subscribers."""
+    deflate_threshold: int = 64
+    """Messages shorter than this many bytes go out uncompressed, as do those that compression
+    does not shrink. 0 compresses every message (some clients' test suites expect that)."""
+    deflate_level: int = 6
+    deflate_client_context_takeover: bool = False
+    """Let clients keep their compression window between messages (better ratio for what they
+    send, at 32 KiB or more of server memory per connection for its lifetime). Off: the server
+    answers ``client_no_context_takeover`` and holds no window between messages. Inbound
+    compressed messages are capped by ``max_message_bytes`` after inflation (close 1009)."""
     msgpack: bool = True
     """Clients may ask for msgpack (``M:`` frames) with ``?format=msgpack``."""
     encryption: Literal["off", "optional", "required"] = "optional"

@@ -9,6 +9,7 @@ message once per topic). Back-pressure limit raised so that no message is droppe
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from socketify import App, AppListenOptions, CompressOptions, OpCode  # noqa: E402
 
 from common import Auth, Hub, announce, parse, peer_args, server_ready  # noqa: E402
+
+
+# BENCH_DEFLATE=1 (bench/deflate_fanout.py): permessage-deflate, publications compressed.
+DEFLATE = os.environ.get("BENCH_DEFLATE") == "1"
 
 
 def main() -> None:
@@ -59,18 +64,20 @@ def main() -> None:
         elif t == "bench.publish":
             topic, frames = hub.frames(p)
             for f in frames:
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, DEFLATE)
             ws.send(hub.done(len(frames)), OpCode.TEXT)
         elif t == "bench.users":
             n = 0
             for n, (topic, f) in enumerate(hub.user_sends(p), 1):
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, DEFLATE)
             ws.send(hub.done(n), OpCode.TEXT)
         elif t == "bench.stats":
             ws.send(hub.stats(), OpCode.TEXT)
 
     app.ws("/*", {
-        "compression": CompressOptions.DISABLED,
+        # BENCH_DEFLATE=1 (bench/deflate_fanout.py): uWS's shared compressor (no context takeover,
+        # one compression per publication).
+        "compression": CompressOptions.SHARED_COMPRESSOR if DEFLATE else CompressOptions.DISABLED,
         "max_payload_length": 1 << 20,
         "idle_timeout": 0,
         "max_backpressure": 1 << 30,

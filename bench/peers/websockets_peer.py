@@ -10,6 +10,7 @@ per message, written to every subscriber without waiting), yielding to the loop 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ import uvloop  # noqa: E402
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
 
 from common import Auth, Hub, announce, parse, peer_args, server_ready, stop_on_signals  # noqa: E402
+
+
+# BENCH_DEFLATE=1 (bench/deflate_fanout.py): permessage-deflate as websockets does it by default
+# (context takeover, so each connection compresses each message with its own compressor).
+DEFLATE = "deflate" if os.environ.get("BENCH_DEFLATE") == "1" else None
 
 
 async def main() -> None:
@@ -73,7 +79,7 @@ async def main() -> None:
     stop = asyncio.get_running_loop().create_future()
     stop_on_signals(lambda: stop.done() or stop.get_loop().call_soon_threadsafe(stop.set_result, None))
     async with serve(handler, args.host, args.port, process_request=process_request, backlog=4096,
-                     max_queue=None, ping_interval=None, compression=None):
+                     max_queue=None, ping_interval=None, compression=DEFLATE):
         announce("websockets", args.host, args.port)
         await stop
 

@@ -64,6 +64,17 @@ def run(
         float,
         typer.Option(min=0, help="With --workers: kill and restart a worker that answers no ping for this many seconds (hung or stopped); 0 turns it off."),
     ] = 30.0,
+    allowed_origin: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Allow browser handshakes from this Origin only (repeatable; e.g. https://app.example.com): "
+            "others get 403. Replaces the app's allowed_origins. Clients without Origin stay allowed."
+        ),
+    ] = None,
+    permessage_deflate: Annotated[
+        Optional[bool],
+        typer.Option(help="Turn permessage-deflate (RFC 7692) on or off (default: the app's config)."),
+    ] = None,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse import WSEApp
@@ -74,6 +85,16 @@ def run(
     wse_app = load_app(target)
     if not isinstance(wse_app, WSEApp):
         raise typer.BadParameter(f"{target!r} is a {type(wse_app).__name__}, not a wse.WSEApp")
+    overrides: dict[str, object] = {}
+    env: dict[str, str] = {}
+    if allowed_origin is not None:
+        overrides["allowed_origins"] = tuple(allowed_origin)
+        env["WSE_ALLOWED_ORIGINS"] = "\n".join(allowed_origin)
+    if permessage_deflate is not None:
+        overrides["permessage_deflate"] = permessage_deflate
+        env["WSE_PERMESSAGE_DEFLATE"] = "1" if permessage_deflate else "0"
+    if overrides:
+        wse_app.config = wse_app.config.replace(**overrides)
     if workers is None:
         wse_app.run(host=host, port=port, announce=True)
         return
@@ -97,6 +118,7 @@ def run(
         log_level=log_level,
         steer_cpu=steer_cpu,
         watchdog_timeout=watchdog_timeout,
+        env=env,
     )
     Supervisor(cfg).run()
 

@@ -99,7 +99,8 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     pub handshake_timeout_ms: u64,
     pub max_request_bytes: usize,
-    /// Allowed `Origin` values; empty allows any (and requests without Origin).
+    /// Allowed `Origin` values (against cross-site WebSocket hijacking); empty allows any.
+    /// Requests without an `Origin` header (clients that are not browsers) are allowed.
     pub allowed_origins: Vec<String>,
     pub max_message_bytes: usize,
     pub ping_interval_ms: u64,
@@ -132,6 +133,16 @@ pub struct Config {
     /// Send every connection the compact envelope (no `id`, `ts`) unless it asks for the full
     /// one (`?envelope=full`, `client_hello.features.envelope`). Off: full unless asked.
     pub compact_envelope: bool,
+    /// permessage-deflate (RFC 7692) for clients that offer it (browsers do).
+    pub permessage_deflate: bool,
+    /// Messages shorter than this go out uncompressed (compressing them gains nothing), as do
+    /// those compression does not shrink; 0 compresses every message.
+    pub deflate_threshold: usize,
+    pub deflate_level: u32,
+    /// Let clients keep their compression context between messages (better ratio for what they
+    /// send, but a 32 KiB window per connection, kept while it lives); false answers
+    /// `client_no_context_takeover`.
+    pub deflate_client_context_takeover: bool,
     /// Clients may ask for msgpack with `?format=msgpack`.
     pub msgpack: bool,
     pub encryption: EncryptionPolicy,
@@ -218,6 +229,10 @@ impl Default for Config {
             compression_threshold: 1024,
             compression_level: 6,
             compact_envelope: false,
+            permessage_deflate: false,
+            deflate_threshold: 64,
+            deflate_level: 6,
+            deflate_client_context_takeover: false,
             msgpack: true,
             encryption: EncryptionPolicy::Optional,
             key_rotation_ms: 3_600_000,
@@ -277,6 +292,9 @@ impl Config {
         if self.compression_level > 9 {
             return Err("compression_level must be 0..=9".into());
         }
+        if self.deflate_level > 9 {
+            return Err("deflate_level must be 0..=9".into());
+        }
         if self.recovery && (self.recovery_buffer == 0 || self.recovery_max_bytes == 0) {
             return Err("recovery_buffer and recovery_max_bytes must be positive".into());
         }
@@ -290,6 +308,15 @@ impl Config {
             return Err("rate_limit_warn_at must be between 0 and 1".into());
         }
         Ok(())
+    }
+
+    /// permessage-deflate as configured, `None` when off.
+    pub fn deflate_settings(&self) -> Option<crate::protocol::deflate::Settings> {
+        self.permessage_deflate.then_some(crate::protocol::deflate::Settings {
+            client_context_takeover: self.deflate_client_context_takeover,
+            threshold: self.deflate_threshold,
+            level: self.deflate_level as u8,
+        })
     }
 
     pub fn zip(&self) -> Option<crate::protocol::outgoing::Zip> {

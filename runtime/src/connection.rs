@@ -21,6 +21,7 @@ use crate::config::EncryptionPolicy;
 use crate::crypto::session::CryptoError;
 use crate::crypto::sign::SigError;
 use crate::protocol::compress::{self, InflateError};
+use crate::protocol::deflate;
 use crate::protocol::message::{classify, Inbound};
 use crate::protocol::msgpack;
 use crate::protocol::time::now_ms;
@@ -50,6 +51,8 @@ pub struct Conn {
     pub token_expires_ms: AtomicU64,
     /// The rate limit on what this client sends (None: no limit).
     pub rate: Option<Mutex<crate::limits::rate::RateState>>,
+    /// permessage-deflate, as negotiated in the handshake.
+    pub deflate: Option<deflate::Params>,
 }
 
 impl Conn {
@@ -83,7 +86,7 @@ where
         engine.cfg.max_frames_per_write,
         engine.metrics.clone(),
     ));
-    let mut decoder = Decoder::new(engine.cfg.max_message_bytes);
+    let mut decoder = Decoder::new(engine.cfg.max_message_bytes).with_deflate(conn.deflate.as_ref().map(deflate::Inflater::new));
     let m = &engine.metrics;
     let end = 'outer: loop {
         // Parse everything buffered first: the handshake may have read the first frames.

@@ -7,7 +7,7 @@
 //! then refused by the queue and re-sent sealed, so nothing reaches an encrypted connection in
 //! plaintext after its key exchange, and nothing sealed precedes the key.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::connection::Conn;
 use crate::crypto::session::Session;
 use crate::outbound::{PushMany, COALESCE_MAX};
+use crate::protocol::deflate::{self, Params};
 use crate::protocol::frame::{self, frame_in_place, HEADER_ROOM};
 use crate::protocol::outgoing::{Mode, OutMsg};
 
@@ -52,11 +53,16 @@ pub struct Batch<'a> {
     zipped_compact: OnceCell<(Vec<Piece>, usize)>,
     msgpack: OnceCell<Vec<Piece>>,
     compact: OnceCell<Vec<Piece>>,
+    /// permessage-deflate frames by encoding (JSON, compact JSON, msgpack) and window
+    /// (`Params::key`), with how many of them really are compressed; and the compressions done
+    /// for this batch, not yet counted.
+    deflated: [OnceCell<(Vec<Piece>, usize)>; 3 * deflate::KEYS],
+    deflations: Cell<usize>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(msgs: &'a [Arc<OutMsg>]) -> Self {
-        Self { msgs, shared: false, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new() }
+        Self { msgs, shared: false, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new(), deflated: Default::default(), deflations: Cell::new(0) }
     }
 
     /// A batch that goes to several connections: its frames are pieced (see `Batch`).
@@ -72,6 +78,26 @@ impl<'a> Batch<'a> {
     fn zipped_count(&self, compact: bool) -> usize {
         let cell = if compact { &self.zipped_compact } else { &self.zipped };
         cell.get().map_or(0, |(_, n)| *n)
+    }
+
+    /// The frames for a permessage-deflate connection, and how many are compressed.
+    fn deflated(&self, mode: Mode, compact: bool, p: &Params) -> &(Vec<Piece>, usize) {
+        let variant = if mode == Mode::Msgpack { 2 } else { usize::from(compact) };
+        self.deflated[variant * deflate::KEYS + p.key()].get_or_init(|| {
+            let (mut n, mut fresh) = (0, 0);
+            let f: Vec<Bytes> = self
+                .msgs
+                .iter()
+                .map(|m| {
+                    let (f, new) = m.deflated(mode, compact, p);
+                    n += usize::from(f[0] & deflate::RSV1 != 0);
+                    fresh += usize::from(new);
+                    f
+                })
+                .collect();
+            self.deflations.set(self.deflations.get() + fresh);
+            (pieces(f, self.shared), n)
+        })
     }
 
     fn frames(&self, mode: Mode, zip: bool, compact: bool) -> &[Piece] {
@@ -133,6 +159,22 @@ pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
     let mut mode = conn.out.mode();
     loop {
         match mode {
+            Mode::Json | Mode::Msgpack if conn.deflate.is_some_and(|p| p.compresses()) => {
+                // permessage-deflate replaces `C:` zlib: one compression is enough.
+                let p = conn.deflate.expect("checked");
+                let (frames, n) = batch.deflated(mode, conn.compact.load(Relaxed), &p);
+                match conn.out.push_pieces(frames, Some(mode)) {
+                    Ok(mut r) => {
+                        r.deflated = r.queued.min(*n);
+                        r.deflations = batch.deflations.take();
+                        if mode == Mode::Msgpack {
+                            r.msgpack = r.queued;
+                        }
+                        return r;
+                    }
+                    Err(now) => mode = now,
+                }
+            }
             Mode::Json | Mode::Msgpack => {
                 let zip = conn.zip.load(Relaxed) && mode == Mode::Json;
                 let compact = conn.compact.load(Relaxed);

@@ -179,9 +179,13 @@ impl Engine {
             created_ms: now,
             token_expires_ms: AtomicU64::new(claims.as_ref().map_or(0, |c| self.token_deadline(c))),
             rate: crate::limits::rate::for_connection(&self.cfg, now),
+            deflate: enc.deflate,
         });
         self.conns.write().insert(id, conn.clone());
         Metrics::inc(&self.metrics.connections_active);
+        if conn.deflate.is_some() {
+            Metrics::inc(&self.metrics.deflate_connections);
+        }
         let claims = claims.map(|c| {
             let wanted = self.cfg.jwt.as_ref().map(|j| &j.claims).filter(|w| !w.is_empty());
             let c: Map<String, Value> = match wanted {

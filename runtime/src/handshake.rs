@@ -17,7 +17,7 @@ use crate::auth::jwt::AuthError;
 use crate::auth::token;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::protocol::{envelope, frame};
+use crate::protocol::{deflate, envelope, frame};
 
 /// A connection that passed the upgrade and the token check.
 pub struct Accepted<S> {
@@ -39,6 +39,8 @@ pub struct Encodings {
     /// The compact envelope, without `id` and `ts` (`?envelope=compact`; the server's
     /// `compact_envelope` default otherwise, which `?envelope=full` overrides).
     pub compact: bool,
+    /// permessage-deflate, if offered by the client and enabled.
+    pub deflate: Option<deflate::Params>,
 }
 
 /// `key=value` in the query string (case-insensitive).
@@ -97,14 +99,25 @@ pub fn authenticate(engine: &Engine, cookie: Option<&str>, authorization: Option
     }
 }
 
-/// The `Origin` allow-list (empty allows any); a refusal is counted.
+/// The `Origin` allow-list against cross-site WebSocket hijacking: with a list, a request
+/// whose `Origin` is not on it is refused (403). Empty allows any. A request without `Origin`
+/// is allowed: browsers always send it on a WebSocket handshake, so its absence means a client
+/// that is not a browser, which cannot carry a victim's cookies. A refusal is counted.
 pub fn origin_allowed(engine: &Engine, origin: Option<&str>) -> bool {
-    let allowed = &engine.cfg.allowed_origins;
-    if allowed.is_empty() || origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
+    if origin_listed(&engine.cfg.allowed_origins, origin) {
         return true;
     }
     Metrics::inc(&engine.metrics.handshake_bad_origin);
     false
+}
+
+/// `origin` is on the list (compared without case, a trailing `/` ignored), or the list is
+/// empty, or there is no `Origin` header. `*` on the list allows any origin; `null` (sandboxed
+/// frames, `file:` pages) is allowed only when listed.
+pub fn origin_listed(allowed: &[String], origin: Option<&str>) -> bool {
+    let Some(o) = origin else { return true };
+    let o = o.trim().trim_end_matches('/');
+    allowed.is_empty() || allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o))
 }
 
 /// The encodings the client asked for in the query string and the server allows.
@@ -121,6 +134,7 @@ pub fn encodings(engine: &Engine, query: Option<&str>) -> Encodings {
         msgpack: cfg.msgpack && query_has(query, "format=msgpack"),
         compression: cfg.compression && query_has(query, "compression=true"),
         compact,
+        deflate: None,
     }
 }
 
@@ -167,6 +181,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
     let mut origin = None;
     let mut cookie = None;
     let mut authorization = None;
+    let mut extensions: Vec<&str> = Vec::new();
     for h in req.headers.iter() {
         builder = builder.header(h.name, h.value);
         let v = std::str::from_utf8(h.value).ok();
@@ -176,6 +191,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             cookie = v;
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = v;
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            extensions.extend(v);
         }
     }
     if !origin_allowed(engine, origin) {
@@ -204,6 +221,15 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         head.extend_from_slice(v.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    let deflate = match cfg.deflate_settings() {
+        Some(s) if auth.is_ok() => deflate::negotiate(extensions, &s),
+        _ => None,
+    };
+    if let Some((_, ext)) = &deflate {
+        head.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        head.extend_from_slice(ext.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
     head.extend_from_slice(b"\r\n");
     match auth {
         Ok(id) => {
@@ -212,7 +238,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             }
             Metrics::inc(&m.handshakes_ok);
             let Identity { user_id, claims } = id;
-            Some(Accepted { stream, leftover: buf, user_id, claims, enc: encodings(engine, query) })
+            Some(Accepted { stream, leftover: buf, user_id, claims, enc: Encodings { deflate: deflate.map(|(p, _)| p), ..encodings(engine, query) } })
         }
         Err(e) => {
             // Upgrade, say why, close with 4401: browsers cannot read an HTTP refusal's status.

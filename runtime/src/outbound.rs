@@ -38,6 +38,9 @@ pub struct PushMany {
     pub zipped: usize,
     pub msgpack: usize,
     pub sealed: usize,
+    /// Of those queued: permessage-deflate frames; and compressions done to build them.
+    pub deflated: usize,
+    pub deflations: usize,
 }
 
 impl PushMany {
@@ -48,6 +51,8 @@ impl PushMany {
         self.zipped += o.zipped;
         self.msgpack += o.msgpack;
         self.sealed += o.sealed;
+        self.deflated += o.deflated;
+        self.deflations += o.deflations;
     }
 
     /// Adds the outcome to the engine's counters (`deliveries` is the caller's).
@@ -58,6 +63,8 @@ impl PushMany {
         Metrics::add(&m.compressed_out, self.zipped as u64);
         Metrics::add(&m.msgpack_out, self.msgpack as u64);
         Metrics::add(&m.sealed_out, self.sealed as u64);
+        Metrics::add(&m.deflated_out, self.deflated as u64);
+        Metrics::add(&m.deflate_compressions, self.deflations as u64);
     }
 }
 

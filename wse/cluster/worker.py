@@ -85,6 +85,17 @@ class Worker:
         raise ValueError(f"unknown op {op!r}")
 
 
+def config_overrides(env: Any) -> dict[str, Any]:
+    """Settings the CLI changed (``WSE_ALLOWED_ORIGINS``, newline-separated, and
+    ``WSE_PERMESSAGE_DEFLATE``, 1 or 0), to apply over the application's own config."""
+    out: dict[str, Any] = {}
+    if "WSE_ALLOWED_ORIGINS" in env:
+        out["allowed_origins"] = tuple(o for o in env["WSE_ALLOWED_ORIGINS"].split("\n") if o)
+    if env.get("WSE_PERMESSAGE_DEFLATE") in ("0", "1"):
+        out["permessage_deflate"] = env["WSE_PERMESSAGE_DEFLATE"] == "1"
+    return out
+
+
 def main() -> None:
     env = os.environ
     logging.basicConfig(level=env.get("WSE_LOG_LEVEL", "info").upper(),
@@ -96,6 +107,8 @@ def main() -> None:
         pin_to(int(env["WSE_CPU"]))
     run_dir = env["WSE_RUN_DIR"]
     app = load_app(env["WSE_TARGET"])
+    if overrides := config_overrides(env):
+        app.config = app.config.replace(**overrides)
     app._engine_extra = {
         "listen_fd": int(env["WSE_LISTEN_FD"]),
         "drain_timeout_ms": int(float(env.get("WSE_DRAIN_TIMEOUT", "10")) * 1000),

@@ -3,6 +3,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::deflate::{self, InflateError, Inflater};
+
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -103,6 +105,10 @@ pub struct Decoder {
     partial: Option<(u8, BytesMut)>,
     /// How far the partial text message is known to be valid UTF-8.
     utf8_checked: usize,
+    /// permessage-deflate, when negotiated: messages whose first frame has RSV1 are inflated.
+    deflate: Option<Inflater>,
+    /// The partial message is compressed.
+    compressed: bool,
 }
 
 enum Utf8 {
@@ -121,7 +127,30 @@ fn check_utf8(data: &[u8]) -> Utf8 {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Self {
-        Self { max_message, partial: None, utf8_checked: 0 }
+        Self { max_message, partial: None, utf8_checked: 0, deflate: None, compressed: false }
+    }
+
+    /// Accepts compressed messages (RSV1 on a message's first frame) and inflates them.
+    pub fn with_deflate(mut self, inflater: Option<Inflater>) -> Self {
+        self.deflate = inflater;
+        self
+    }
+
+    /// A whole message: inflated if it came compressed, and text checked for UTF-8 (`checked`:
+    /// bytes already known valid).
+    fn message(&mut self, op: u8, payload: BytesMut, compressed: bool, checked: bool) -> Result<Event, Violation> {
+        let data = match (compressed, self.deflate.as_mut()) {
+            (true, Some(inf)) => match inf.inflate(&payload, self.max_message) {
+                Ok(v) => Bytes::from(v),
+                Err(InflateError::TooLarge) => return Err(violation(1009, "message too big")),
+                Err(InflateError::Corrupt) => return Err(violation(1007, "invalid compressed data")),
+            },
+            _ => payload.freeze(),
+        };
+        if op == OP_TEXT && !(checked && !compressed) && simdutf8::basic::from_utf8(&data).is_err() {
+            return Err(violation(1007, "invalid UTF-8 in text message"));
+        }
+        Ok(if op == OP_TEXT { Event::Text(data) } else { Event::Binary(data) })
     }
 
     /// Parses one event from `buf`, consuming its bytes; `Ok(None)` when more bytes are needed.
@@ -134,7 +163,9 @@ impl Decoder {
             let b1 = buf[1];
             let fin = b0 & 0x80 != 0;
             let opcode = b0 & 0x0F;
-            if b0 & 0x70 != 0 {
+            // RSV1 marks a compressed message, on its first frame only (RFC 7692 section 6).
+            let rsv1 = b0 & 0x70 == deflate::RSV1 && self.deflate.is_some() && (opcode == OP_TEXT || opcode == OP_BINARY);
+            if b0 & 0x70 != 0 && !rsv1 {
                 return Err(violation(1002, "reserved bits set"));
             }
             if b1 & 0x80 == 0 {
@@ -219,21 +250,18 @@ impl Decoder {
             }
             // Data frame.
             if opcode != OP_CONT && fin {
-                if opcode == OP_TEXT && simdutf8::basic::from_utf8(&payload).is_err() {
-                    return Err(violation(1007, "invalid UTF-8 in text message"));
-                }
-                let data = payload.freeze();
-                return Ok(Some(if opcode == OP_TEXT { Event::Text(data) } else { Event::Binary(data) }));
+                return self.message(opcode, payload, rsv1, false).map(Some);
             }
             if opcode != OP_CONT {
                 self.partial = Some((opcode, payload));
                 self.utf8_checked = 0;
+                self.compressed = rsv1;
             } else {
                 let (_, p) = self.partial.as_mut().unwrap();
                 p.extend_from_slice(&payload);
             }
             let (op, p) = self.partial.as_ref().unwrap();
-            if *op == OP_TEXT {
+            if *op == OP_TEXT && !self.compressed {
                 match check_utf8(&p[self.utf8_checked..]) {
                     Utf8::Valid => self.utf8_checked = p.len(),
                     Utf8::Incomplete(n) if !fin => self.utf8_checked += n,
@@ -242,8 +270,7 @@ impl Decoder {
             }
             if fin {
                 let (op, p) = self.partial.take().unwrap();
-                let data = p.freeze();
-                return Ok(Some(if op == OP_TEXT { Event::Text(data) } else { Event::Binary(data) }));
+                return self.message(op, p, self.compressed, true).map(Some);
             }
         }
     }

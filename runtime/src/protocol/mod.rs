@@ -2,6 +2,7 @@
 //! (`C:` zlib, `M:` msgpack; `E:` encryption lives in `crate::crypto`).
 
 pub mod compress;
+pub mod deflate;
 pub mod envelope;
 pub mod frame;
 pub mod message;

@@ -6,8 +6,10 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::compress;
+use super::deflate::{self, Params};
 use super::frame::{self, frame_in_place, HEADER_ROOM};
 use super::msgpack;
 
@@ -52,6 +54,9 @@ pub struct OutMsg {
     id_ts: Option<(u32, u32)>,
     /// The compact frame and its header length.
     compact: OnceLock<(Bytes, usize)>,
+    /// permessage-deflate frames built so far, by (encoding, window): `None` when compressing
+    /// did not make it smaller. Shared by every subscriber with the same parameters.
+    deflated: Mutex<Vec<(u8, Option<Bytes>)>>,
     /// The topic offset (recovery), 0 for messages to one connection.
     pub offset: u64,
     /// When it was built (ms), for the recovery TTL.
@@ -66,7 +71,7 @@ impl OutMsg {
         let plain = frame_in_place(opcode, buf);
         let hdr = plain.len() - body_len;
         let id_ts = id_ts_span(&plain[hdr..]);
-        OutMsg { plain, hdr, zip, compressed: OnceLock::new(), msgpack: OnceLock::new(), id_ts, compact: OnceLock::new(), offset, at_ms }
+        OutMsg { plain, hdr, zip, compressed: OnceLock::new(), msgpack: OnceLock::new(), id_ts, compact: OnceLock::new(), deflated: Mutex::default(), offset, at_ms }
     }
 
     /// Bytes the application sends as they are: no compression, no msgpack conversion
@@ -75,7 +80,7 @@ impl OutMsg {
         let body_len = buf.len() - HEADER_ROOM;
         let plain = frame_in_place(opcode, buf);
         let hdr = plain.len() - body_len;
-        OutMsg { msgpack: OnceLock::from(plain.clone()), plain, hdr, zip: None, compressed: OnceLock::new(), id_ts: None, compact: OnceLock::new(), offset: 0, at_ms: 0 }
+        OutMsg { msgpack: OnceLock::from(plain.clone()), plain, hdr, zip: None, compressed: OnceLock::new(), id_ts: None, compact: OnceLock::new(), deflated: Mutex::default(), offset: 0, at_ms: 0 }
     }
 
     /// The JSON envelope, unframed (what encryption seals).
@@ -92,7 +97,32 @@ impl OutMsg {
     pub fn size(&self) -> usize {
         let zipped = self.compressed.get().and_then(|c| c.as_ref()).map_or(0, |c| c.len());
         let compact = self.compact.get().filter(|(c, _)| c.as_ptr() != self.plain.as_ptr()).map_or(0, |(c, _)| c.len());
-        self.plain.len() + zipped + self.msgpack.get().map_or(0, |m| m.len()) + compact
+        let deflated: usize = self.deflated.lock().iter().map(|(_, f)| f.as_ref().map_or(0, |f| f.len())).sum();
+        self.plain.len() + zipped + self.msgpack.get().map_or(0, |m| m.len()) + compact + deflated
+    }
+
+    /// The frame for a connection with permessage-deflate `p` in `mode` (JSON or msgpack):
+    /// compressed on its own (no context), once per parameter set, when that makes it smaller
+    /// (always with a threshold of 0).
+    /// The flag says whether this call did the compression.
+    /// `compact`: the compact JSON envelope (see `compact`).
+    pub fn deflated(&self, mode: Mode, compact: bool, p: &Params) -> (Bytes, bool) {
+        let compact = compact && mode == Mode::Json;
+        let base = if compact { self.compact() } else { self.frame_for(mode) };
+        let (opcode, payload) = deflate::parse_own(&base);
+        if !p.compresses() || payload.len() < p.threshold as usize {
+            return (base, false);
+        }
+        let key = (mode as u8) << 4 | u8::from(compact) << 3 | p.key() as u8;
+        let mut cache = self.deflated.lock();
+        if let Some((_, f)) = cache.iter().find(|(k, _)| *k == key) {
+            return (f.clone().unwrap_or(base), false);
+        }
+        let c = deflate::compress(payload, p.server_bits, p.level, HEADER_ROOM);
+        // A message that does not shrink goes uncompressed, unless the threshold is 0 (compress all).
+        let f = (p.threshold == 0 || c.len() - HEADER_ROOM < payload.len()).then(|| deflate::frame(opcode, c, HEADER_ROOM));
+        cache.push((key, f.clone()));
+        (f.unwrap_or(base), true)
     }
 
     fn compact_parts(&self) -> &(Bytes, usize) {
