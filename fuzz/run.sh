@@ -5,11 +5,13 @@
 #   fuzz/run.sh check [SECONDS]          the test command's step: replay every committed corpus,
 #                                        then fuzz each target for its share of SECONDS (60)
 #   fuzz/run.sh campaign [RUNS] [T...]   the long campaign: each target (or those named) for RUNS
-#                                        executions (10,000,000), one at a time under nice -n 19;
-#                                        new inputs go to fuzz/work/T, figures to fuzz/work/*.log
+#                                        executions (10,000,000), one at a time under nice -n 19
+#                                        (MAX_TIME=SECONDS stops each sooner); new inputs go to
+#                                        fuzz/work/T, figures to fuzz/work/T.N.log (N: session)
 #   fuzz/run.sh cmin [T...]              merge fuzz/work/T into fuzz/corpus/T, keeping only inputs
 #                                        that add coverage (what gets committed)
 #   fuzz/run.sh replay [T...]            run each committed corpus once
+#   fuzz/run.sh figures [T...]           the campaigns' figures as a markdown table
 #
 # Stable Rust: the build passes rustc the same flags `cargo fuzz build --sanitizer none` does
 # (sancov coverage, compare tracing, `--cfg fuzzing`), none of them unstable, so neither a
@@ -75,15 +77,20 @@ campaign() {
     mkdir -p work
     for t in "$@"; do
         mkdir -p "work/$t" "artifacts/$t"
-        echo "fuzz: campaign $t: $runs runs (log: fuzz/work/$t.log)"
-        nice -n 19 "$BIN/$t" -runs="$runs" -max_len="${MAX_LEN:-8192}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-            -artifact_prefix="artifacts/$t/" "work/$t" "corpus/$t" >"work/$t.log" 2>&1 || {
-            tail -30 "work/$t.log"
+        # One log per session (a campaign may be resumed: work/T keeps what it found).
+        local n=1
+        while [ -e "work/$t.$n.log" ]; do n=$((n + 1)); done
+        local log="work/$t.$n.log"
+        echo "fuzz: campaign $t: $runs runs${MAX_TIME:+ or ${MAX_TIME}s} (log: fuzz/$log)"
+        nice -n 19 "$BIN/$t" -runs="$runs" ${MAX_TIME:+-max_total_time="$MAX_TIME"} -max_len="${MAX_LEN:-8192}" \
+            -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+            -artifact_prefix="artifacts/$t/" "work/$t" "corpus/$t" >"$log" 2>&1 || {
+            tail -30 "$log"
             echo "fuzz: $t FOUND A CRASH: input in fuzz/artifacts/$t/" >&2
             return 1
         }
-        line=$(grep -E '^#[0-9]+' "work/$t.log" | tail -1)
-        echo "fuzz: $t: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "work/$t.log"); last: $line"
+        line=$(grep -E '^#[0-9]+' "$log" | tail -1)
+        echo "fuzz: $t: $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') runs in $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" | grep -o 'in [0-9]*' | cut -c4-)s; last: $line"
     done
 }
 
@@ -110,30 +117,65 @@ cmin() {
     done
 }
 
-cmd=${1:-check}
-shift || true
-case "$cmd" in
-    build) build ;;
-    replay) build; replay "${@:-${TARGETS[@]}}" ;;
-    check)
-        total=${1:-60}
-        build
-        replay "${TARGETS[@]}"
-        fuzz_for $(( total / ${#TARGETS[@]} )) "${TARGETS[@]}"
-        ;;
-    campaign)
-        runs=${1:-10000000}
-        shift || true
-        build
-        campaign "$runs" "${@:-${TARGETS[@]}}"
-        ;;
-    cmin)
-        build
-        work=1
-        for t in "${@:-${TARGETS[@]}}"; do
-            [ -d "work/$t" ] || mkdir -p "work/$t"
+# A markdown table of the campaigns so far: runs and seconds summed over the sessions in
+# fuzz/work/T.N.log, the last coverage (cov: edges, ft: features), the committed corpus.
+figures() {
+    local t runs secs cov ft n size
+    echo "| target | runs | seconds (nice 19, shared host) | coverage (edges) | features | corpus (inputs, size) | crash inputs left |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    for t in "$@"; do
+        runs=0 secs=0 cov=0 ft=0
+        for f in work/"$t".*.log; do
+            [ -e "$f" ] || continue
+            n=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$f" | grep -o '[0-9]*$' || true)
+            runs=$((runs + ${n:-0}))
+            n=$(grep -Eo '^#[0-9]+.*' "$f" | tail -1)
+            secs=$((secs + $(grep -o 'Done [0-9]* runs in [0-9]*' "$f" | grep -o '[0-9]*$' || echo 0)))
+            local c fe
+            c=$(echo "$n" | grep -o 'cov: [0-9]*' | grep -o '[0-9]*' || echo 0)
+            fe=$(echo "$n" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*' || echo 0)
+            [ "${c:-0}" -gt "$cov" ] && cov=$c
+            [ "${fe:-0}" -gt "$ft" ] && ft=$fe
         done
-        cmin "${@:-${TARGETS[@]}}"
-        ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
-esac
+        n=$(find "corpus/$t" -type f | wc -l)
+        size=$(du -sh "corpus/$t" | cut -f1)
+        echo "| \`$t\` | $runs | ${secs}s | $cov | $ft | $n, $size | $(ls "artifacts/$t" 2>/dev/null | wc -l) |"
+    done
+}
+
+# All in functions, called from the last line: bash has read the whole script before it runs
+# anything, so editing the file during a long campaign does not change the running one.
+main() {
+    cmd=${1:-check}
+    shift || true
+    case "$cmd" in
+        build) build ;;
+        replay) build; replay "${@:-${TARGETS[@]}}" ;;
+        check)
+            total=${1:-60}
+            build
+            replay "${TARGETS[@]}"
+            if [ "$total" -gt 0 ]; then
+                fuzz_for $(( (total + ${#TARGETS[@]} - 1) / ${#TARGETS[@]} )) "${TARGETS[@]}"
+            fi
+            ;;
+        campaign)
+            runs=${1:-10000000}
+            shift || true
+            build
+            campaign "$runs" "${@:-${TARGETS[@]}}"
+            ;;
+        cmin)
+            build
+            work=1
+            for t in "${@:-${TARGETS[@]}}"; do
+                [ -d "work/$t" ] || mkdir -p "work/$t"
+            done
+            cmin "${@:-${TARGETS[@]}}"
+            ;;
+        figures) figures "${@:-${TARGETS[@]}}" ;;
+        *) sed -n '2,22p' "$0"; exit 2 ;;
+    esac
+}
+
+main "$@"; exit $?
