@@ -35,7 +35,8 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 
 build() {
     # --target keeps RUSTFLAGS off build scripts and proc macros, as cargo-fuzz does.
-    cargo build -q --release --locked --target "$TRIPLE" --bins
+    # Not --locked: fuzz/Cargo.lock follows the engine's dependencies, which change without it.
+    cargo build -q --release --target "$TRIPLE" --bins
 }
 
 replay() {
