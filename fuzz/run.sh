@@ -139,7 +139,7 @@ figures() {
             [ "${fe:-0}" -gt "$ft" ] && ft=$fe
         done
         n=$(find "corpus/$t" -type f | wc -l)
-        size=$(du -sh "corpus/$t" | cut -f1)
+        size=$(cat "corpus/$t"/* 2>/dev/null | wc -c | awk '{printf "%d KB", $1 / 1024}')
         echo "| \`$t\` | $runs | ${secs}s | $cov | $ft | $n, $size | $(ls "artifacts/$t" 2>/dev/null | wc -l) |"
     done
 }
