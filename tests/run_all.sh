@@ -6,7 +6,9 @@
 #   3. cargo test for the Rust units (engine and load generator)
 #   4. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
 #      chromium for its browser tests; then its unit tests (vitest)
-#   5. pytest: engine suites with real clients, Autobahn|Testsuite 1-13 (with
+#   5. the fuzz targets (fuzz/run.sh check): every committed corpus replayed, then about a minute
+#      of coverage-guided fuzzing in all (FUZZ_SECONDS; 0 replays only)
+#   6. pytest: engine suites with real clients, Autobahn|Testsuite 1-13 (with
 #      permessage-deflate), stubs and types, the
 #      TypeScript client end to end in Chromium and Node (tests/ts)
 set -euo pipefail
@@ -38,5 +40,8 @@ if ! command -v chromium >/dev/null; then
     apt_install chromium
 fi
 (cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+# The fuzz targets link libFuzzer, which is C++ (built by the libfuzzer-sys crate).
+command -v c++ >/dev/null || apt_install g++
 cargo test --workspace --no-default-features -q
+bash fuzz/run.sh check "${FUZZ_SECONDS:-60}"
 python3 -m pytest -q "$@"

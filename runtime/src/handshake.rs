@@ -48,8 +48,71 @@ fn query_has(query: Option<&str>, key_value: &str) -> bool {
     query.is_some_and(|q| q.split('&').any(|kv| kv.eq_ignore_ascii_case(key_value)))
 }
 
-fn find_end(buf: &[u8]) -> Option<usize> {
+/// Where the request head ends (just past its blank line), once it has all been read.
+pub fn find_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// What the engine reads from an upgrade request's head (its bytes up to the blank line).
+pub struct RequestHead<'a> {
+    /// The request target; `path` and `query` are its two halves around the first `?`.
+    pub target: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub cookie: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    /// Every `Sec-WebSocket-Extensions` header's value, in order (permessage-deflate offers).
+    pub extensions: Vec<&'a str>,
+    /// The request as tungstenite checks it; Err when a header or the target is not valid HTTP.
+    pub request: Result<http::Request<()>, http::Error>,
+}
+
+/// Parses a request head; `None` when it is not an HTTP/1 request (at most 64 headers).
+pub fn parse_head(head: &[u8]) -> Option<RequestHead<'_>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut builder = http::Request::builder().method(req.method.unwrap_or("GET")).uri(target);
+    builder = builder.version(if req.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 });
+    let (mut origin, mut cookie, mut authorization) = (None, None, None);
+    let mut extensions = Vec::new();
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+        let v = std::str::from_utf8(h.value).ok();
+        if h.name.eq_ignore_ascii_case("origin") {
+            origin = v;
+        } else if h.name.eq_ignore_ascii_case("cookie") {
+            cookie = v;
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = v;
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            extensions.extend(v);
+        }
+    }
+    Some(RequestHead { target, path, query, origin, cookie, authorization, extensions, request: builder.body(()) })
+}
+
+/// The `101 Switching Protocols` head answering a valid upgrade request, or why it is not one.
+pub fn switching_protocols(request: &http::Request<()>) -> Result<Vec<u8>, tungstenite::error::Error> {
+    let response = create_response(request)?;
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (k, v) in response.headers() {
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(head)
 }
 
 async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) {
@@ -159,53 +222,27 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         }
     };
     let head = buf.split_to(end);
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+    let Some(RequestHead { target: _, path, query, origin, cookie, authorization, extensions, request }) = parse_head(&head) else {
         Metrics::inc(&m.handshake_bad_request);
         reply(&mut stream, "400 Bad Request", "malformed request\n").await;
         return None;
-    }
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
     };
     if path != cfg.path {
         Metrics::inc(&m.handshake_bad_path);
         reply(&mut stream, "404 Not Found", "no WebSocket endpoint here\n").await;
         return None;
     }
-    let mut builder = http::Request::builder().method(req.method.unwrap_or("GET")).uri(target);
-    builder = builder.version(if req.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 });
-    let mut origin = None;
-    let mut cookie = None;
-    let mut authorization = None;
-    let mut extensions: Vec<&str> = Vec::new();
-    for h in req.headers.iter() {
-        builder = builder.header(h.name, h.value);
-        let v = std::str::from_utf8(h.value).ok();
-        if h.name.eq_ignore_ascii_case("origin") {
-            origin = v;
-        } else if h.name.eq_ignore_ascii_case("cookie") {
-            cookie = v;
-        } else if h.name.eq_ignore_ascii_case("authorization") {
-            authorization = v;
-        } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            extensions.extend(v);
-        }
-    }
     if !origin_allowed(engine, origin) {
         reply(&mut stream, "403 Forbidden", "origin not allowed\n").await;
         return None;
     }
-    let Ok(request) = builder.body(()) else {
+    let Ok(request) = request else {
         Metrics::inc(&m.handshake_bad_request);
         reply(&mut stream, "400 Bad Request", "malformed request\n").await;
         return None;
     };
-    let response = match create_response(&request) {
-        Ok(r) => r,
+    let mut head = match switching_protocols(&request) {
+        Ok(h) => h,
         Err(e) => {
             Metrics::inc(&m.handshake_bad_request);
             reply(&mut stream, "400 Bad Request", &format!("not a WebSocket upgrade: {e}\n")).await;
@@ -213,24 +250,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         }
     };
     let auth = authenticate(engine, cookie, authorization, query);
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    for (k, v) in response.headers() {
-        head.extend_from_slice(k.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(v.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
     let deflate = match cfg.deflate_settings() {
         Some(s) if auth.is_ok() => deflate::negotiate(extensions, &s),
         _ => None,
     };
     if let Some((_, ext)) = &deflate {
+        // The answer's last line is the blank one: the extension header goes before it.
+        head.truncate(head.len() - 2);
         head.extend_from_slice(b"Sec-WebSocket-Extensions: ");
         head.extend_from_slice(ext.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(b"\r\n\r\n");
     }
-    head.extend_from_slice(b"\r\n");
     match auth {
         Ok(id) => {
             if stream.write_all(&head).await.is_err() {

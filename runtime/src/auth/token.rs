@@ -11,7 +11,9 @@ pub fn extract<'a>(
 ) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(auth) = authorization {
         let auth = auth.trim();
-        if auth.len() > 7 && auth[..7].eq_ignore_ascii_case("bearer ") {
+        // Compared as bytes: the header may hold multi-byte text, and byte 7 need not be a
+        // char boundary (slicing the str there panicked).
+        if auth.len() > 7 && auth.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ") {
             return Some(auth[7..].trim().into());
         }
     }
@@ -48,6 +50,9 @@ mod tests {
         assert!(extract(&c, None, None, Some("token=q")).is_none());
         c.query_param = true;
         assert_eq!(extract(&c, None, None, Some("format=json&token=a%2Eb")).unwrap(), "a.b");
+        // Non-ASCII text across byte 7 of the header: no token, and no panic.
+        assert!(extract(&c, None, Some("éééé xyz"), None).is_none());
+        assert!(extract(&c, None, Some("Bearer é"), None).as_deref() == Some("é"));
         c.cookie_name = "jwt".into();
         assert!(extract(&c, Some("access_token=abc"), None, None).is_none());
     }

@@ -236,9 +236,13 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, String> {
                 }
                 entries.push((Stamp { epoch, offset, at_ms }, body.split_to(len)));
             }
+            if !body.is_empty() {
+                return Err("snapshot longer than its entries".into());
+            }
             Frame::Snapshot { topic, epoch, pushed, owner, entries }
         }
-        SYNCED => Frame::Synced,
+        SYNCED if body.is_empty() => Frame::Synced,
+        SYNCED => return Err("synced frame with a body".into()),
         PRESENCE_COUNT | PRESENCE_DATA => Frame::Presence(super::presence::decode(kind, body)?),
         k => return Err(format!("unknown frame kind {k}")),
     };
@@ -317,6 +321,14 @@ mod tests {
         let mut b = BytesMut::from(&[2u8, 0, 0, 0, 9, 1][..]);
         assert!(take(&mut b).is_err());
         let mut b = BytesMut::from(&[3u8, 0, 0, 0, PUBLISH, 1, 2][..]);
+        assert!(take(&mut b).is_err());
+        // Bytes a frame does not account for (found by fuzz/fuzz_targets/mesh_wire.rs).
+        let mut b = BytesMut::from(&[2u8, 0, 0, 0, SYNCED, 0][..]);
+        assert!(take(&mut b).is_err());
+        let mut b = BytesMut::new();
+        snapshot(&mut b, "t", 1, 1, false, &[(1, 1, b"x")]);
+        b[0] += 1;
+        b.put_u8(0);
         assert!(take(&mut b).is_err());
     }
 }
