@@ -33,7 +33,7 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def wse(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_wse(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*WSE, *args], cwd=ROOT, env=env_with(**env), capture_output=True, text=True, timeout=60)
 
 
@@ -60,8 +60,11 @@ class Serving:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        err = self.proc.stderr.read()
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        return err
 
 
 async def greeted(url: str, **kw: Any) -> dict[str, Any]:
@@ -96,7 +99,7 @@ async def greeted(url: str, **kw: Any) -> dict[str, Any]:
     ],
 )
 def test_a_bad_value_is_one_line_and_exit_code_2(args: list[str], env: dict[str, str], needle: str) -> None:
-    r = wse(*args, **env)
+    r = run_wse(*args, **env)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("wse: error: ") and needle in lines[0], r.stderr
@@ -106,13 +109,13 @@ def test_a_bad_value_is_one_line_and_exit_code_2(args: list[str], env: dict[str,
 def test_version() -> None:
     import wse
 
-    r = wse("--version")
+    r = run_wse("--version")
     assert r.returncode == 0 and r.stdout.startswith(f"wse {wse.__version__} (engine "), r.stdout + r.stderr
-    assert wse("version").stdout == r.stdout
+    assert run_wse("version").stdout == r.stdout
 
 
 def test_shell_completion_completes_commands_and_options() -> None:
-    r = wse("--show-completion", "bash")
+    r = run_wse("--show-completion", "bash")
     assert r.returncode == 0 and "_WSE_COMPLETE" in r.stdout, r.stdout + r.stderr
     # What bash asks at `wse r<TAB>` and `wse run --ssl<TAB>`:
     for words, cword, want in (("wse r", "1", "run"), ("wse run --ssl", "2", "--ssl-certfile")):
@@ -172,7 +175,7 @@ def test_uds_serves_on_a_unix_socket(tmp_path: Path) -> None:
 
     sock = tmp_path / "wse.sock"
     sock.write_bytes(b"")  # a file that is not a socket is never replaced
-    bad = wse("run", "tests.apps.testapp:app", "--uds", str(sock))
+    bad = run_wse("run", "tests.apps.testapp:app", "--uds", str(sock))
     assert bad.returncode != 0 and "not a socket" in bad.stderr
     sock.unlink()
     s = Serving("tests.apps.testapp:app", WSE_UDS=str(sock), WSE_LOG_LEVEL="warning")
@@ -199,7 +202,7 @@ def test_factory(tmp_path: Path) -> None:
         "    calls.append(1)\n"
         "    return WSEApp(WSEConfig(port=0))\n"
     )
-    bad = wse("run", "factory_app:make", PYTHONPATH=str(tmp_path))
+    bad = run_wse("run", "factory_app:make", PYTHONPATH=str(tmp_path))
     assert bad.returncode == 2 and "--factory" not in bad.stderr and "not a wse.WSEApp" in bad.stderr
     s = Serving("factory_app:make", "--factory", cwd=tmp_path, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     try:
@@ -223,7 +226,7 @@ def test_json_log_format_carries_the_engine_access_log() -> None:
         asyncio.run(bad_path())
         assert s.proc.stderr is not None
         deadline = time.monotonic() + 15
-        for line in s.proc.stderr:
+        for line in iter(s.proc.stderr.readline, ""):
             rec = json.loads(line)  # every line is one JSON object
             assert {"ts", "level", "logger", "message", "pid"} <= set(rec)
             if rec["logger"] == "wse.access" and "/elsewhere" in rec["message"]:

@@ -69,7 +69,10 @@ def test_wse_run_serves_metrics_in_one_process() -> None:
             assert r.status == 200
     finally:
         proc.terminate()
-        assert proc.wait(15) == 0
+        code = proc.wait(15)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert code == 0
 
 
 def test_app_serve_metrics_exports_every_engine_counter() -> None:

@@ -65,7 +65,7 @@ ENGINE_METRICS: list[_Spec] = [
      [("abrupt_disconnects", {"kind": "abrupt"}, 1), ("idle_closes", {"kind": "idle"}, 1)]),
     ("wse_drain_calls_total", "counter", "Batches Python took from the inbound queue.", [("drain_calls", {}, 1)]),
     ("wse_drain_events_total", "counter", "Events Python took from the inbound queue.", [("drain_events", {}, 1)]),
-    ("wse_inbound_queue_depth", "gauge", "Data events waiting for Python.", [("inbound_queue_depth", {}, 1)]),
+    ("wse_inbound_queue_depth", "gauge", "Events waiting for Python.", [("inbound_queue_len", {}, 1)]),
     ("wse_backpressure_seconds_total", "counter", "Time readers waited for room in the inbound queue.",
      [("backpressure_ns", {}, 1e-9)]),
     ("wse_backpressure_waits_total", "counter", "Times a reader waited for room in the inbound queue.",
@@ -106,6 +106,10 @@ ENGINE_METRICS: list[_Spec] = [
     ("wse_presence_events_total", "counter", "Presence changes (joins, leaves, updates).", [("presence_events", {}, 1)]),
     ("wse_dedup_publish_dropped_total", "counter", "Publications dropped as repeats of an idempotency key.",
      [("dedup_publish_dropped", {}, 1)]),
+    ("wse_dedup_keys", "gauge", "Keys remembered for dedup: publish idempotency keys and client message ids.",
+     [("dedup_publish_keys", {"kind": "publish"}, 1), ("dedup_inbound_keys", {"kind": "inbound"}, 1)]),
+    ("wse_presence_topics", "gauge", "Topics with anyone present.", [("presence_topics", {}, 1)]),
+    ("wse_presence_users", "gauge", "Users with presence in any topic.", [("presence_users", {}, 1)]),
     ("wse_circuit_breakers_open", "gauge", "Message types whose handler circuit breaker is open now.",
      [("breakers_open", {}, 1)]),
 ]
@@ -201,6 +205,9 @@ class EngineCollector(Collector):
 def exported_stats_keys() -> set[str]:
     """Every engine ``stats()`` key some family reads (tests check none is left out)."""
     keys = {k for _, _, _, specs in ENGINE_METRICS for k, _, _ in specs}
+    # The queue's length as last stored by the engine: wse_inbound_queue_depth reads the exact
+    # length at scrape time (inbound_queue_len) instead.
+    keys.add("inbound_queue_depth")
     keys |= {f"drain_batch_le_{b}" for b in DRAIN_BATCH_BUCKETS} | {"drain_batch_gt_1024"}
     keys |= {f"publish_queue_le_{n}" for n, _ in PUBLISH_QUEUE_BUCKETS} | {"publish_queue_gt_100ms", "publish_queue_ns"}
     return keys

@@ -14,8 +14,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
+
+# typer up to 0.2x raises click's exceptions; later versions vendor click. Either way these are
+# the classes typer's own BadParameter derives from.
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -307,18 +311,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="wse", standalone_mode=False)
-    except click.UsageError as e:
-        hint = f" (try 'wse {e.ctx.info_name} --help')" if e.ctx is not None and e.ctx.info_name != "wse" else ""
-        print(f"wse: error: {e.format_message()}{hint}", file=sys.stderr)
+    except _UsageError as e:
+        message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        ctx = getattr(e, "ctx", None)
+        name = getattr(ctx, "info_name", None)
+        hint = f" (see 'wse {name} --help')" if name and name != "wse" else ""
+        print(f"wse: error: {message}{hint}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
+    except typer.Exit as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except typer.Abort:
         print("wse: aborted", file=sys.stderr)
         sys.exit(1)
-    except click.ClickException as e:
-        print(f"wse: error: {e.format_message()}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except _ClickException as e:
+        print(f"wse: error: {' '.join(e.format_message().split())}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 1))
     sys.exit(code if isinstance(code, int) else 0)
 
 
