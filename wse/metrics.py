@@ -151,7 +151,10 @@ def _simple(name: str, kind: str, help_text: str, samples: Iterable[_Sample]) ->
     return fam
 
 
-def _histogram(name: str, help_text: str, per_worker: Iterable[tuple[str, list[tuple[str, float]], float]]) -> Metric | None:
+_Buckets = list[tuple[str, float]]
+
+
+def _histogram(name: str, help_text: str, per_worker: Iterable[tuple[str, _Buckets, float]]) -> Metric | None:
     """Per worker: cumulative (le, count) buckets ending with +Inf, and the sum."""
     fam = HistogramMetricFamily(name, help_text, labels=["worker"])
     any_sample = False
@@ -233,9 +236,9 @@ DRAIN_BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024)
 
 
 def _drain_batches(workers: list[WorkerSample]) -> Metric | None:
-    per = []
+    per: list[tuple[str, _Buckets, float]] = []
     for x in workers:
-        running, buckets = 0, []
+        running, buckets = 0, _Buckets()
         for b in DRAIN_BATCH_BUCKETS:
             running += x.stats.get(f"drain_batch_le_{b}", 0)
             buckets.append((str(b), running))
@@ -250,9 +253,9 @@ PUBLISH_QUEUE_BUCKETS = (("50us", 50e-6), ("100us", 100e-6), ("250us", 250e-6), 
 
 
 def _publish_queue(workers: list[WorkerSample]) -> Metric | None:
-    per = []
+    per: list[tuple[str, _Buckets, float]] = []
     for x in workers:
-        running, buckets = 0, []
+        running, buckets = 0, _Buckets()
         for name, bound in PUBLISH_QUEUE_BUCKETS:
             running += x.stats.get(f"publish_queue_le_{name}", 0)
             buckets.append((_num(bound), running))
@@ -297,9 +300,9 @@ def _mesh(workers: list[WorkerSample]) -> Iterator[Metric | None]:
     rec = [(w, m["recovery"]) for w, m in meshes if m.get("recovery")]
     for key, name, help_text in _MESH_RECOVERY:
         yield _simple(name, "counter", help_text, [({"worker": w}, r[key]) for w, r in rec])
-    per = []
+    per: list[tuple[str, _Buckets, float]] = []
     for w, m in meshes:
-        running, buckets = 0, []
+        running, buckets = 0, _Buckets()
         for bound, n in zip(m["transit_buckets_ns"] + [None], m["transit_counts"]):
             running += n
             buckets.append(("+Inf" if bound is None else _num(bound / 1e9), running))
