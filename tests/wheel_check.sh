@@ -53,7 +53,7 @@ SUBSET=(
     "tests/client/test_client_core.py::test_send_request_and_handlers"
     "tests/client/test_client_core.py::test_subscribe_acks_and_unsubscribe"
 )
-DEPS="pytest pytest-timeout websockets pyjwt[crypto] cryptography msgpack"
+DEPS="pytest pytest-timeout websockets picows pyjwt[crypto] cryptography msgpack"
 
 for py in python3.13 python3.14; do
     if [ ! -x "$root/usr/bin/$py" ]; then
