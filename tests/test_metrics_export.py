@@ -114,7 +114,7 @@ def test_label_values_are_escaped() -> None:
     mesh = {"peers": [{"slot": odd}], "per_peer": [{"slot": odd, "messages_in": 1, "messages_out": 2, "bytes_in": 3,
                                                     "bytes_out": 4}],
             "dropped": 0, "transit_buckets_ns": [1000], "transit_counts": [1, 0], "transit_sum_ns": 10}
-    text = render([WorkerSample(0, True, 0, None, {"connections_active": 1}, mesh)])
+    text = render([WorkerSample(0, up=True, restarts=0, stats={"connections_active": 1}, mesh=mesh)])
     assert 'peer="peer \\"a\\"\\\\b\\nc"' in text
     assert ("wse_mesh_messages_total", {"worker": "0", "peer": odd, "direction": "out"}, 2.0) in parse(text)
     promtool_ok(text)
