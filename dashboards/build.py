@@ -29,6 +29,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("CPU per worker", "percentunit", [("rate(wse_worker_cpu_seconds_total[1m])", f"worker {W}")]),
     ("Open connections", "none", [("wse_connections_active", f"worker {W}")]),
     ("Handshakes /s", "ops", [("rate(wse_handshakes_total[1m])", f"worker {W}")]),
+    ("Token refreshes and expiry closes /s", "ops",
+     [("sum by (worker, event) (rate(wse_token_events_total[5m]))", f"worker {W} {{{{event}}}}")]),
     ("Handshake failures /s by reason", "ops",
      [("sum by (worker, reason) (rate(wse_handshake_failures_total[5m]))", f"worker {W} {{{{reason}}}}")]),
     ("Messages /s", "ops", [("sum by (worker, direction) (rate(wse_messages_total[1m]))", f"worker {W} {{{{direction}}}}")]),
