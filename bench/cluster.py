@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fanout import Server as RefServer  # noqa: E402
 from bench.fanout import Skip, check_peer, free_port  # noqa: E402
-from wse.cluster.metrics import parse  # noqa: E402
+from wse.metrics import parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"

@@ -12,7 +12,7 @@ all its processes and threads (/proc/PID/stat). A server that cannot be installe
 reported as skipped, with the reason. Results go to ``bench/results/MODE.json``; the report to
 docs/BENCHMARKS.md (between the ``bench:suite`` markers) and docs/img/bench-*.png.
 
-Needs: ``pip install -e ".[bench]" ./cli``; the generator (built here with
+Needs: ``pip install -e ".[bench]"``; the generator (built here with
 ``cargo build --release -p wse-loadgen`` when missing; else ``wse bench``, the same code in the
 wheel); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python "python3.13"``,
 or ``WSE_REFERENCE_PYTHON``, or the machine's reference-wse.sh wrapper (found by itself).

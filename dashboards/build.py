@@ -1,12 +1,25 @@
-"""Writes wse.json, the Grafana dashboard for a `wse run --workers N` cluster.
+"""Writes wse.json, the Grafana dashboard for WSE (a `wse run --workers N` cluster's supervisor,
+or a single process's `/metrics`).
 
 Run `python dashboards/build.py` after changing the panels; tests/test_dashboards.py checks that
-every expression parses and names only metrics the supervisor's /metrics exports."""
+every expression parses, names only metrics that are exported, and that every exported metric
+has a panel. Every metric in an expression is filtered by the dashboard's `job` and `instance`
+variables (one instance is one supervisor or one process)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+SELECTOR = 'job=~"$job",instance=~"$instance"'
+_METRIC = re.compile(r"\b(wse_[a-z0-9_]+)\b(\{)?")
+
+
+def scoped(expr: str) -> str:
+    """``expr`` with the job/instance selector on each metric."""
+    return _METRIC.sub(lambda m: m.group(1) + "{" + SELECTOR + ("," if m.group(2) else "}"), expr)
+
 
 W = "{{worker}}"
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -16,6 +29,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("CPU per worker", "percentunit", [("rate(wse_worker_cpu_seconds_total[1m])", f"worker {W}")]),
     ("Open connections", "none", [("wse_connections_active", f"worker {W}")]),
     ("Handshakes /s", "ops", [("rate(wse_handshakes_total[1m])", f"worker {W}")]),
+    ("Token refreshes and expiry closes /s", "ops",
+     [("sum by (worker, event) (rate(wse_token_events_total[5m]))", f"worker {W} {{{{event}}}}")]),
     ("Handshake failures /s by reason", "ops",
      [("sum by (worker, reason) (rate(wse_handshake_failures_total[5m]))", f"worker {W} {{{{reason}}}}")]),
     ("Messages /s", "ops", [("sum by (worker, direction) (rate(wse_messages_total[1m]))", f"worker {W} {{{{direction}}}}")]),
@@ -49,7 +64,67 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
       ("rate(wse_mesh_stamp_conflicts_total[5m])", f"conflicts {W}")]),
     ("Subscriptions and topics", "none",
      [("wse_subscriptions", f"subscriptions {W}"), ("wse_topics", f"topics {W}")]),
+    ("Workers killed by the watchdog (per hour) and last restart time", "none",
+     [("increase(wse_worker_hung_total[1h])", f"hung {W}"), ("wse_worker_last_restart_seconds", f"restart s {W}")]),
+    ("Worker slots and mesh peers", "none",
+     [("wse_workers", "slots"), ("wse_mesh_peers", f"peers of {W}")]),
+    ("Mesh links opened (per hour: more than the restarts means a flapping link)", "none",
+     [("increase(wse_mesh_links_opened_total[1h])", f"links of {W}")]),
+    ("Connections accepted and refused /s", "ops",
+     [("rate(wse_connections_accepted_total[1m])", f"accepted {W}"),
+      ("sum by (worker, reason) (rate(wse_connections_rejected_total[5m]))", f"refused {W} {{{{reason}}}}")]),
+    ("Frames and write syscalls /s", "ops",
+     [("rate(wse_frames_out_total[1m])", f"frames {W}"), ("rate(wse_write_syscalls_total[1m])", f"writes {W}")]),
+    ("Protocol errors and abnormal disconnects /s", "ops",
+     [("sum by (worker, kind) (rate(wse_protocol_errors_total[5m]))", f"error {W} {{{{kind}}}}"),
+      ("sum by (worker, kind) (rate(wse_disconnects_total[5m]))", f"disconnect {W} {{{{kind}}}}")]),
+    ("Drain calls /s and backpressure waits /s", "ops",
+     [("rate(wse_drain_calls_total[1m])", f"drains {W}"), ("rate(wse_backpressure_waits_total[1m])", f"waits {W}")]),
+    ("Client messages refused /s by reason", "ops",
+     [("sum by (worker, reason) (rate(wse_inbound_refused_total[5m]))", f"{W} {{{{reason}}}}"),
+      ("rate(wse_subscriptions_denied_total[5m])", f"subscriptions denied {W}")]),
+    ("Rate limits /s", "ops",
+     [("rate(wse_rate_limit_warnings_total[5m])", f"warnings {W}"), ("rate(wse_rate_limit_closes_total[5m])", f"closes {W}")]),
+    ("Encoded messages /s (zlib, msgpack, e2e)", "ops",
+     [("sum by (worker, direction, format) (rate(wse_encoded_messages_total[1m]))", f"{W} {{{{direction}}}} {{{{format}}}}")]),
+    ("E2E key exchanges, rotations, timeouts /s", "ops",
+     [("rate(wse_e2e_key_exchanges_total[5m])", f"exchanges {W}"), ("rate(wse_e2e_key_rotations_total[5m])", f"rotations {W}"),
+      ("rate(wse_e2e_key_exchange_timeouts_total[5m])", f"timeouts {W}")]),
+    ("Recovery requests /s and replayed publications /s", "ops",
+     [("rate(wse_recovery_asked_total[5m])", f"asked {W}"),
+      ("sum by (worker, result) (rate(wse_recovery_requests_total[5m]))", f"{W} {{{{result}}}}"),
+      ("rate(wse_recovered_messages_total[5m])", f"replayed {W}")]),
+    ("Recovery buffers and ring snapshots received", "bytes",
+     [("wse_recovery_bytes", f"buffers {W}"), ("increase(wse_mesh_snapshot_bytes_total[1h])", f"snapshots (1h) {W}")]),
+    ("Presence changes and refusals /s", "ops",
+     [("rate(wse_presence_events_total[1m])", f"changes {W}"), ("rate(wse_presence_refused_total[5m])", f"refused {W}")]),
+    ("Presence: topics and users; dedup keys held", "none",
+     [("wse_presence_topics", f"topics {W}"), ("wse_presence_users", f"users {W}"),
+      ("sum by (worker, kind) (wse_dedup_keys)", f"dedup keys {W} {{{{kind}}}}")]),
+    ("Idempotent publishes dropped /s and open circuit breakers", "none",
+     [("rate(wse_dedup_publish_dropped_total[5m])", f"dropped/s {W}"), ("wse_circuit_breakers_open", f"breakers open {W}")]),
+    ("Publish queue mean (s)", "s",
+     [("rate(wse_publish_queue_seconds_sum[5m]) / rate(wse_publish_queue_seconds_count[5m])", f"mean {W}"),
+      ("rate(wse_drain_batch_size_sum[5m]) / rate(wse_drain_batch_size_count[5m])", f"drain batch mean {W}"),
+      ("rate(wse_mesh_transit_seconds_sum[5m]) / rate(wse_mesh_transit_seconds_count[5m])", f"mesh transit mean {W}")]),
 ]
+
+
+def _label_variable(name: str, label: str, query: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
 
 
 def dashboard() -> dict[str, object]:
@@ -63,12 +138,12 @@ def dashboard() -> dict[str, object]:
             "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
             "targets": [
-                {"refId": chr(ord("A") + k), "expr": expr, "legendFormat": legend}
+                {"refId": chr(ord("A") + k), "expr": scoped(expr), "legendFormat": legend}
                 for k, (expr, legend) in enumerate(targets)
             ],
         })
     return {
-        "title": "WSE cluster",
+        "title": "WSE",
         "uid": "wse-cluster",
         "schemaVersion": 39,
         "version": 1,
@@ -78,6 +153,8 @@ def dashboard() -> dict[str, object]:
         "tags": ["wse", "websocket"],
         "templating": {"list": [
             {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+            _label_variable("job", "Job", "label_values(wse_worker_up, job)"),
+            _label_variable("instance", "Instance", 'label_values(wse_worker_up{job=~"$job"}, instance)'),
         ]},
         "panels": panels,
     }

@@ -73,7 +73,7 @@ class Cluster:
 
     def metric(self, name: str, **labels: str) -> dict[str, float]:
         """Samples of ``name`` matching ``labels``, by worker."""
-        from wse.cluster.metrics import parse
+        from wse.metrics import parse
 
         out: dict[str, float] = {}
         for n, lab, v in parse(self.scrape()):

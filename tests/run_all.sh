@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every suite.
-#   1. the package (Rust extension built by maturin) and the CLI, with the test extras, and the
-#      Python client (clients/python, pure Python) with its crypto and msgpack extras
-#   2. the reference engine's chroot (interop tests against the published wse-client), promtool
-#   3. cargo test for the Rust units (engine and load generator)
-#   4. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
+#   1. the package (Rust extension built by maturin, the `wse` command with it) with the test
+#      extras, and the Python client (clients/python, pure Python) with its crypto and msgpack extras
+#   2. the reference engine's chroot (interop tests against the published wse-client, and the
+#      wheel's check on Python 3.13), promtool
+#   3. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
 #      chromium for its browser tests; then its unit tests (vitest)
+#   4. cargo test for the Rust units (engine and load generator)
 #   5. the fuzz targets (fuzz/run.sh check): every committed corpus replayed, then about a minute
 #      of coverage-guided fuzzing in all (FUZZ_SECONDS; 0 replays only)
-#   6. pytest: engine suites with real clients, Autobahn|Testsuite 1-13 (with
+#   6. the wheel (`maturin build --release`, from the release build of step 1), installed into
+#      the chroot's Python 3.13 without a Rust toolchain, and a subset of the suites run there
+#   7. pytest: engine suites with real clients, Autobahn|Testsuite 1-13 (with
 #      permessage-deflate), stubs and types, the
 #      TypeScript client end to end in Chromium and Node (tests/ts)
 set -euo pipefail
@@ -19,12 +22,13 @@ apt_install() {
     apt-get -o DPkg::Lock::Timeout=600 update -q
     apt-get -o DPkg::Lock::Timeout=600 install -y -q "$@"
 }
-# A new venv ships pip 23.2, whose resolver cannot satisfy wse-cli's dependency on the
-# wse-engine being installed beside it: bring pip up to date first.
-python3 -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
-python3 -m pip install -q --disable-pip-version-check -e ".[test]" ./cli -e "./clients/python[crypto,msgpack]"
+# A new venv ships pip 23.2; bring it up to date first (its resolver mishandled local
+# distributions that depend on each other), with maturin for step 5.
+python3 -m pip install -q --disable-pip-version-check --upgrade "pip>=24" "maturin>=1.7,<2"
+# The Rust build takes minutes: -v lets cargo's progress through instead of minutes of silence.
+python3 -m pip install -v --disable-pip-version-check -e ".[test]" -e "./clients/python[crypto,msgpack]"
 bash tests/setup_reference.sh
-# promtool (Debian's prometheus package) checks the cluster's /metrics and the alert rules.
+# promtool (Debian's prometheus package) checks /metrics scrapes and the alert rules.
 if ! command -v promtool >/dev/null; then
     apt_install prometheus
 fi
@@ -44,4 +48,7 @@ fi
 command -v c++ >/dev/null || apt_install g++
 cargo test --workspace --no-default-features -q
 bash fuzz/run.sh check "${FUZZ_SECONDS:-60}"
+rm -rf target/ci-wheels
+python3 -m maturin build --release --out target/ci-wheels
+bash tests/wheel_check.sh target/ci-wheels/wse_engine-*.whl
 python3 -m pytest -q "$@"

@@ -14,5 +14,5 @@ def test_stub_matches_extension() -> None:
 
 
 def test_package_typechecks() -> None:
-    out = subprocess.run([sys.executable, "-m", "mypy", "wse", "cli/wse_cli"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "mypy", "wse", "cli/purelib/wse_cli"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -17,6 +17,9 @@ __all__ = [
     "EXT_DONE",
     "__version__",
     "loadgen",
+    "log_level",
+    "log_take",
+    "log_close",
 ]
 
 EV_CONNECT: int
@@ -34,6 +37,15 @@ __version__: str
 
 def loadgen(argv: list[str]) -> int:
     """The load generator's command line (``wse bench``); present when built with ``loadgen``."""
+
+def log_level(level: int) -> None:
+    """Records engine log lines at Python level ``level`` and above (``wse._logs``)."""
+
+def log_take(timeout_ms: int) -> tuple[list[tuple[int, str, str]], int]:
+    """Waits without the GIL for engine log records: ``([(level, logger, message)], dropped)``."""
+
+def log_close() -> None:
+    """Stops engine logging and wakes ``log_take``."""
 
 @final
 class Server:

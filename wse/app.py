@@ -13,7 +13,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 
-from . import _runtime
+from . import _logs, _runtime
 from .breaker import PROBE, REJECT, Breaker, BreakerStatus
 from .config import WSEConfig
 
@@ -119,6 +119,7 @@ class WSEApp:
         self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.address: tuple[str, int] | None = None
+        self.metrics_address: tuple[str, int] | None = None
         # Router mode: each external connection's writer wake-up, the tasks carrying them, and
         # readers waiting for room in the drain queue.
         self._ext_wake: dict[int, asyncio.Event] = {}
@@ -300,9 +301,14 @@ class WSEApp:
 
     # ---- serving --------------------------------------------------------------------------------
 
-    async def serve(self, *, ready: Callable[[tuple[str, int]], None] | None = None) -> None:
-        """Serve until ``stop()`` is called."""
+    async def serve(
+        self, *, ready: Callable[[tuple[str, int]], None] | None = None, metrics: str | tuple[str, int] | None = None
+    ) -> None:
+        """Serve until ``stop()`` is called. With ``metrics`` (``"HOST:PORT"``, port 0 picks one),
+        also serve Prometheus ``/metrics`` and ``/healthz`` there (its address in
+        ``metrics_address`` once serving)."""
         loop = asyncio.get_running_loop()
+        _logs.start()
         self._loop = loop
         self._stopped = asyncio.Event()
         engine_json = self.config.engine_json(subscribe_hook=self._authorize is not None)
@@ -314,13 +320,21 @@ class WSEApp:
         assert address is not None, "a listening engine reports its address"
         self.address = address
         loop.add_reader(server.fd, self._drain)
-        if ready is not None:
-            ready(address)
-        else:
-            log.info("serving on %s://%s:%d%s", self._scheme, address[0], address[1], self.config.path)
+        web = None
         try:
+            if metrics is not None:
+                from .exporter import serve_metrics
+
+                web = await serve_metrics(metrics, self.stats)
+                self.metrics_address = web.sockets[0].getsockname()[:2]
+            if ready is not None:
+                ready(address)
+            else:
+                log.info("serving on %s", self._url(address))
             await self._stopped.wait()
         finally:
+            if web is not None:
+                web.close()
             loop.remove_reader(server.fd)
             server.stop()
             # Every connection is closed now; hand Python all the remaining events.
@@ -339,6 +353,7 @@ class WSEApp:
         if self._server is not None:
             raise RuntimeError("the application is already running")
         loop = asyncio.get_running_loop()
+        _logs.start()
         server = _runtime.Server(self.config.engine_json(subscribe_hook=self._authorize is not None))
         server.start(listen=False)
         self._loop = loop
@@ -371,10 +386,18 @@ class WSEApp:
         if self._stopped is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
 
-    def run(self, host: str | None = None, port: int | None = None, *, announce: bool = False) -> None:
+    def run(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        announce: bool = False,
+        metrics: str | tuple[str, int] | None = None,
+    ) -> None:
         """Serve in this thread until SIGINT or SIGTERM (uvloop if installed).
 
-        With ``announce``, print ``wse: serving ws://HOST:PORT/PATH`` (``wss://`` with TLS) on stdout once listening.
+        With ``announce``, print ``wse: serving ws://HOST:PORT/PATH`` (``wss://`` with TLS) on stdout
+        once listening. With ``metrics`` (``"HOST:PORT"``), serve Prometheus ``/metrics`` there too.
         """
         changes: dict[str, object] = {}
         if host is not None:
@@ -388,10 +411,13 @@ class WSEApp:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
-            await self.serve(ready=_announce if announce else None)
+            await self.serve(ready=_announce if announce else None, metrics=metrics)
 
         def _announce(addr: tuple[str, int]) -> None:
-            print(f"wse: serving {self._scheme}://{addr[0]}:{addr[1]}{self.config.path}", flush=True)
+            extra = ""
+            if self.metrics_address is not None:
+                extra = f" in one process, metrics on http://{self.metrics_address[0]}:{self.metrics_address[1]}/metrics"
+            print(f"wse: serving {self._url(addr)}{extra}", flush=True)
 
         try:
             import uvloop
@@ -405,6 +431,12 @@ class WSEApp:
     @property
     def _scheme(self) -> str:
         return "wss" if self.config.tls_cert_file else "ws"
+
+    def _url(self, addr: tuple[str, int]) -> str:
+        """``ws://HOST:PORT/PATH``; ``ws+unix://SOCKET:/PATH`` on a Unix domain socket."""
+        if self.config.uds:
+            return f"{self._scheme}+unix://{addr[0]}:{self.config.path}"
+        return f"{self._scheme}://{addr[0]}:{addr[1]}{self.config.path}"
 
     def _drain(self) -> int:
         """Handles one batch of engine events; returns how many there were."""

@@ -51,6 +51,9 @@ class WSEConfig:
     port: int = 5006
     path: str = "/wse"
     backlog: int = 1024
+    uds: str | None = None
+    """Listen on this Unix domain socket path instead of ``host:port`` (behind a local reverse
+    proxy; a stale socket file is replaced). Connections over it report the address ``0.0.0.0:0``."""
     reuse_port: bool = True
     io_threads: int = 1
     """Tokio threads; 1 runs the engine on a single dedicated thread (best per core)."""

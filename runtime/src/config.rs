@@ -190,6 +190,8 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// A listening socket already bound (by a cluster supervisor), used instead of binding.
     pub listen_fd: Option<i32>,
+    /// Listen on this Unix domain socket path instead of `host:port` (behind a local proxy).
+    pub uds: Option<String>,
     /// Join a cluster's mesh of workers on this host (see `mesh`).
     pub mesh: Option<crate::mesh::MeshConfig>,
 }
@@ -259,6 +261,7 @@ impl Default for Config {
             dedup_inbound: true,
             drain_timeout_ms: 3_000,
             listen_fd: None,
+            uds: None,
             mesh: None,
         }
     }

@@ -124,6 +124,16 @@ async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, body: &str) 
     let _ = stream.shutdown().await;
 }
 
+/// One access-log line (debug level, logger `wse.access`) for a refused upgrade: the peer, the
+/// request's method and path (never the query string, which may carry a token), the status
+/// answered and why. The path is the client's: quoted, escaped and cut to 200 characters.
+fn refused(addr: SocketAddr, method: &str, path: &str, status: u16, why: &str) {
+    if log::log_enabled!(target: "wse.access", log::Level::Debug) {
+        let cut: String = path.chars().take(200).collect();
+        log::debug!(target: "wse.access", "{addr} {} {cut:?} {status} {why}", method.escape_debug());
+    }
+}
+
 /// Who a connection is, from its token (both `None` when JWT is off or optional and absent).
 pub struct Identity {
     pub user_id: Option<String>,
@@ -202,7 +212,7 @@ pub fn encodings(engine: &Engine, query: Option<&str>) -> Encodings {
 }
 
 /// Runs the handshake. `None` means the client was answered and the socket is done.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut stream: S, _addr: SocketAddr) -> Option<Accepted<S>> {
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut stream: S, addr: SocketAddr) -> Option<Accepted<S>> {
     let cfg = &engine.cfg;
     let m = &engine.metrics;
     let mut buf = BytesMut::with_capacity(1024);
@@ -212,6 +222,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         }
         if buf.len() >= cfg.max_request_bytes {
             Metrics::inc(&m.handshake_bad_request);
+            refused(addr, "-", "-", 431, "request too large");
             reply(&mut stream, "431 Request Header Fields Too Large", "request too large\n").await;
             return None;
         }
@@ -224,20 +235,25 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
     let head = buf.split_to(end);
     let Some(RequestHead { target: _, path, query, origin, cookie, authorization, extensions, request }) = parse_head(&head) else {
         Metrics::inc(&m.handshake_bad_request);
+        refused(addr, "-", "-", 400, "malformed request");
         reply(&mut stream, "400 Bad Request", "malformed request\n").await;
         return None;
     };
+    let method = req.method.unwrap_or("GET");
     if path != cfg.path {
         Metrics::inc(&m.handshake_bad_path);
+        refused(addr, method, path, 404, "bad path");
         reply(&mut stream, "404 Not Found", "no WebSocket endpoint here\n").await;
         return None;
     }
     if !origin_allowed(engine, origin) {
+        refused(addr, method, path, 403, "origin not allowed");
         reply(&mut stream, "403 Forbidden", "origin not allowed\n").await;
         return None;
     }
     let Ok(request) = request else {
         Metrics::inc(&m.handshake_bad_request);
+        refused(addr, method, path, 400, "malformed request");
         reply(&mut stream, "400 Bad Request", "malformed request\n").await;
         return None;
     };
@@ -245,6 +261,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         Ok(h) => h,
         Err(e) => {
             Metrics::inc(&m.handshake_bad_request);
+            refused(addr, method, path, 400, &format!("not a WebSocket upgrade: {e}"));
             reply(&mut stream, "400 Bad Request", &format!("not a WebSocket upgrade: {e}\n")).await;
             return None;
         }
@@ -271,6 +288,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
             Some(Accepted { stream, leftover: buf, user_id, claims, enc: Encodings { deflate: deflate.map(|(p, _)| p), ..encodings(engine, query) } })
         }
         Err(e) => {
+            refused(addr, method, path, 101, &format!("closed 4401: {}", e.message()));
             // Upgrade, say why, close with 4401: browsers cannot read an HTTP refusal's status.
             let err = envelope::error(e.code(), &e.message(), 1);
             head.extend_from_slice(&frame::build(engine.opcode(), &err));

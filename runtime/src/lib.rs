@@ -13,6 +13,7 @@ pub mod external;
 pub mod handshake;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;

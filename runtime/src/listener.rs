@@ -5,9 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::background;
@@ -17,8 +17,41 @@ use crate::engine::Engine;
 use crate::handshake::{self, Accepted};
 use crate::metrics::Metrics;
 
+/// A bound listening socket: TCP, or a Unix domain socket (`uds`).
+pub enum Bound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, String),
+}
+
+/// The address a connection over a Unix domain socket reports (it has no IP peer).
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// Binds the listening socket. Done on the caller's thread, so a bad address fails at once.
-pub fn bind(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
+pub fn bind(cfg: &Config) -> std::io::Result<Bound> {
+    if let Some(path) = &cfg.uds {
+        return bind_unix(path, cfg.backlog).map(|l| Bound::Unix(l, path.clone()));
+    }
+    bind_tcp(cfg).map(Bound::Tcp)
+}
+
+/// A Unix domain socket at `path`, replacing a stale socket file left by a previous run (but
+/// never another kind of file).
+fn bind_unix(path: &str, backlog: i32) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{path} exists and is not a socket")));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    sock.bind(&SockAddr::unix(path)?)?;
+    sock.listen(backlog)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn bind_tcp(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
     if let Some(fd) = cfg.listen_fd {
         return adopt(fd);
     }
@@ -51,12 +84,53 @@ fn adopt(fd: i32) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+enum Listening {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listening {
+    async fn accept(&self) -> std::io::Result<(Stream, SocketAddr)> {
+        match self {
+            Self::Tcp(l) => l.accept().await.map(|(s, a)| {
+                let _ = s.set_nodelay(true);
+                (Stream::Tcp(s), a)
+            }),
+            Self::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), UNIX_PEER)),
+        }
+    }
+}
+
+impl Stream {
+    async fn refuse(mut self, response: &[u8]) {
+        match &mut self {
+            Self::Tcp(s) => {
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            }
+            Self::Unix(s) => {
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    }
+}
+
 /// Accepts until `stop` turns true.
-pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
-    let listener = match TcpListener::from_std(listener) {
+pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiver<bool>) {
+    let registered = match listener {
+        Bound::Tcp(l) => TcpListener::from_std(l).map(Listening::Tcp),
+        Bound::Unix(l, _) => UnixListener::from_std(l).map(Listening::Unix),
+    };
+    let listener = match registered {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("wse: cannot register listener: {e}");
+            log::error!("cannot register the listening socket: {e}");
             return;
         }
     };
@@ -65,7 +139,7 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
     let m = engine.metrics.clone();
     let background = background::spawn(&engine, stop.clone());
     loop {
-        let (mut stream, addr) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
@@ -77,19 +151,15 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             _ = stop.changed() => break,
         };
         Metrics::inc(&m.connections_accepted);
-        let _ = stream.set_nodelay(true);
         if !engine.try_reserve_slot() {
             Metrics::inc(&m.connections_rejected_limit);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            log::debug!(target: "wse.access", "{addr} refused: 503 max_connections reached");
+            tokio::spawn(stream.refuse(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
             continue;
         }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             Metrics::inc(&m.connections_rejected_pending);
+            log::debug!(target: "wse.access", "{addr} refused: max_pending_handshakes reached");
             engine.release_slot();
             drop(stream);
             continue;
@@ -101,14 +171,25 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         // plain connection carries only its reader's state.
         tokio::spawn(async move {
             let timeout = engine.cfg.handshake_timeout();
-            match tls {
-                None => {
+            match (tls, stream) {
+                (None, Stream::Tcp(stream)) => {
                     if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
                         let (rd, wr) = a.stream.into_split();
                         connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
                     }
                 }
-                Some(acceptor) => Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await,
+                (None, Stream::Unix(stream)) => {
+                    if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
+                        let (rd, wr) = a.stream.into_split();
+                        connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                    }
+                }
+                (Some(acceptor), Stream::Tcp(stream)) => {
+                    Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await
+                }
+                (Some(acceptor), Stream::Unix(stream)) => {
+                    Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await
+                }
             }
             engine.release_slot();
         });
@@ -118,10 +199,10 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
 
 /// A TLS connection: the TLS handshake (sharing the upgrade's timeout), the upgrade, then the
 /// connection through tokio's split halves.
-async fn serve_tls(
+async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     engine: &Arc<Engine>,
     acceptor: tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
+    stream: S,
     addr: SocketAddr,
     timeout: Duration,
     permit: OwnedSemaphorePermit,
@@ -135,8 +216,14 @@ async fn serve_tls(
                 connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
             }
         }
-        Ok(Err(_)) => Metrics::inc(&engine.metrics.tls_failures),
-        Err(_) => Metrics::inc(&engine.metrics.handshake_timeouts),
+        Ok(Err(e)) => {
+            Metrics::inc(&engine.metrics.tls_failures);
+            log::debug!(target: "wse.access", "{addr} refused: TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            Metrics::inc(&engine.metrics.handshake_timeouts);
+            log::debug!(target: "wse.access", "{addr} refused: TLS handshake timed out");
+        }
     }
 }
 
@@ -155,6 +242,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(a) => a?,
         Err(_) => {
             Metrics::inc(&engine.metrics.handshake_timeouts);
+            log::debug!(target: "wse.access", "{addr} refused: handshake timed out");
             return None;
         }
     };

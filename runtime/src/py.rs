@@ -90,9 +90,13 @@ impl Server {
         } else {
             server::start_without_listener(self.engine.clone())?
         };
-        let addr = running.local_addr;
+        let addr = running.local_addr.clone();
         *r = Some(running);
-        Ok(addr.map(|a| (a.ip().to_string(), a.port())))
+        // A Unix domain socket reports (path, 0).
+        Ok(addr.map(|a| match a {
+            server::Address::Tcp(a) => (a.ip().to_string(), a.port()),
+            server::Address::Unix(path) => (path, 0),
+        }))
     }
 
     /// Closes every connection (code 1001) and stops the engine's thread.
@@ -325,8 +329,31 @@ fn loadgen(py: Python<'_>, argv: Vec<String>) -> i32 {
     py.detach(move || wse_loadgen::run_cli(argv))
 }
 
+/// Enables the engine's log records at Python level `level` and above (see `wse._logs`).
+#[pyfunction]
+fn log_level(level: i32) {
+    crate::logging::install();
+    crate::logging::set_level(level);
+}
+
+/// Waits (without the GIL) up to `timeout_ms` for engine log records: `([(level, logger,
+/// message)], dropped)`; empty once `log_close` was called.
+#[pyfunction]
+fn log_take(py: Python<'_>, timeout_ms: u64) -> (Vec<(u8, &'static str, String)>, u64) {
+    py.detach(move || crate::logging::take(std::time::Duration::from_millis(timeout_ms)))
+}
+
+/// Stops recording engine log records and wakes `log_take` (interpreter exit).
+#[pyfunction]
+fn log_close() {
+    crate::logging::close();
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Server>()?;
+    m.add_function(wrap_pyfunction!(log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(log_take, m)?)?;
+    m.add_function(wrap_pyfunction!(log_close, m)?)?;
     #[cfg(feature = "loadgen")]
     m.add_function(wrap_pyfunction!(loadgen, m)?)?;
     m.add("EV_CONNECT", EV_CONNECT)?;

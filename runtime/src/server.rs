@@ -13,11 +13,19 @@ use crate::background;
 use crate::engine::Engine;
 use crate::listener;
 
+/// Where the engine listens.
+#[derive(Debug, Clone)]
+pub enum Address {
+    Tcp(std::net::SocketAddr),
+    /// A Unix domain socket's path.
+    Unix(String),
+}
+
 pub struct Running {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     /// The listener's address; `None` without a listener.
-    pub local_addr: Option<std::net::SocketAddr>,
+    pub local_addr: Option<Address>,
     /// The engine's runtime, for tasks started from outside it (external connections).
     pub handle: Handle,
 }
@@ -34,8 +42,12 @@ pub fn start_without_listener(engine: Arc<Engine>) -> std::io::Result<Running> {
     run(engine, None)
 }
 
-fn run(engine: Arc<Engine>, listener: Option<std::net::TcpListener>) -> std::io::Result<Running> {
-    let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+fn run(engine: Arc<Engine>, listener: Option<listener::Bound>) -> std::io::Result<Running> {
+    let local_addr = match &listener {
+        Some(listener::Bound::Tcp(l)) => Some(Address::Tcp(l.local_addr()?)),
+        Some(listener::Bound::Unix(_, path)) => Some(Address::Unix(path.clone())),
+        None => None,
+    };
     let mesh_listener = match &engine.mesh {
         Some(m) => Some(crate::mesh::bind(m)?),
         None => None,

@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
-from . import http
+from .. import httpserver as http
 from .control import control_path, request
-from .metrics import WorkerSample, render
+from ..metrics import CONTENT_TYPE, WorkerSample, render
 from .osutil import cpu_seconds, reuseport_listener, steer_by_cpu, usable_cpus
 
 log = logging.getLogger("wse.cluster")
@@ -283,7 +283,7 @@ class Supervisor:
     async def _http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
         if path == "/metrics" and method == "GET":
             text = render(await self.samples())
-            return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode()
+            return 200, CONTENT_TYPE, text.encode()
         if path == "/publish":
             return await self._publish(method, headers, body)
         if path == "/healthz":

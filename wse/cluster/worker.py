@@ -18,17 +18,20 @@ from typing import Any
 import orjson
 
 from ..app import WSEApp
+from ..logformat import configure
 from .control import control_path
 from .osutil import cpu_seconds, die_with_parent, pin_to
 
 log = logging.getLogger("wse.cluster")
 
 
-def load_app(target: str) -> WSEApp:
+def load_app(target: str, factory: bool = False) -> WSEApp:
     module_name, _, attr = target.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     obj = getattr(importlib.import_module(module_name), attr or "app")
+    if factory:
+        obj = obj()
     if not isinstance(obj, WSEApp):
         raise TypeError(f"{target!r} is a {type(obj).__name__}, not a wse.WSEApp")
     return obj
@@ -98,15 +101,16 @@ def config_overrides(env: Any) -> dict[str, Any]:
 
 def main() -> None:
     env = os.environ
-    logging.basicConfig(level=env.get("WSE_LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(env.get("WSE_LOG_LEVEL", "info"), env.get("WSE_LOG_FORMAT", "text"))
     die_with_parent(int(env["WSE_SUPERVISOR_PID"]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     slot = int(env["WSE_WORKER_SLOT"])
     if env.get("WSE_CPU"):
         pin_to(int(env["WSE_CPU"]))
     run_dir = env["WSE_RUN_DIR"]
-    app = load_app(env["WSE_TARGET"])
+    app = load_app(env["WSE_TARGET"], factory=bool(env.get("WSE_FACTORY")))
+    if env.get("WSE_SSL_CERTFILE") and env.get("WSE_SSL_KEYFILE"):
+        app.config = app.config.replace(tls_cert_file=env["WSE_SSL_CERTFILE"], tls_key_file=env["WSE_SSL_KEYFILE"])
     if overrides := config_overrides(env):
         app.config = app.config.replace(**overrides)
     app._engine_extra = {

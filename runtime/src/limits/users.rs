@@ -63,6 +63,7 @@ pub async fn admit<S: AsyncRead + AsyncWrite + Unpin>(engine: &Engine, user: Opt
         return true;
     }
     Metrics::inc(&engine.metrics.connections_rejected_user);
+    log::debug!(target: "wse.access", "user {user:?} refused: closed 4429, over max_connections_per_user");
     let mut out = Vec::new();
     if engine.cfg.envelopes {
         let msg = format!("at most {} connections per user", engine.cfg.max_connections_per_user);

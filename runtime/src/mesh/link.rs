@@ -34,7 +34,7 @@ pub async fn run(mesh: Arc<Mesh>, engine: Arc<Engine>, listener: StdUnixListener
     let l = match UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("wse: mesh listener: {e}");
+            log::error!(target: "wse.mesh", "mesh listener: {e}");
             return;
         }
     };
@@ -130,7 +130,7 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
                 Ok(Some((f, len))) => apply(&mesh, &engine, &peer, f, len),
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("wse: mesh link to {}: {e}", peer.name);
+                    log::warn!(target: "wse.mesh", "mesh link to {}: {e}", peer.name);
                     break 'read;
                 }
             }

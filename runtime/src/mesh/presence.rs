@@ -142,7 +142,7 @@ impl Engine {
             PresenceFrame::Data { user, stamp, data } => {
                 let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
                 if size > self.presence.max_data_bytes() {
-                    eprintln!("wse: mesh peer {}: presence data of {size} bytes ignored", peer.name);
+                    log::warn!(target: "wse.mesh", "mesh peer {}: presence data of {size} bytes ignored", peer.name);
                     return;
                 }
                 for notice in self.presence.remote_data(&user, stamp, data) {

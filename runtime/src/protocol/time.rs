@@ -1,23 +1,13 @@
-//! Timestamps and ids for envelopes: RFC 3339 with milliseconds, and UUIDv7.
+//! Timestamps and ids for envelopes: RFC 3339 with milliseconds (the `time` crate, formatted
+//! once per second and cached), and UUIDv7 (the `uuid` crate's layout and text form, with random
+//! bits from a per-thread xorshift: an id needs uniqueness, not secrecy, and a getrandom call per
+//! envelope would be a system call on the publication path).
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 thread_local! {
@@ -44,19 +34,14 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ms: u64) {
     out.extend_from_slice(&[b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8, b'Z']);
 }
 
+const RFC3339_MS: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
 fn write_rfc3339_slow(out: &mut Vec<u8>, ms: u64) {
-    let secs = (ms / 1000) as i64;
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        ms % 1000
-    );
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Formatting into a Vec cannot fail for this description (every component is defined in UTC).
+    let _ = at.format_into(out, RFC3339_MS);
 }
 
 /// Appends `n` in decimal.
@@ -108,25 +93,14 @@ pub fn next_random() -> u64 {
     })
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// A UUIDv7 (48-bit millisecond time, random rest) in its 36-character text form.
 pub fn write_uuid7(out: &mut Vec<u8>, ms: u64) {
-    let r1 = next_random();
-    let r2 = next_random();
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6..8].copy_from_slice(&r1.to_be_bytes()[..2]);
-    b[8..16].copy_from_slice(&r2.to_be_bytes());
-    b[6] = (b[6] & 0x0F) | 0x70;
-    b[8] = (b[8] & 0x3F) | 0x80;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
-        }
-        out.push(HEX[(byte >> 4) as usize]);
-        out.push(HEX[(byte & 15) as usize]);
-    }
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next_random().to_ne_bytes());
+    random[8..].copy_from_slice(&next_random().to_ne_bytes()[..2]);
+    let id = uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
 }
 
 #[cfg(test)]
@@ -155,5 +129,22 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert!(s.starts_with("01234567-89ab-7"));
         assert!(matches!(s.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
+        let parsed = uuid::Uuid::parse_str(&s).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        let (secs, nanos) = parsed.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 0x0123_4567_89ab);
+        let mut w = vec![];
+        write_uuid7(&mut w, 0x0123_4567_89ab);
+        assert_ne!(v_text(&w), s, "two ids of the same millisecond differ");
+    }
+
+    fn v_text(v: &[u8]) -> String {
+        String::from_utf8(v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn rfc3339_far_dates() {
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(1_709_164_800_000), "2024-02-29T00:00:00.000Z");
     }
 }

@@ -7,7 +7,7 @@ import time
 import urllib.request
 from collections import defaultdict
 
-from wse.cluster.metrics import parse
+from wse.metrics import parse
 
 Sample = dict[str, dict[tuple[str, ...], float]]
 
