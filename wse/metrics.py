@@ -285,6 +285,9 @@ def _mesh(workers: list[WorkerSample]) -> Iterator[Metric | None]:
     meshes = [(str(x.slot), x.mesh) for x in workers if x.mesh]
     yield _simple("wse_mesh_peers", "gauge", "Peers this worker is linked to on the mesh.",
                   [({"worker": w}, len(m["peers"])) for w, m in meshes])
+    yield _simple("wse_mesh_links_opened_total", "counter",
+                  "Mesh links this worker opened (a link that keeps reopening is flapping).",
+                  [({"worker": w}, m["links_opened"]) for w, m in meshes])
     msgs: list[_Sample] = []
     byts: list[_Sample] = []
     for w, m in meshes:
@@ -324,7 +327,7 @@ def family_names() -> set[str]:
     names = {"wse_workers", "wse_worker_up", "wse_worker_restarts_total", "wse_worker_hung_total",
              "wse_worker_last_restart_seconds", "wse_worker_cpu_seconds_total",
              "wse_drain_batch_size", "wse_publish_queue_seconds", "wse_mesh_transit_seconds", "wse_mesh_peers",
-             "wse_mesh_messages_total", "wse_mesh_bytes_total", "wse_mesh_dropped_total"}
+             "wse_mesh_links_opened_total", "wse_mesh_messages_total", "wse_mesh_bytes_total", "wse_mesh_dropped_total"}
     names |= {name for name, _, _, _ in ENGINE_METRICS}
     names |= {name for _, name, _ in _MESH_RECOVERY}
     return names

@@ -164,6 +164,18 @@ def run(
         typer.Option(envvar="WSE_WATCHDOG_TIMEOUT", min=0,
                      help="With --workers: kill and restart a worker that answers no ping for this many seconds (hung or stopped); 0 turns it off."),
     ] = 30.0,
+    allowed_origin: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            envvar="WSE_ALLOWED_ORIGINS",
+            help="Allow browser handshakes from this Origin only (repeatable; e.g. https://app.example.com): "
+            "others get 403. Replaces the app's allowed_origins. Clients without Origin stay allowed.",
+        ),
+    ] = None,
+    permessage_deflate: Annotated[
+        Optional[bool],
+        typer.Option(envvar="WSE_PERMESSAGE_DEFLATE", help="Turn permessage-deflate (RFC 7692) on or off (default: the app's config)."),
+    ] = None,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse.logformat import configure
@@ -194,6 +206,10 @@ def run(
         changes["uds"] = str(uds)
     if ssl_certfile is not None and ssl_keyfile is not None:
         changes["tls_cert_file"], changes["tls_key_file"] = str(ssl_certfile), str(ssl_keyfile)
+    if allowed_origin is not None:
+        changes["allowed_origins"] = tuple(allowed_origin)
+    if permessage_deflate is not None:
+        changes["permessage_deflate"] = permessage_deflate
     if changes:
         wse_app.config = wse_app.config.replace(**changes)
     with _pid_file(pid_file):
@@ -210,6 +226,11 @@ def run(
         env = {"WSE_FACTORY": "1" if factory else "", "WSE_LOG_FORMAT": log_format.value}
         if ssl_certfile is not None and ssl_keyfile is not None:
             env |= {"WSE_SSL_CERTFILE": str(ssl_certfile), "WSE_SSL_KEYFILE": str(ssl_keyfile)}
+        # Workers load the app themselves: the settings the command line changed go with them.
+        if allowed_origin is not None:
+            env["WSE_ALLOWED_ORIGINS"] = "\n".join(allowed_origin)
+        if permessage_deflate is not None:
+            env["WSE_PERMESSAGE_DEFLATE"] = "1" if permessage_deflate else "0"
         cfg = ClusterConfig(
             target=target,
             workers=None if workers == "auto" else int(workers),
