@@ -55,6 +55,7 @@ pub fn find_end(buf: &[u8]) -> Option<usize> {
 
 /// What the engine reads from an upgrade request's head (its bytes up to the blank line).
 pub struct RequestHead<'a> {
+    pub method: &'a str,
     /// The request target; `path` and `query` are its two halves around the first `?`.
     pub target: &'a str,
     pub path: &'a str,
@@ -97,7 +98,8 @@ pub fn parse_head(head: &[u8]) -> Option<RequestHead<'_>> {
             extensions.extend(v);
         }
     }
-    Some(RequestHead { target, path, query, origin, cookie, authorization, extensions, request: builder.body(()) })
+    let method = req.method.unwrap_or("GET");
+    Some(RequestHead { method, target, path, query, origin, cookie, authorization, extensions, request: builder.body(()) })
 }
 
 /// The `101 Switching Protocols` head answering a valid upgrade request, or why it is not one.
@@ -233,13 +235,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
         }
     };
     let head = buf.split_to(end);
-    let Some(RequestHead { target: _, path, query, origin, cookie, authorization, extensions, request }) = parse_head(&head) else {
+    let Some(RequestHead { method, target: _, path, query, origin, cookie, authorization, extensions, request }) = parse_head(&head) else {
         Metrics::inc(&m.handshake_bad_request);
         refused(addr, "-", "-", 400, "malformed request");
         reply(&mut stream, "400 Bad Request", "malformed request\n").await;
         return None;
     };
-    let method = req.method.unwrap_or("GET");
     if path != cfg.path {
         Metrics::inc(&m.handshake_bad_path);
         refused(addr, method, path, 404, "bad path");
