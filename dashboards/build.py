@@ -49,6 +49,19 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
       ("rate(wse_mesh_stamp_conflicts_total[5m])", f"conflicts {W}")]),
     ("Subscriptions and topics", "none",
      [("wse_subscriptions", f"subscriptions {W}"), ("wse_topics", f"topics {W}")]),
+    # Several hosts over Redis (--redis): one row.
+    ("Redis: link up, reconnects (per hour), topics subscribed", "none",
+     [("wse_redis_up", f"up {W}"), ("increase(wse_redis_reconnects_total[1h])", f"reconnects {W}"),
+      ("wse_redis_subscriptions", f"topics {W}")]),
+    ("Redis: publications /s out and in", "ops",
+     [("rate(wse_redis_published_total[1m])", f"out {W}"), ("rate(wse_redis_received_total[1m])", f"in {W}")]),
+    ("Redis: bytes /s out and in", "Bps",
+     [("rate(wse_redis_published_bytes_total[1m])", f"out {W}"), ("rate(wse_redis_received_bytes_total[1m])", f"in {W}")]),
+    ("Redis: buffered while down, drops /s", "none",
+     [("wse_redis_buffered", f"buffered {W}"), ("rate(wse_redis_dropped_total[5m])", f"drops/s {W}")]),
+    ("Redis: lag from stamp to worker (mean, max)", "s",
+     [("rate(wse_redis_lag_seconds_sum[5m]) / rate(wse_redis_lag_seconds_count[5m])", f"mean {W}"),
+      ("wse_redis_lag_max_seconds", f"max {W}")]),
 ]
 
 

@@ -64,6 +64,10 @@ def run(
         float,
         typer.Option(min=0, help="With --workers: kill and restart a worker that answers no ping for this many seconds (hung or stopped); 0 turns it off."),
     ] = 30.0,
+    redis: Annotated[
+        Optional[str],
+        typer.Option(envvar="WSE_REDIS", help="Redis URL (or a Redis Cluster's seed URLs, comma-separated): this host is one of several."),
+    ] = None,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse import WSEApp
@@ -74,6 +78,8 @@ def run(
     wse_app = load_app(target)
     if not isinstance(wse_app, WSEApp):
         raise typer.BadParameter(f"{target!r} is a {type(wse_app).__name__}, not a wse.WSEApp")
+    if redis:
+        wse_app.config = wse_app.config.replace(redis_url=redis)
     if workers is None:
         wse_app.run(host=host, port=port, announce=True)
         return
@@ -97,6 +103,7 @@ def run(
         log_level=log_level,
         steer_cpu=steer_cpu,
         watchdog_timeout=watchdog_timeout,
+        redis_url=redis,
     )
     Supervisor(cfg).run()
 

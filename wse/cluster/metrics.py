@@ -106,6 +106,7 @@ class WorkerSample:
     cpu_seconds: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
     mesh: dict[str, Any] | None = None
+    redis: dict[str, Any] | None = None
 
 
 def _labels(d: dict[str, str]) -> str:
@@ -159,6 +160,7 @@ def render(workers: list[WorkerSample]) -> str:
                     samples.append(("", {"worker": str(w.slot), **extra}, w.stats[key] * scale))
         out.family(name, kind, help_text, samples)
     _mesh(out, [w for w in live if w.mesh])
+    _redis(out, [w for w in live if w.redis])
     return "\n".join(out.lines) + "\n"
 
 
@@ -268,3 +270,43 @@ def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
                     labels[k] = v.strip('"')
         samples.append((name, labels, float(value)))
     return samples
+
+
+# The Redis bridge's counters (key in the worker's bridge stats, family, kind, help).
+REDIS_METRICS = (
+    ("up", "wse_redis_up", "gauge", "1 while the worker's link to Redis is up (its breaker closed)."),
+    ("subscriptions", "wse_redis_subscriptions", "gauge", "Topics the worker subscribes to on Redis (sharded)."),
+    ("pattern_subscriptions", "wse_redis_pattern_subscriptions", "gauge", "Patterns the worker subscribes to on Redis."),
+    ("buffered", "wse_redis_buffered", "gauge", "Publications waiting for Redis (bounded by redis_buffer)."),
+    ("buffer_limit", "wse_redis_buffer_limit", "gauge", "The bound of that buffer."),
+    ("published", "wse_redis_published_total", "counter", "Publications sent to Redis."),
+    ("published_bytes", "wse_redis_published_bytes_total", "counter", "Bytes of publications sent to Redis."),
+    ("received", "wse_redis_received_total", "counter", "Publications received from Redis."),
+    ("received_bytes", "wse_redis_received_bytes_total", "counter", "Bytes of publications received from Redis."),
+    ("own", "wse_redis_own_total", "counter", "Received publications this host had delivered already (dropped)."),
+    ("dropped", "wse_redis_dropped_total", "counter", "Publications not sent to Redis (buffer full or refused)."),
+    ("reconnects", "wse_redis_reconnects_total", "counter", "Times the link to Redis was dialled again after a failure."),
+    ("errors", "wse_redis_errors_total", "counter", "Failed dials and commands."),
+    ("positions", "wse_redis_positions_total", "counter", "Subscriptions that read a topic's position and history from Redis."),
+    ("position_failures", "wse_redis_position_failures_total", "counter",
+     "Of those, how many Redis could not answer in time (recovered from the worker's ring only)."),
+    ("malformed", "wse_redis_malformed_total", "counter", "Messages from Redis that did not parse (dropped)."),
+)
+
+
+def _redis(out: _Out, workers: list[WorkerSample]) -> None:
+    for key, name, kind, help_text in REDIS_METRICS:
+        samples = []
+        for w in workers:
+            assert w.redis is not None
+            v = w.redis.get(key)
+            if v is not None:
+                samples.append(("", {"worker": str(w.slot)}, int(v)))
+        out.family(name, kind, help_text, samples)
+    out.family("wse_redis_lag_seconds", "summary",
+               "Time from Redis stamping a publication to this worker taking it (recovery on).",
+               [s for w in workers if w.redis for s in (
+                   ("_sum", {"worker": str(w.slot)}, w.redis["lag_ms_sum"] / 1000),
+                   ("_count", {"worker": str(w.slot)}, w.redis["lag_count"]))])
+    out.family("wse_redis_lag_max_seconds", "gauge", "The longest such time seen.",
+               [("", {"worker": str(w.slot)}, w.redis["lag_ms_max"] / 1000) for w in workers if w.redis])

@@ -1,0 +1,71 @@
+//! A topic whose offsets Redis assigns (the bridge with recovery, bridge/): every host takes the
+//! same epoch and offsets from Redis, so a subscriber can recover on any worker of any host.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use super::Topic;
+use crate::protocol::outgoing::OutMsg;
+
+impl Topic {
+    /// Takes a publication Redis stamped: the next one is handed to `emit` under the lock; a
+    /// repeat is ignored; after a gap (this worker was not subscribed meanwhile) or in another
+    /// epoch the ring starts over from it, so the ring never claims what it does not hold.
+    pub fn take_stamped(&self, epoch: u32, offset: u64, total: &AtomicUsize, build: impl FnOnce() -> Arc<OutMsg>, emit: impl FnOnce(Arc<OutMsg>)) -> bool {
+        let mut s = self.state.lock();
+        if epoch == s.epoch && offset <= s.seq {
+            return false;
+        }
+        if epoch != s.epoch || offset != s.seq + 1 {
+            s.reset(epoch, offset.saturating_sub(1), total);
+            s.held.clear();
+        }
+        s.seq = offset;
+        emit(build());
+        true
+    }
+
+    /// Where Redis says the topic stands (`epoch`, last offset `head`) and its history after a
+    /// subscriber's point (`entries`, in offset order), read after this worker's subscription
+    /// took effect. Entries after what this worker has taken are handed to `emit` as if live
+    /// (the same ones arriving live later are repeats); older ones that join up with the ring's
+    /// front go in front of it, for replay.
+    pub fn merge_stamped(
+        &self,
+        epoch: u32,
+        head: u64,
+        entries: Vec<Arc<OutMsg>>,
+        total: &AtomicUsize,
+        emit: &mut dyn FnMut(Arc<OutMsg>),
+    ) {
+        let mut s = self.state.lock();
+        if epoch != s.epoch || (s.seq == 0 && s.ring.is_empty()) {
+            let before = entries.first().map_or(head, |m| m.offset.saturating_sub(1));
+            s.reset(epoch, before, total);
+            s.held.clear();
+        }
+        let front = s.ring.front().map_or(s.pushed + 1, |(m, _)| m.offset);
+        let mut older = vec![];
+        for m in entries {
+            if m.offset > s.seq {
+                s.seq = m.offset;
+                emit(m);
+            } else if m.offset < front {
+                older.push(m);
+            }
+        }
+        if older.last().is_some_and(|m| m.offset + 1 == front) {
+            for m in older.into_iter().rev() {
+                let n = m.size();
+                s.ring_bytes += n;
+                total.fetch_add(n, Relaxed);
+                s.ring.push_front((m, n));
+            }
+        }
+        // Nothing published since the last entry Redis still has: the offsets go on from `head`.
+        if s.seq < head && s.ring.is_empty() {
+            s.seq = head;
+            s.pushed = head;
+        }
+    }
+}
