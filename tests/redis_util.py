@@ -89,6 +89,7 @@ class RedisCluster:
 
     def __init__(self) -> None:
         self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                                  "--cluster-replica-validity-factor", "0",
                                   "--cluster-config-file", "nodes.conf") for _ in range(6)]
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
         r = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "1", "--cluster-yes"],
@@ -103,12 +104,15 @@ class RedisCluster:
         return ",".join(f"redis://127.0.0.1:{n.port}" for n in self.nodes[:3])
 
     def wait_ok(self, timeout: float = 30.0, skip: int | None = None) -> None:
-        """Until every live node says the cluster is ok with three masters serving."""
+        """Until every live node says the cluster is ok and every replica is in sync with its master."""
         deadline = time.monotonic() + timeout
         while True:
             infos = [cli(n.port, "CLUSTER", "INFO") for i, n in enumerate(self.nodes) if i != skip and n.proc
                      and n.proc.poll() is None]
-            if infos and all("cluster_state:ok" in i for i in infos):
+            links = [cli(n.port, "INFO", "replication") for i, n in enumerate(self.nodes) if i != skip and n.proc
+                     and n.proc.poll() is None]
+            synced = all("role:master" in r or "master_link_status:up" in r for r in links)
+            if infos and all("cluster_state:ok" in i for i in infos) and synced:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster never became ok: {infos}")
@@ -124,6 +128,23 @@ class RedisCluster:
                 port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
                 return next(i for i, n in enumerate(self.nodes) if n.port == port)
         raise RuntimeError(f"no master serves slot {slot}")
+
+    def fail_over(self, key: str, timeout: float = 30.0) -> int:
+        """Kills the master serving ``key`` and waits until its replica serves the slot."""
+        victim = self.master_of(key)
+        self.nodes[victim].kill()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.master_of(key) != victim:
+                    break
+            except RuntimeError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("no replica took over")
+            time.sleep(0.1)
+        self.wait_ok(timeout, skip=victim)
+        return victim
 
     def stop(self) -> None:
         for n in self.nodes:

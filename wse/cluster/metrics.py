@@ -290,6 +290,10 @@ REDIS_METRICS = (
     ("positions", "wse_redis_positions_total", "counter", "Subscriptions that read a topic's position and history from Redis."),
     ("position_failures", "wse_redis_position_failures_total", "counter",
      "Of those, how many Redis could not answer in time (recovered from the worker's ring only)."),
+    ("catch_ups", "wse_redis_catch_ups_total", "counter",
+     "Topics read again from their Redis streams after a reconnect (recovery on)."),
+    ("catch_up_gaps", "wse_redis_catch_up_gaps_total", "counter",
+     "Of those, how many the stream no longer covered (subscribers see a gap or a new epoch)."),
     ("malformed", "wse_redis_malformed_total", "counter", "Messages from Redis that did not parse (dropped)."),
 )
 

@@ -28,6 +28,13 @@ impl Engine {
             b.stats.malformed.fetch_add(1, Relaxed);
             return;
         };
+        if m.epoch != 0 && !b.catching.lock().is_empty() {
+            let mut c = b.catching.lock();
+            if let Some(held) = c.get_mut(topic) {
+                held.push((channel.to_vec(), msg.to_vec(), via_pattern));
+                return;
+            }
+        }
         b.stats.received.fetch_add(1, Relaxed);
         b.stats.received_bytes.fetch_add(msg.len() as u64, Relaxed);
         if m.epoch == 0 {
@@ -104,6 +111,55 @@ impl Engine {
         if !is_pattern(topic) && b.stamps {
             b.change(Change::Pin(topic.to_string(), false));
         }
+    }
+
+    /// After a reconnect (recovery on): reads `topic`'s stream after what this worker took and
+    /// delivers what it missed, in order, then what arrived live meanwhile. A history that no
+    /// longer reaches back (trimmed, or Redis lost it: a new epoch) is counted; subscribers see
+    /// the jump or the new epoch and their clients report the gap.
+    pub(crate) async fn redis_catch_up(&self, b: &Bridge, l: &mut link::Link, topic: &str) {
+        let before = self.topics.get(topic).map(|t| t.taken());
+        let from = before.filter(|(_, seq)| *seq > 0).map_or(-1, |(_, seq)| seq as i64);
+        let mut c = cmd("EVAL");
+        c.arg(wire::POSITION)
+            .arg(2)
+            .arg(wire::meta_key(&b.prefix, topic))
+            .arg(wire::stream_key(&b.prefix, topic))
+            .arg(link::new_epoch())
+            .arg(from)
+            .arg(b.ttl_ms);
+        b.stats.catch_ups.fetch_add(1, Relaxed);
+        match tokio::time::timeout(PREPARE_WAIT, c.query_async::<Value>(l)).await {
+            Ok(Ok(v)) => match position(&v) {
+                Some((epoch, head, entries)) => {
+                    let msgs: Vec<Arc<OutMsg>> = entries
+                        .into_iter()
+                        .filter_map(|raw| wire::parse(raw).filter(|m| m.epoch == epoch).map(|m| self.redis_msg(topic, &m)))
+                        .collect();
+                    if let Some((e, seq)) = before.filter(|(_, seq)| *seq > 0) {
+                        let first = msgs.first().map_or(head + 1, |m| m.offset);
+                        if e != epoch || (head > seq && first > seq + 1) {
+                            b.stats.catch_up_gaps.fetch_add(1, Relaxed);
+                        }
+                    }
+                    let t = self.topics.get_or_create(topic);
+                    t.merge_stamped(epoch, head, msgs, self.topics.ring_total(), &mut |msg| {
+                        self.pubq.push(Target::Topic(t.clone()), msg);
+                    });
+                }
+                None => {
+                    b.stats.malformed.fetch_add(1, Relaxed);
+                }
+            },
+            _ => {
+                b.stats.position_failures.fetch_add(1, Relaxed);
+            }
+        }
+        let held = b.catching.lock().remove(topic).unwrap_or_default();
+        for (ch, msg, via) in held {
+            self.redis_in(b, &ch, &msg, via);
+        }
+        self.pubq.run_batch(&self.topics, &self.metrics);
     }
 
     async fn redis_position(&self, b: &Bridge, topic: &str, point: Option<(u32, u64)>, deadline: Instant) -> bool {

@@ -78,7 +78,7 @@ pub async fn run(b: Arc<Bridge>, engine: Arc<Engine>, mut stop: watch::Receiver<
                 b.up.store(true, Relaxed);
                 let down = Arc::new(Notify::new());
                 let recv = tokio::spawn(receive(b.clone(), engine.clone(), rx, down.clone()));
-                let stopped = session(&b, link, &mut wants, &down, &mut stop).await;
+                let stopped = session(&b, &engine, link, &mut wants, &down, &mut stop).await;
                 recv.abort();
                 b.up.store(false, Relaxed);
                 *b.link.lock() = None;
@@ -133,11 +133,25 @@ async fn connect(b: &Bridge, tx: mpsc::UnboundedSender<PushInfo>) -> redis::Redi
 
 /// One connection's life: subscribe to what is wanted, then send batches and apply changes
 /// until the link fails (false) or the engine stops (true).
-async fn session(b: &Bridge, mut link: Link, wants: &mut Wants, down: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+async fn session(b: &Bridge, engine: &Engine, mut link: Link, wants: &mut Wants, down: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+    // With recovery, topics subscribed again after a failure are read from their streams where
+    // this worker stopped; what arrives live meanwhile waits until then (`catching`).
+    let catch: Vec<String> = if b.stamps {
+        let mut c = b.catching.lock();
+        for t in wants.all().into_iter().filter(|t| !is_pattern(t)) {
+            c.entry(t).or_default();
+        }
+        c.keys().cloned().collect()
+    } else {
+        vec![]
+    };
     for t in wants.all() {
         if subscribe(b, &mut link, &t, true).await.is_err() {
             return false;
         }
+    }
+    for t in &catch {
+        engine.redis_catch_up(b, &mut link, t).await;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -245,48 +259,67 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
     if batch.is_empty() {
         return true;
     }
-    let cmds: Vec<Cmd> = batch.iter().flat_map(|o| publish_cmds(b, o)).collect();
-    let r = if link.is_cluster() {
-        // Each command goes to its slot's master; one topic's stay in order on that node's connection.
-        let futs = cmds.iter().map(|c| {
-            let mut l = link.clone();
-            async move { c.query_async::<Value>(&mut l).await }
+    // One pipeline per topic: a topic's publications keep their order (a cluster connection
+    // does not keep the order of separate requests), topics go in parallel (in a cluster, to
+    // their own masters).
+    let mut groups: Vec<Vec<usize>> = vec![];
+    let mut by_topic: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, o) in batch.iter().enumerate() {
+        let g = *by_topic.entry(o.topic.as_str()).or_insert_with(|| {
+            groups.push(vec![]);
+            groups.len() - 1
         });
-        let rs = futures_util::future::join_all(futs).await;
-        rs.into_iter().find(|r| r.is_err()).map_or(Ok(()), |r| r.map(drop))
-    } else {
+        groups[g].push(i);
+    }
+    let futs = groups.iter().map(|idx| {
         let mut p = redis::pipe();
-        for c in &cmds {
-            p.add_command(c.clone()).ignore();
-        }
-        p.exec_async(link).await
-    };
-    match r {
-        Ok(()) => {
-            b.stats.published.fetch_add(batch.len() as u64, Relaxed);
-            b.stats.published_bytes.fetch_add(batch.iter().map(|o| o.body.len() as u64).sum(), Relaxed);
-            true
-        }
-        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error() => {
-            b.stats.errors.fetch_add(1, Relaxed);
-            // Back to the front, in order, within the buffer's bound (the oldest past it are dropped).
-            let mut q = b.out.lock();
-            for o in batch.into_iter().rev() {
-                q.push_front(o);
+        for &i in idx {
+            for c in publish_cmds(b, &batch[i]) {
+                p.add_command(c).ignore();
             }
-            while q.len() > b.max_buffer {
-                q.pop_front();
-                b.stats.dropped.fetch_add(1, Relaxed);
-            }
-            false
         }
-        Err(e) => {
-            eprintln!("wse: redis bridge: publish refused: {e}");
-            b.stats.errors.fetch_add(1, Relaxed);
-            b.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
-            true
+        let mut l = link.clone();
+        async move { p.exec_async(&mut l).await }
+    });
+    let results = futures_util::future::join_all(futs).await;
+    let mut failed: Vec<usize> = vec![];
+    let mut link_down = false;
+    for (idx, r) in groups.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                b.stats.published.fetch_add(idx.len() as u64, Relaxed);
+                b.stats.published_bytes.fetch_add(idx.iter().map(|&i| batch[i].body.len() as u64).sum(), Relaxed);
+            }
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error() => {
+                b.stats.errors.fetch_add(1, Relaxed);
+                failed.extend(idx);
+                link_down = true;
+            }
+            Err(e) => {
+                eprintln!("wse: redis bridge: publish refused: {e}");
+                b.stats.errors.fetch_add(1, Relaxed);
+                b.stats.dropped.fetch_add(idx.len() as u64, Relaxed);
+            }
         }
     }
+    if failed.is_empty() {
+        return !link_down;
+    }
+    // Back to the front, in order, within the buffer's bound (the oldest past it are dropped).
+    // Sent again, a stamped publication Redis already took is recognised by its number.
+    failed.sort_unstable();
+    let mut slots: Vec<Option<Out>> = batch.into_iter().map(Some).collect();
+    let mut q = b.out.lock();
+    for i in failed.into_iter().rev() {
+        if let Some(o) = slots[i].take() {
+            q.push_front(o);
+        }
+    }
+    while q.len() > b.max_buffer {
+        q.pop_front();
+        b.stats.dropped.fetch_add(1, Relaxed);
+    }
+    false
 }
 
 fn publish_cmds(b: &Bridge, o: &Out) -> Vec<Cmd> {
@@ -303,7 +336,9 @@ fn publish_cmds(b: &Bridge, o: &Out) -> Vec<Cmd> {
             .arg(new_epoch())
             .arg(b.stream_len)
             .arg(b.ttl_ms)
-            .arg(pat.unwrap_or_default());
+            .arg(pat.unwrap_or_default())
+            .arg(&b.publisher)
+            .arg(o.id);
         return vec![c];
     }
     let mut c = cmd("SPUBLISH");

@@ -36,6 +36,8 @@ pub use link::run;
 pub(crate) struct Out {
     topic: String,
     body: Vec<u8>,
+    /// Rising per publisher (this worker): Redis stamps each number once.
+    id: u64,
 }
 
 /// A change in what this worker wants from Redis.
@@ -63,6 +65,10 @@ pub struct BridgeStats {
     /// Subscriptions that read a topic's position and history from Redis, and those that could not.
     pub positions: AtomicU64,
     pub position_failures: AtomicU64,
+    /// Topics read again from Redis after a reconnect, and those whose history no longer
+    /// covered the outage (their subscribers see a gap or a new epoch).
+    pub catch_ups: AtomicU64,
+    pub catch_up_gaps: AtomicU64,
     pub malformed: AtomicU64,
 }
 
@@ -78,6 +84,9 @@ pub struct Bridge {
     ttl_ms: u64,
     out: Mutex<VecDeque<Out>>,
     out_wake: Notify,
+    /// This worker as a publisher (`p:<host>:<pid>:<random>`), and its publications' numbers.
+    publisher: String,
+    next_id: AtomicU64,
     changes: Mutex<Vec<Change>>,
     changes_wake: Notify,
     /// Topics and patterns subscribed on Redis (confirmed), and a wake-up when that changes.
@@ -87,6 +96,9 @@ pub struct Bridge {
     live_patterns: RwLock<Vec<String>>,
     /// This worker's patterns (kept alive in the deployment's registry).
     local_patterns: Mutex<HashSet<String>>,
+    /// Topics being caught up after a reconnect (recovery on): what arrives live meanwhile
+    /// waits here (channel, message, via a pattern) and is taken after the history.
+    catching: Mutex<HashMap<String, Vec<(Vec<u8>, Vec<u8>, bool)>>>,
     pub up: AtomicBool,
     pub stats: BridgeStats,
     link: Mutex<Option<link::Link>>,
@@ -109,19 +121,22 @@ pub fn attach(cfg: &Config, topics: &Topics) -> Result<Option<Arc<Bridge>>, Stri
     let b = Arc::new(Bridge {
         urls,
         prefix: cfg.redis_prefix.clone(),
-        host,
+        host: host.clone(),
         stamps: cfg.recovery,
         max_buffer: cfg.redis_buffer,
         stream_len: if cfg.redis_stream_len > 0 { cfg.redis_stream_len } else { cfg.recovery_buffer.max(1) },
         ttl_ms: cfg.recovery_ttl_ms.max(1000),
         out: Mutex::default(),
         out_wake: Notify::new(),
+        publisher: format!("p:{host}:{}:{:08x}", std::process::id(), OsRng.next_u32()),
+        next_id: AtomicU64::new(1),
         changes: Mutex::default(),
         changes_wake: Notify::new(),
         confirmed: Mutex::default(),
         confirmed_wake: Notify::new(),
         live_patterns: RwLock::default(),
         local_patterns: Mutex::default(),
+        catching: Mutex::default(),
         up: AtomicBool::new(false),
         stats: BridgeStats::default(),
         link: Mutex::new(None),
@@ -149,7 +164,8 @@ impl Bridge {
             self.stats.dropped.fetch_add(1, Relaxed);
             return false;
         }
-        q.push_back(Out { topic: topic.to_string(), body });
+        let id = self.next_id.fetch_add(1, Relaxed);
+        q.push_back(Out { topic: topic.to_string(), body, id });
         let first = q.len() == 1;
         drop(q);
         if first {
@@ -198,6 +214,8 @@ impl Bridge {
             "lag_ms_max": s.lag_ms_max.load(Relaxed),
             "positions": s.positions.load(Relaxed),
             "position_failures": s.position_failures.load(Relaxed),
+            "catch_ups": s.catch_ups.load(Relaxed),
+            "catch_up_gaps": s.catch_up_gaps.load(Relaxed),
             "malformed": s.malformed.load(Relaxed),
         })
         .to_string()

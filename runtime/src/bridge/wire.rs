@@ -100,7 +100,9 @@ pub fn parse(m: &[u8]) -> Option<Message<'_>> {
 
 /// Stamps a publication and sends it: KEYS meta, stream; ARGV channel, body (with its `0:0:0:`
 /// head), an epoch for a topic that has none, MAXLEN, TTL (ms), the pattern channel to publish
-/// on as well (empty: none). Returns the offset.
+/// on as well (empty: none), the publisher's field and the publication's number (rising per
+/// publisher: a batch sent again after a failure is not stamped twice). Returns the offset (0:
+/// a repeat, ignored).
 pub const PUBLISH: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
@@ -108,6 +110,11 @@ if not e then
   redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
   redis.call('DEL', KEYS[2])
 end
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[7]) or '0')
+if tonumber(ARGV[8]) <= last then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[7], ARGV[8])
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
 local ms = string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))

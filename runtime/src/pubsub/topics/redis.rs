@@ -8,6 +8,12 @@ use super::Topic;
 use crate::protocol::outgoing::OutMsg;
 
 impl Topic {
+    /// The epoch and the last offset taken.
+    pub fn taken(&self) -> (u32, u64) {
+        let s = self.state.lock();
+        (s.epoch, s.seq)
+    }
+
     /// Takes a publication Redis stamped: the next one is handed to `emit` under the lock; a
     /// repeat is ignored; after a gap (this worker was not subscribed meanwhile) or in another
     /// epoch the ring starts over from it, so the ring never claims what it does not hold.
