@@ -157,37 +157,42 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=10_000)
     ap.add_argument("--throughput-count", type=int, default=200_000)
-    ap.add_argument("--recovery", action="store_true", help="also run two hosts with recovery on")
+    ap.add_argument("--recovery", action="store_true", help="also run with recovery on (Redis stamps every publication)")
+    ap.add_argument("--only-throughput", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     redis = RedisServer()
     results: dict[str, Any] = {"redis": subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]}
+    modes = [False, True] if args.recovery else [False]
     try:
-        one = Host(None, False)
-        try:
-            results["one-host"] = asyncio.run(fanout(one.url, one.url, args.subscribers, args.count, args.rate, None))
-        finally:
-            one.stop()
-        print("one-host", results["one-host"], flush=True)
-        for recovery in [False, True] if args.recovery else [False]:
-            a, b = Host(redis.url, recovery), Host(redis.url, recovery)
-            name = "two-hosts" + ("-recovery" if recovery else "")
+        if not args.only_throughput:
+            one = Host(None, False)
             try:
-                cpu0 = redis_cpu_seconds(redis.pid())
-                r = asyncio.run(fanout(a.url, b.url, args.subscribers, args.count, args.rate, b))
-                r["redis_cpu_us_per_publication"] = round((redis_cpu_seconds(redis.pid()) - cpu0) / args.count * 1e6, 2)
-                results[name] = r
+                results["one-host"] = asyncio.run(fanout(one.url, one.url, args.subscribers, args.count, args.rate, None))
+            finally:
+                one.stop()
+            print("one-host", results["one-host"], flush=True)
+            for recovery in modes:
+                a, b = Host(redis.url, recovery), Host(redis.url, recovery)
+                name = "two-hosts" + ("-recovery" if recovery else "")
+                try:
+                    cpu0 = redis_cpu_seconds(redis.pid())
+                    r = asyncio.run(fanout(a.url, b.url, args.subscribers, args.count, args.rate, b))
+                    r["redis_cpu_us_per_publication"] = round((redis_cpu_seconds(redis.pid()) - cpu0) / args.count * 1e6, 2)
+                    results[name] = r
+                finally:
+                    a.stop()
+                    b.stop()
+                print(name, results[name], flush=True)
+        for recovery in modes:
+            a, b = Host(redis.url, recovery), Host(redis.url, recovery)
+            name = "throughput" + ("-recovery" if recovery else "")
+            try:
+                results[name] = asyncio.run(throughput(a, b, redis.pid(), args.throughput_count, 64))
             finally:
                 a.stop()
                 b.stop()
             print(name, results[name], flush=True)
-        a, b = Host(redis.url, False), Host(redis.url, False)
-        try:
-            results["throughput"] = asyncio.run(throughput(a, b, redis.pid(), args.throughput_count, 64))
-        finally:
-            a.stop()
-            b.stop()
-        print("throughput", results["throughput"], flush=True)
     finally:
         redis.stop()
     print(json.dumps(results, indent=2))

@@ -229,12 +229,8 @@ fn position(v: &Value) -> Option<(u32, u64, Vec<&[u8]>)> {
         for en in entries {
             let Value::Array(pair) = en else { return None };
             let [_, fields] = &pair[..] else { return None };
-            let fields: &[Value] = match fields {
-                Value::Array(f) => f,
-                Value::Map(_) => return None,
-                _ => return None,
-            };
-            if let [Value::BulkString(_), Value::BulkString(m)] = fields {
+            let Value::Array(fields) = fields else { return None };
+            if let [Value::BulkString(_), Value::BulkString(m)] = &fields[..] {
                 out.push(m.as_slice());
             }
         }

@@ -40,6 +40,9 @@ pub(crate) struct Out {
     id: u64,
 }
 
+/// Messages held while a topic catches up: channel, message, via a pattern.
+type Held = Vec<(Vec<u8>, Vec<u8>, bool)>;
+
 /// A change in what this worker wants from Redis.
 enum Change {
     /// The topic (or pattern) got its first subscriber in this worker, or lost its last.
@@ -98,7 +101,7 @@ pub struct Bridge {
     local_patterns: Mutex<HashSet<String>>,
     /// Topics being caught up after a reconnect (recovery on): what arrives live meanwhile
     /// waits here (channel, message, via a pattern) and is taken after the history.
-    catching: Mutex<HashMap<String, Vec<(Vec<u8>, Vec<u8>, bool)>>>,
+    catching: Mutex<HashMap<String, Held>>,
     pub up: AtomicBool,
     pub stats: BridgeStats,
     link: Mutex<Option<link::Link>>,

@@ -75,3 +75,46 @@ impl Topic {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::super::RecoveryLimits;
+    use crate::protocol::frame::{HEADER_ROOM, OP_TEXT};
+
+    fn msg(offset: u64) -> Arc<OutMsg> {
+        let mut v = vec![0; HEADER_ROOM];
+        v.extend_from_slice(b"{}");
+        Arc::new(OutMsg::new(v, OP_TEXT, None, offset, 1))
+    }
+
+    #[test]
+    fn stamps_are_taken_once_in_order_and_a_gap_or_new_epoch_starts_over() {
+        let t = Topic::new("t".into());
+        let total = AtomicUsize::new(0);
+        let mut out = vec![];
+        for o in [1, 2, 2, 3] {
+            t.take_stamped(7, o, &total, || msg(o), |m| out.push(m.offset));
+        }
+        assert_eq!(out, vec![1, 2, 3], "a repeat is ignored");
+        assert!(t.take_stamped(7, 6, &total, || msg(6), |m| out.push(m.offset)), "after a gap it goes on");
+        assert_eq!(t.taken(), (7, 6));
+        assert!(t.take_stamped(9, 1, &total, || msg(1), |m| out.push(m.offset)), "another epoch starts over");
+        assert_eq!(t.taken(), (9, 1));
+    }
+
+    #[test]
+    fn history_after_what_was_taken_is_delivered_and_older_history_goes_in_front() {
+        let t = Topic::new("t".into());
+        let total = AtomicUsize::new(0);
+        let lim = RecoveryLimits { max_messages: 100, ttl_ms: 60_000, max_bytes: 1 << 20 };
+        // Live 5 arrived first (and was pushed to the ring); the history 3..6 comes after.
+        t.take_stamped(7, 5, &total, || msg(5), |_| {});
+        t.push(&[msg(5)], Some((&lim, &total)), &[]);
+        let mut live = vec![];
+        t.merge_stamped(7, 6, (3..=6).map(msg).collect(), &total, &mut |m| live.push(m.offset));
+        assert_eq!(live, vec![6], "only what was not taken goes out as live");
+        let ring: Vec<u64> = t.state.lock().ring.iter().map(|(m, _)| m.offset).collect();
+        assert_eq!(ring, vec![3, 4, 5], "older entries joining the front are kept for replay");
+    }
+}
