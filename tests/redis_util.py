@@ -22,7 +22,7 @@ def free_port() -> int:
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port = int(s.getsockname()[1])
         if port + 10000 > 65535:
             continue
         with socket.socket() as b:
