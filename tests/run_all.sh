@@ -3,7 +3,7 @@
 #   1. the package (Rust extension built by maturin, the `wse` command with it) with the test
 #      extras, and the Python client (clients/python, pure Python) with its crypto and msgpack extras
 #   2. the reference engine's chroot (interop tests against the published wse-client, and the
-#      wheel's check on Python 3.13), promtool
+#      wheel's check on Python 3.13), promtool, redis-server, libfaketime
 #   3. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
 #      chromium for its browser tests; then its unit tests (vitest)
 #   4. cargo test for the Rust units (engine and load generator)
@@ -31,6 +31,11 @@ bash tests/setup_reference.sh
 # promtool (Debian's prometheus package) checks /metrics scrapes and the alert rules.
 if ! command -v promtool >/dev/null; then
     apt_install prometheus
+fi
+# redis-server and redis-cli (Debian's redis-server package): the Redis bridge's tests start
+# their own servers and a Redis Cluster on free loopback ports (never the system service).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server
 fi
 # libfaketime moves the server's wall clock in the clock-jump fault test.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_install libfaketime

@@ -14,6 +14,7 @@ import pytest
 
 from tests.cluster_util import Cluster, clients_on_every_worker, promtool, subscribe, until_all_hear
 from tests.conftest import ROOT
+from tests.redis_util import RedisServer
 
 DASH = ROOT / "dashboards"
 METRIC = re.compile(r"\bwse_[a-z0-9_]+\b")
@@ -55,7 +56,9 @@ def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
 
 
 def test_every_metric_named_is_exported() -> None:
-    c = Cluster(2)
+    # With Redis, so the bridge's families are there too.
+    redis = RedisServer()
+    c = Cluster(2, "--redis", redis.url)
     try:
         import asyncio
 
@@ -72,6 +75,7 @@ def test_every_metric_named_is_exported() -> None:
         exported = {line.split("{")[0].split(" ")[0] for line in c.scrape().splitlines() if line and not line.startswith("#")}
     finally:
         c.stop()
+        redis.stop()
     named = {m for e in dashboard_exprs() + alert_exprs() for m in METRIC.findall(e)}
     assert named, "no metric names found"
     # Written only once its event happened (a worker restarted), which this cluster has not had.

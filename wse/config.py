@@ -131,6 +131,17 @@ class WSEConfig:
     recovery_ttl_ms: int = 300_000
     recovery_max_bytes: int = 64 << 20
     """Memory for all recovery buffers together."""
+    redis_url: str | None = None
+    """Join other hosts through Redis (``redis://host:6379``) or a Redis Cluster (its seed
+    URLs, comma-separated): publications cross to the hosts with subscribers, and with
+    ``recovery`` Redis gives each topic one epoch and offset run for the whole deployment.
+    ``wse run --redis URL`` sets it. See README "Several hosts"."""
+    redis_prefix: str = "wse"
+    """Prefix of every Redis key and channel (deployments sharing a Redis differ by it)."""
+    redis_buffer: int = 10_000
+    """Publications held for Redis while it is unreachable; past it they are dropped (counted)."""
+    redis_stream_len: int = 0
+    """History kept per topic in Redis (stream ``MAXLEN ~``); 0: ``recovery_buffer``."""
     signing_key: str | None = None
     """HMAC-SHA256 key (32+ bytes): the server's envelopes carry ``sig``; signed client
     messages are verified (``INVALID_SIGNATURE`` when they do not)."""

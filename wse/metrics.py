@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -127,6 +127,7 @@ class WorkerSample:
     cpu_seconds: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
     mesh: dict[str, Any] | None = None
+    redis: dict[str, Any] | None = None
 
 
 Samples = Callable[[], list[WorkerSample]]
@@ -203,6 +204,7 @@ class EngineCollector(Collector):
                        for x in live for key, extra, scale in keys if key in x.stats]
             yield _simple(name, kind, help_text, samples)
         yield from _mesh([x for x in live if x.mesh])
+        yield from _redis([x for x in live if x.redis])
 
 
 def exported_stats_keys() -> set[str]:
@@ -330,4 +332,46 @@ def family_names() -> set[str]:
              "wse_mesh_links_opened_total", "wse_mesh_messages_total", "wse_mesh_bytes_total", "wse_mesh_dropped_total"}
     names |= {name for name, _, _, _ in ENGINE_METRICS}
     names |= {name for _, name, _ in _MESH_RECOVERY}
+    names |= {name for _, name, _, _ in REDIS_METRICS} | {"wse_redis_lag_seconds", "wse_redis_lag_max_seconds"}
     return names
+
+
+# The Redis bridge's counters (key in the worker's bridge stats, family, kind, help).
+REDIS_METRICS = (
+    ("up", "wse_redis_up", "gauge", "1 while the worker's link to Redis is up (its breaker closed)."),
+    ("subscriptions", "wse_redis_subscriptions", "gauge", "Topics the worker subscribes to on Redis (sharded)."),
+    ("pattern_subscriptions", "wse_redis_pattern_subscriptions", "gauge", "Patterns the worker subscribes to on Redis."),
+    ("buffered", "wse_redis_buffered", "gauge", "Publications waiting for Redis (bounded by redis_buffer)."),
+    ("buffer_limit", "wse_redis_buffer_limit", "gauge", "The bound of that buffer."),
+    ("published", "wse_redis_published_total", "counter", "Publications sent to Redis."),
+    ("published_bytes", "wse_redis_published_bytes_total", "counter", "Bytes of publications sent to Redis."),
+    ("received", "wse_redis_received_total", "counter", "Publications received from Redis."),
+    ("received_bytes", "wse_redis_received_bytes_total", "counter", "Bytes of publications received from Redis."),
+    ("own", "wse_redis_own_total", "counter", "Received publications this host had delivered already (dropped)."),
+    ("dropped", "wse_redis_dropped_total", "counter", "Publications not sent to Redis (buffer full or refused)."),
+    ("reconnects", "wse_redis_reconnects_total", "counter", "Times the link to Redis was dialled again after a failure."),
+    ("errors", "wse_redis_errors_total", "counter", "Failed dials and commands."),
+    ("positions", "wse_redis_positions_total", "counter", "Subscriptions that read a topic's position and history from Redis."),
+    ("position_failures", "wse_redis_position_failures_total", "counter",
+     "Of those, how many Redis could not answer in time (recovered from the worker's ring only)."),
+    ("catch_ups", "wse_redis_catch_ups_total", "counter",
+     "Topics read again from their Redis streams after a reconnect (recovery on)."),
+    ("catch_up_gaps", "wse_redis_catch_up_gaps_total", "counter",
+     "Of those, how many the stream no longer covered (subscribers see a gap or a new epoch)."),
+    ("malformed", "wse_redis_malformed_total", "counter", "Messages from Redis that did not parse (dropped)."),
+)
+
+
+def _redis(workers: list[WorkerSample]) -> Iterator[Metric | None]:
+    bridges = [(str(x.slot), x.redis) for x in workers if x.redis]
+    for key, name, kind, help_text in REDIS_METRICS:
+        yield _simple(name, kind, help_text, [({"worker": w}, int(r[key])) for w, r in bridges if r.get(key) is not None])
+    if bridges:
+        lag = SummaryMetricFamily("wse_redis_lag_seconds",
+                                  "Time from Redis stamping a publication to this worker taking it (recovery on).",
+                                  labels=["worker"])
+        for w, r in bridges:
+            lag.add_metric([w], count_value=r["lag_count"], sum_value=r["lag_ms_sum"] / 1000)
+        yield lag
+    yield _simple("wse_redis_lag_max_seconds", "gauge", "The longest such time seen.",
+                  [({"worker": w}, r["lag_ms_max"] / 1000) for w, r in bridges])

@@ -194,6 +194,17 @@ pub struct Config {
     pub uds: Option<String>,
     /// Join a cluster's mesh of workers on this host (see `mesh`).
     pub mesh: Option<crate::mesh::MeshConfig>,
+    /// Redis (or a Redis Cluster: comma-separated seed URLs) joining several hosts into one
+    /// engine (see `bridge`); None: this host alone.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Publications held for Redis while it is unreachable; past it they are dropped.
+    pub redis_buffer: usize,
+    /// Entries kept in each topic's Redis stream (`MAXLEN ~`); 0: `recovery_buffer`.
+    pub redis_stream_len: usize,
+    /// This host's id (the supervisor gives its workers one); None: a random one.
+    pub redis_host: Option<String>,
 }
 
 impl Default for Config {
@@ -263,6 +274,11 @@ impl Default for Config {
             listen_fd: None,
             uds: None,
             mesh: None,
+            redis_url: None,
+            redis_prefix: "wse".into(),
+            redis_buffer: 10_000,
+            redis_stream_len: 0,
+            redis_host: None,
         }
     }
 }

@@ -55,6 +55,10 @@ pub struct Engine {
     pub user_slots: crate::limits::users::UserSlots,
     /// The cluster mesh, when this engine is one worker of several.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// The Redis bridge, when this host is one of several.
+    pub bridge: Option<Arc<crate::bridge::Bridge>>,
+    /// This engine, for tasks it starts itself (set when its thread starts).
+    pub(crate) this: std::sync::OnceLock<(std::sync::Weak<Engine>, tokio::runtime::Handle)>,
 }
 
 impl Engine {
@@ -82,7 +86,13 @@ impl Engine {
         let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
         let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
-        let mesh = crate::mesh::attach(&cfg, &topics)?;
+        let bridge = crate::bridge::attach(&cfg, &topics)?;
+        // With Redis stamping every publication, the mesh carries no recovery of its own.
+        let mesh = if bridge.as_ref().is_some_and(|b| b.stamps) {
+            crate::mesh::attach(&Config { recovery: false, ..cfg.clone() }, &topics)?
+        } else {
+            crate::mesh::attach(&cfg, &topics)?
+        };
         let pubq = PubQueue::new(PUBLISH_QUEUE_BYTES);
         if let Some(m) = mesh.as_ref().filter(|m| m.seq.is_some()) {
             let m = m.clone();
@@ -108,6 +118,8 @@ impl Engine {
             pending: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
             mesh,
+            bridge,
+            this: std::sync::OnceLock::new(),
         })
     }
 
@@ -320,6 +332,15 @@ impl Engine {
     /// returns how many subscribers it has in this process. In a cluster with recovery, the
     /// topic's owner stamps it (mesh/sequencer.rs).
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        if let Some(b) = &self.bridge {
+            if b.stamps {
+                // Redis stamps it; every worker, this one too, delivers it when it comes back.
+                b.send(topic, category, msg_type, payload);
+                Metrics::inc(&self.metrics.publishes);
+                return self.topics.subscriber_count(topic);
+            }
+            b.send(topic, category, msg_type, payload);
+        }
         if let Some(m) = &self.mesh {
             if let Some(seq) = &m.seq {
                 return self.publish_sequenced(m, seq, topic, category, msg_type, payload);

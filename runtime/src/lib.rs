@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod crypto;

@@ -209,6 +209,11 @@ impl Server {
         self.engine.user_slots.count(user_id)
     }
 
+    /// The Redis bridge's counters as JSON, or None without one.
+    fn bridge_stats(&self) -> Option<String> {
+        self.engine.bridge.as_ref().map(|b| b.stats_json())
+    }
+
     /// The cluster mesh's counters as JSON, or None outside a cluster.
     fn mesh_stats(&self) -> Option<String> {
         self.engine.mesh.as_ref().map(|m| m.stats_json())

@@ -64,6 +64,10 @@ fn run(engine: Arc<Engine>, listener: Option<listener::Bound>) -> std::io::Resul
         rt.block_on(async move {
             let drain_engine = engine.clone();
             let mut stop_rx = rx.clone();
+            let _ = engine.this.set((Arc::downgrade(&engine), Handle::current()));
+            if let Some(b) = engine.bridge.clone() {
+                tokio::spawn(crate::bridge::run(b, engine.clone(), rx.clone()));
+            }
             if let (Some(m), Some(l)) = (engine.mesh.clone(), mesh_listener) {
                 tokio::spawn(crate::mesh::run(m, engine.clone(), l, rx.clone()));
             }

@@ -89,17 +89,42 @@ impl Engine {
     pub fn complete_subscription(&self, req: u64, allowed: &[String], denied: Vec<(String, String)>) -> bool {
         let Some(mut p) = self.pending.lock().remove(&req) else { return false };
         let Some(c) = self.get(p.conn) else { return false };
-        let mut failed = p.denied;
+        let mut failed = std::mem::take(&mut p.denied);
         Metrics::add(&self.metrics.subscriptions_denied, denied.len() as u64);
         failed.extend(denied);
         let wanted: Vec<Wanted> = allowed.iter().map(|t| (t.clone(), p.recover.remove(t))).collect();
-        let ok = self.join_within_limit(&c, &wanted, p.group.as_deref(), &mut failed);
-        let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
-        self.ack(&c, "subscribe", ok, failed);
-        if p.presence {
-            self.presence_watch(&c, &joined);
-        }
+        self.join_and_ack(&c, wanted, p.group, failed, p.presence);
         true
+    }
+
+    /// Joins the topics and acks. With Redis stamping publications, each topic's position
+    /// (and what the subscriber missed) is read from Redis first, on the engine's runtime.
+    fn join_and_ack(&self, c: &Arc<Conn>, wanted: Vec<Wanted>, group: Option<String>, failed: Vec<(String, String)>, presence: bool) {
+        let via_redis = self.bridge.clone().filter(|b| b.stamps && group.is_none());
+        if let (Some(b), Some((me, rt))) = (via_redis, self.this.get()) {
+            if let Some(engine) = me.upgrade() {
+                let c = c.clone();
+                rt.spawn(async move {
+                    let prep = wanted.iter().map(|(t, r)| engine.redis_prepare(&b, t, *r));
+                    futures_util::future::join_all(prep).await;
+                    engine.join_now(&c, &wanted, None, failed, presence);
+                    for (t, _) in &wanted {
+                        engine.redis_unpin(&b, t);
+                    }
+                });
+                return;
+            }
+        }
+        self.join_now(c, &wanted, group.as_deref(), failed, presence);
+    }
+
+    fn join_now(&self, c: &Arc<Conn>, wanted: &[Wanted], group: Option<&str>, mut failed: Vec<(String, String)>, presence: bool) {
+        let ok = self.join_within_limit(c, wanted, group, &mut failed);
+        let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
+        self.ack(c, "subscribe", ok, failed);
+        if presence {
+            self.presence_watch(c, &joined);
+        }
     }
 
     fn join_within_limit(
@@ -210,12 +235,7 @@ impl Engine {
                     let r = recover.get(&t).copied();
                     (t, r)
                 }).collect();
-                let ok = self.join_within_limit(c, &wanted, group.as_deref(), &mut failed);
-                let joined: Vec<String> = ok.iter().map(|(t, _, _)| t.clone()).collect();
-                self.ack(c, "subscribe", ok, failed);
-                if presence {
-                    self.presence_watch(c, &joined);
-                }
+                self.join_and_ack(c, wanted, group, failed, presence);
             }
             other => self.send_error(c, "INVALID_MESSAGE", &format!("unknown subscription action {other:?}")),
         }

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -81,6 +82,8 @@ class ClusterConfig:
     """A worker that answers none of the supervisor's pings for this long (a handler that never
     returns to the event loop, a SIGSTOP) is killed and restarted; 0 turns the watchdog off."""
     env: dict[str, str] = field(default_factory=dict)
+    redis_url: str | None = None
+    """Overrides the app's ``redis_url``: this cluster is one host of several over Redis."""
 
 
 class Supervisor:
@@ -106,6 +109,8 @@ class Supervisor:
                 log.warning("--steer-cpu: workers are not on CPUs 0..%d; steering maps CPU mod %d", n - 1, n)
             steer_by_cpu(self.slots[0].sock, n)
         self.metrics_address: tuple[str, int] | None = None
+        # One id for this host's workers: each drops what its own host sent through Redis.
+        self.host_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
         self._stopping = False
         self._reloading: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
@@ -125,7 +130,10 @@ class Supervisor:
             "WSE_LOG_LEVEL": self.cfg.log_level,
             "WSE_DRAIN_TIMEOUT": str(self.cfg.drain_timeout),
             "WSE_CPU": "" if slot.cpu is None else str(slot.cpu),
+            "WSE_HOST_ID": self.host_id,
         }
+        if self.cfg.redis_url:
+            env["WSE_REDIS_URL"] = self.cfg.redis_url
         proc = subprocess.Popen([sys.executable, "-m", "wse.cluster.worker"], env=env,
                                 pass_fds=(slot.sock.fileno(),), cwd=os.getcwd())
         log.debug("slot %d: worker pid %d on cpu %s", slot.index, proc.pid, slot.cpu)
@@ -274,7 +282,7 @@ class Supervisor:
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 return s
             if "stats" in a:
-                s.up, s.stats, s.mesh = True, a["stats"], a.get("mesh")
+                s.up, s.stats, s.mesh, s.redis = True, a["stats"], a.get("mesh"), a.get("redis")
                 s.cpu_seconds = cpu_seconds(proc.pid)
             return s
 

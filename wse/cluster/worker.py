@@ -68,7 +68,9 @@ class Worker:
         server = self.app.server
         if op == "stats":
             mesh = server.mesh_stats()
+            bridge = server.bridge_stats()
             return {
+                "redis": orjson.loads(bridge) if bridge else None,
                 "slot": self.slot,
                 "pid": os.getpid(),
                 "stats": self.app.stats(),
@@ -117,7 +119,10 @@ def main() -> None:
         "listen_fd": int(env["WSE_LISTEN_FD"]),
         "drain_timeout_ms": int(float(env.get("WSE_DRAIN_TIMEOUT", "10")) * 1000),
         "mesh": {"dir": run_dir, "slot": slot, "workers": int(env["WSE_WORKERS"])},
+        "redis_host": env.get("WSE_HOST_ID"),
     }
+    if env.get("WSE_REDIS_URL"):
+        app._engine_extra["redis_url"] = env["WSE_REDIS_URL"]
     worker = Worker(app, slot)
 
     async def amain() -> None:

@@ -176,6 +176,10 @@ def run(
         Optional[bool],
         typer.Option(envvar="WSE_PERMESSAGE_DEFLATE", help="Turn permessage-deflate (RFC 7692) on or off (default: the app's config)."),
     ] = None,
+    redis: Annotated[
+        Optional[str],
+        typer.Option(envvar="WSE_REDIS", help="Redis URL (or a Redis Cluster's seed URLs, comma-separated): this host is one of several."),
+    ] = None,
 ) -> None:
     """Serve an application until SIGINT or SIGTERM: in this process, or with --workers in a cluster."""
     from wse.logformat import configure
@@ -210,6 +214,8 @@ def run(
         changes["allowed_origins"] = tuple(allowed_origin)
     if permessage_deflate is not None:
         changes["permessage_deflate"] = permessage_deflate
+    if redis:
+        changes["redis_url"] = redis
     if changes:
         wse_app.config = wse_app.config.replace(**changes)
     with _pid_file(pid_file):
@@ -247,6 +253,7 @@ def run(
             steer_cpu=steer_cpu,
             watchdog_timeout=watchdog_timeout,
             env=env,
+            redis_url=redis,
         )
         Supervisor(cfg).run()
 

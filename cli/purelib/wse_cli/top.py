@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 
 from wse.metrics import parse
 
@@ -59,6 +60,25 @@ def table(prev: dict[str, dict[str, float]], cur: dict[str, dict[str, float]], d
         f"{'all':>6} {'':>3} {int(total['conns']):>8} {total['in']:>10.0f} {total['out']:>10.0f} {total['pub']:>9.0f} "
         f"{total['min']:>10.0f} {total['mout']:>10.0f} {'':>8} {total['cpu']:>6.1f}"
     )
+    if any("wse_redis_up" in cur[w] for w in cur):
+        rows += ["", bridge_table(cur, rate)]
+    return "\n".join(rows)
+
+
+def bridge_table(cur: dict[str, dict[str, float]], rate: Callable[[str, str], float]) -> str:
+    """The Redis bridge of each worker (``--redis``): its link, traffic, buffer and losses."""
+    rows = [f"{'redis':>6} {'link':>5} {'topics':>7} {'out/s':>9} {'in/s':>9} {'buffered':>9} {'dropped':>8} {'reconn':>7} {'lag ms':>7}"]
+    for w in sorted(cur, key=int):
+        c = cur[w]
+        if "wse_redis_up" not in c:
+            continue
+        lag = c.get("wse_redis_lag_max_seconds", 0.0) * 1000
+        rows.append(
+            f"{w:>6} {'up' if c['wse_redis_up'] else 'DOWN':>5} {int(c.get('wse_redis_subscriptions', 0)):>7} "
+            f"{rate(w, 'wse_redis_published_total'):>9.0f} {rate(w, 'wse_redis_received_total'):>9.0f} "
+            f"{int(c.get('wse_redis_buffered', 0)):>9} {int(c.get('wse_redis_dropped_total', 0)):>8} "
+            f"{int(c.get('wse_redis_reconnects_total', 0)):>7} {lag:>7.0f}"
+        )
     return "\n".join(rows)
 
 

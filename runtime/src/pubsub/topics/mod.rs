@@ -22,6 +22,7 @@ use crate::protocol::outgoing::OutMsg;
 use crate::protocol::time::now_ms;
 
 mod mirror;
+mod redis;
 #[cfg(test)]
 mod tests;
 
@@ -295,7 +296,8 @@ pub struct Topics {
     acl: TopicAcl,
     recovery: Option<RecoveryLimits>,
     ring_bytes: AtomicUsize,
-    on_interest: std::sync::OnceLock<InterestHook>,
+    /// Told of interest changes: the cluster mesh, the Redis bridge.
+    on_interest: RwLock<Vec<InterestHook>>,
 }
 
 impl Topics {
@@ -310,13 +312,14 @@ impl Topics {
         }
     }
 
-    /// Sets the one interest hook (the cluster mesh uses it); false if one was set already.
+    /// Adds an interest hook (the cluster mesh and the Redis bridge each set one).
     pub fn set_interest_hook(&self, hook: InterestHook) -> bool {
-        self.on_interest.set(hook).is_ok()
+        self.on_interest.write().push(hook);
+        true
     }
 
     fn interest(&self, topic: &str, present: bool) {
-        if let Some(h) = self.on_interest.get() {
+        for h in self.on_interest.read().iter() {
             h(topic, present);
         }
     }
