@@ -20,6 +20,7 @@ pub async fn round(
     publisher: &Conn,
     live: &[usize],
     r: u64,
+    warmup: bool,
 ) -> Value {
     let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
     let msg = match (&a.publish_msg, &a.topic_per_subscriber) {
@@ -29,10 +30,20 @@ pub async fn round(
             .replace("{subscribers}", &a.subscribers.to_string())
             .replace("{messages}", &m.to_string())
             .replace("{size}", &a.size.to_string()),
-        (None, Some(p)) => json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":m,"size":a.size}})
-            .to_string(),
-        (None, None) => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}})
-            .to_string(),
+        (None, Some(p)) => {
+            let mut v = json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":m,"size":a.size}});
+            if a.frame_bytes > 0 {
+                v["p"]["frame_bytes"] = json!(a.frame_bytes);
+            }
+            v.to_string()
+        }
+        (None, None) => {
+            let mut v = json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}});
+            if a.frame_bytes > 0 {
+                v["p"]["frame_bytes"] = json!(a.frame_bytes);
+            }
+            v.to_string()
+        }
     };
     shared.complete.store(0, SeqCst);
     shared.live.store(live.len(), SeqCst);
@@ -135,7 +146,7 @@ pub async fn round(
     let win = w.json(t.received);
     let saturated = w.saturated();
     let mut v = json!({
-        "round": r, "warmup": (r as usize) <= a.warmup, "ok": ok, "messages": m,
+        "round": r, "warmup": warmup, "ok": ok, "messages": m,
         "expected": expected, "deliveries": t.received, "distinct": t.distinct, "missing": missing,
         "duplicates": t.duplicates, "gaps": t.gaps, "gap_missing": t.gap_missing, "reordered": t.reordered,
         "out_of_range": t.out_of_range, "verified_in_full": tot.verified, "verify_failed": verify_failed,
