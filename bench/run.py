@@ -93,7 +93,7 @@ def find_loadgen(flag: str | None) -> list[str]:
 
 def scrub(text: str) -> str:
     """No machine paths in the committed results: the repository and the home directory shortened."""
-    return text.replace(str(ROOT), ".").replace(str(Path.home()), "~")
+    return text.replace(sys.executable, "python").replace(str(ROOT), ".").replace(str(Path.home()), "~")
 
 
 FANOUT_ONLY = {"floor"}  # the floor does fan-out and nothing else
@@ -271,6 +271,7 @@ def main() -> None:
     ap.add_argument("--ref-python", help='command of a Python >= 3.12 with wse-server 2.5.1, e.g. "python3.13"')
     ap.add_argument("--loadgen", help="the generator's command (default: target/release/wse-loadgen)")
     ap.add_argument("--no-report", action="store_true", help="write the results file only")
+    ap.add_argument("--note", default="", help="a sentence for the report about this run (e.g. the machine was shared)")
     ap.add_argument("--flame", action=argparse.BooleanOptionalAction, default=None,
                     help="flame graphs of wse per scenario (perf record -g), into the doc's img/ "
                          "(default: on when perf works, off with --smoke)")
@@ -312,10 +313,10 @@ def main() -> None:
             "mode": args.mode, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "elapsed_s": time.monotonic() - t0, "machine": machine(), "commit": commit(),
             "loadgen": "wse-loadgen " + ("(binary)" if "wse-loadgen" in d.lg.argv0[0] else "(wse bench)"),
-            "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": scrub("python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])),
             "results_file": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else out.name, "servers": servers, "scenarios": which,
             "shape": dataclasses.asdict(shape), "server_versions": d.descs, "skipped": d.skipped,
-            "flames": d.flames,
+            "flames": d.flames, "note": args.note,
         },
         "records": d.records,
     }

@@ -88,6 +88,20 @@ def test_fanout_warms_until_steady_and_reports_cold_apart(make_server: Any) -> N
     assert rep["summary"]["deliveries"] == sum(10 * r["messages"] for r in measured)
 
 
+def test_fanout_round_in_bursts_continues_the_sequences(make_server: Any) -> None:
+    """A round asked for in bursts (``start`` in each request after the first): every subscriber still
+    gets sequences 0 .. M-1 exactly once, over several publish requests."""
+    srv = make_server(target=BENCH_APP, env=bench_env())
+    code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "8", "--messages", "100",
+                               "--burst-messages", "30", "--rounds", "2")
+    assert code == 0, out
+    assert rep is not None and rep["ok"] is True
+    for r in rep["rounds"]:
+        assert r["publish_requests"] == 4
+        assert r["deliveries"] == r["distinct"] == 8 * 100 and r["gaps"] == 0 and r["duplicates"] == 0
+        assert [m["p"]["published"] for m in r["server_messages"]] == [30, 30, 30, 10]
+
+
 def test_floor_serves_the_same_bytes_to_every_subscriber() -> None:
     """``wse bench floor``: the minimal writer the fan-out figures are measured against."""
     import socket
@@ -112,7 +126,7 @@ def test_floor_serves_the_same_bytes_to_every_subscriber() -> None:
             assert r["server_messages"][0]["p"]["published"] == 200
     finally:
         floor.terminate()
-        floor.wait(10)
+        floor.communicate(timeout=10)
 
 
 def test_fanout_reports_a_server_that_publishes_nothing(make_server: Any) -> None:

@@ -102,9 +102,10 @@ const server = Bun.serve({
       } else if (t === "bench.publish") {
         const topic = String(p.topic ?? "bench");
         const count = Number(p.count ?? 1000);
+        const start = Number(p.start ?? 0);
         const size = Number(p.size ?? 60);
         const fb = Number(p.frame_bytes ?? 0);
-        for (let s = 0; s < count; s++) server.publish(topic, tick(topic, s, size, fb));
+        for (let s = start; s < start + count; s++) server.publish(topic, tick(topic, s, size, fb));
         ws.send(JSON.stringify({ c: "U", t: "bench.done", p: { published: count } }));
       } else if (t === "bench.users") {
         const prefix = String(p.prefix ?? "u.");

@@ -9,7 +9,8 @@ answers just enough of it for every scenario, with the same message shapes as th
   ``{"c":"WSE","t":"server_ready",...}`` is sent;
 - ``subscription_update`` (subscribe/unsubscribe ``topics``): done, and acknowledged with
   ``success_topics``;
-- ``bench.publish`` ``{topic, count, size, frame_bytes}``: ``count`` messages of about ``size``
+- ``bench.publish`` ``{topic, count, start, size, frame_bytes}``: ``count`` messages (sequences
+  ``start`` .. ``start + count - 1``) of about ``size``
   bytes of JSON ``{"s": seq, "d": "xx.."}`` in the envelope ``{c,t,seq,tp,p}`` (serialised once,
   sent to every subscriber; with ``frame_bytes``, each whole frame padded to exactly that many
   bytes), then ``bench.done`` to the requester;
@@ -166,9 +167,9 @@ class Hub:
     def frames(self, p: dict[str, Any]) -> tuple[str, list[bytes]]:
         """The publications a ``bench.publish`` asks for, each serialised once."""
         topic = str(p.get("topic", "bench"))
-        count = int(p.get("count", 1000))
+        count, start = int(p.get("count", 1000)), int(p.get("start", 0))
         size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
-        return topic, [tick(topic, s, size, fb) for s in range(count)]
+        return topic, [tick(topic, s, size, fb) for s in range(start, start + count)]
 
     @staticmethod
     def user_sends(p: dict[str, Any]) -> Iterator[tuple[str, bytes]]:

@@ -80,9 +80,9 @@ def main() -> None:
                     "action": action, "success": True, "success_topics": topics, "failed_topics": []}}).decode())
             elif t == "bench.publish":
                 topic = str(p.get("topic", "bench"))
-                count = int(p.get("count", 1000))
+                count, start = int(p.get("count", 1000)), int(p.get("start", 0))
                 size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
-                for s in range(count):
+                for s in range(start, start + count):
                     broadcast(topic, tick(topic, s, size, fb).decode())
                 send(cid, dumps({"c": "U", "t": "bench.done", "p": {"published": count}}).decode())
             elif t == "bench.users":

@@ -244,6 +244,8 @@ def markdown(results: dict[str, Any]) -> str:
     if smoke:
         p += ["**SMOKE RUN: tiny counts on a busy shared machine, to check the harness. These are not "
               "measurements; run `python bench/run.py quick` on a quiet machine for figures.**", ""]
+    if m.get("note"):
+        p += [f"**Note on this run: {m['note']}**", ""]
     p += [f"Run {m['date']} in mode `{m['mode']}` ({m['elapsed_s']:.0f} s), wse at commit {m['commit']}.",
           f"Machine: {m['machine']}.",
           f"Generator: {m['loadgen']}, `taskset -c 1`; every server `taskset -c 0` (a cluster of N workers: "

@@ -57,6 +57,10 @@ class Shape:
     cluster_subs: int = 1000
     cluster_workers: tuple[int, ...] = (1, 2)
     gen_max_share: float = 0.75  # fan-out counts only while the generator used less of its core
+    # Messages per publish request at most (about 4 MB of frames per subscriber): a round is asked
+    # for in bursts, each once the subscribers hold the earlier ones, within every server's
+    # per-connection queue (wse's default budget is 16 MiB).
+    burst_messages: int = 20_000
     stable_within: float = 0.05
 
 
@@ -159,7 +163,8 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool 
             "--messages", str(max(5, 20_000 // subs)), "--rounds", str(shape.fanout_rounds),
             "--max-warmup", str(shape.max_warmup), "--stable-within", str(shape.stable_within),
             "--target-server-cpu-s", str(shape.target_cpu_s), "--min-messages", "5",
-            "--max-messages", str(shape.fanout_max_messages), "--connect-concurrency", "256",
+            "--max-messages", str(shape.fanout_max_messages), "--burst-messages", str(shape.burst_messages),
+            "--connect-concurrency", "256",
             "--timeout-s", "120", "--idle-timeout-s", "10"]
     rep = lg.run(args, timeout=900)
     connected, want = rep.get("connected", 0), rep.get("subscribers", subs)

@@ -182,8 +182,14 @@ class Server:
                            f"from bench/peers/package.json)", permanent=True)
             return [bun, str(PEERS / "bun_peer.js"), "--port", port, *jwt], env
         if self.name == "centrifugo":
-            raise Skip(f"Centrifugo {CENTRIFUGO_VERSION}: the load generator does not speak its client protocol "
-                       "(connect/subscribe commands, publications through its HTTP API) yet", permanent=True)
+            found = os.environ.get("WSE_BENCH_CENTRIFUGO") or shutil.which("centrifugo") or next(
+                (str(c) for c in [Path.home() / "go" / "bin" / "centrifugo"] if c.is_file()), None)
+            if not found:
+                raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} not installed (go install "
+                           f"github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION})", permanent=True)
+            raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} is installed, but wse-loadgen does not speak its client "
+                       "protocol yet (connect and subscribe commands, newline-separated pushes, publications "
+                       "through its HTTP API)", permanent=True)
         if self.name == "floor":
             if not self.loadgen:
                 raise Skip("no load generator for the floor", permanent=True)
@@ -198,7 +204,7 @@ class Server:
             try:
                 return self._start(timeout)
             except Skip as e:
-                if "target is busy" not in str(e) or attempt == 7:
+                if ("target is busy" not in str(e) and "exit code 32" not in str(e)) or attempt == 7:
                     raise
                 self.lines.clear()
                 time.sleep(min(2.0 + attempt, 6.0))

@@ -2,7 +2,7 @@
 //!
 //! It answers the benchmark's small protocol (`bench/peers/common.py`) just enough for the
 //! fan-out scenario: each connection gets `server_ready`, a `subscription_update` is acked,
-//! `bench.publish {topic, count, size, frame_bytes}` builds `count` frames once (the peers'
+//! `bench.publish {topic, count, start, size, frame_bytes}` builds `count` frames once (the peers'
 //! envelope `{c,t,seq,tp,p:{s,d}}`, padded to `frame_bytes` when given) and writes them to every
 //! subscriber of the topic, up to 64 KiB per write, then `bench.done` to the requester. No
 //! queues, no per-subscriber state beyond the socket, no Python: what the kernel and one thread
@@ -104,10 +104,11 @@ async fn send(w: &Writer, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
 pub fn build(p: &Value) -> (Vec<u8>, Vec<usize>) {
     let topic = p["topic"].as_str().unwrap_or("bench");
     let count = p["count"].as_u64().unwrap_or(1000);
+    let start = p["start"].as_u64().unwrap_or(0);
     let size = p["size"].as_u64().unwrap_or(60) as usize;
     let want = p["frame_bytes"].as_u64().unwrap_or(0) as usize;
     let (mut buf, mut ends) = (Vec::new(), Vec::with_capacity(count as usize));
-    for s in 0..count {
+    for s in start..start + count {
         let text = |pad: usize| {
             format!(
                 r#"{{"c":"U","t":"tick","seq":{},"tp":"{topic}","p":{{"s":{s},"d":"{}"}}}}"#,

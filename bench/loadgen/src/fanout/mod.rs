@@ -55,6 +55,11 @@ pub struct Args {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub chunk: usize,
+    /// Ask for a round's messages in publish requests of at most this many (`start` in each
+    /// request after the first: sequences continue), each sent once every subscriber holds all the
+    /// earlier ones; 0: one request per round.
+    #[arg(long, default_value_t = 0)]
+    pub burst_messages: u64,
     /// Ask for publication frames of exactly this many bytes (`frame_bytes` in the default
     /// publish request: the peers pad to it, so that every server sends the same bytes).
     #[arg(long, default_value_t = 0)]
