@@ -316,7 +316,7 @@ def main() -> None:
     a.latency_seconds = a.latency_seconds or (1.5 if q else 4.0)
     a.subscribers = a.subscribers if a.subscribers is not None else (300 if q else 1000)
     a.messages = a.messages or (1000 if q else 2000)
-    a.server_cores = "0,1"  # for bench.cluster.client
+    a.server_cores = "0,1"  # the cluster's CPUs
     if not LOADGEN.exists():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "wse-loadgen"], cwd=REPO, check=True)
     configs = a.configs.split(",")
