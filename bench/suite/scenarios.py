@@ -72,10 +72,10 @@ FULL = Shape(fanout_subs=(100, 1000, 10000), fanout_rounds=3, fanout_starts=3, t
              max_warmup=10, inbound_pipe_conns=100, inbound_seg_conns=(100, 1000), inbound_paced_rate=100_000.0,
              inbound_s=3.0, latency_conns=50, latency_rates=(2000.0, 20000.0), latency_s=10.0,
              handshake_count=4000, idle_conns=(10000, 50000), runs=5)
-SMOKE = Shape(fanout_subs=(20, 100), fanout_rounds=3, fanout_starts=1, target_cpu_s=0.02, min_cpu_s=0.005,
+SMOKE = Shape(fanout_subs=(20, 100), fanout_rounds=3, fanout_starts=1, target_cpu_s=0.02, min_cpu_s=0.002,
               max_warmup=3, inbound_pipe_conns=10, inbound_seg_conns=(10,), inbound_paced_rate=2000.0,
               inbound_s=0.2, latency_conns=5, latency_rates=(300.0,), latency_s=0.5, handshake_count=50,
-              idle_conns=(200,), runs=3, topics_conns=100, fanout_max_messages=2000, cluster_subs=40)
+              idle_conns=(200,), runs=3, topics_conns=100, fanout_max_messages=6000, cluster_subs=40)
 
 
 class Loadgen:
