@@ -3,7 +3,7 @@
 
     python bench/client_throughput.py --count 50000 --size 60 --runs 3
 
-Starts ``bench/fanout_app.py`` (our server, JWT off) pinned to core 0, then for every run and
+Starts ``bench/peers/wse_app.py`` (our server, JWT off) pinned to core 0, then for every run and
 both clients (the order alternates from run to run) runs ``bench/client_throughput_client.py``
 pinned to core 1: ours with this Python, the published one in the reference chroot (Python 3.13)
 through ``reference-wse.sh`` (found beside the repository; ``$WSE_REFERENCE_TOOL`` overrides). Each client subscribes,
@@ -61,8 +61,8 @@ def pin(core: str) -> list[str]:
 
 
 def start_server(port: int) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = pin("0") + [sys.executable, "-m", "wse_cli.main", "run", "bench.fanout_app:app", "--port", str(port), "--log-level", "warning"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "bench" / "peers") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = pin("0") + [sys.executable, "-m", "wse_cli.main", "run", "wse_app:app", "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()

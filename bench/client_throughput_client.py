@@ -7,7 +7,7 @@ where ``wse_client`` is that package). Usage:
     python bench/client_throughput_client.py URL --count 50000 --size 60 [--warmup 2000]
 
 It connects with the seed's snippet, subscribes to ``bench``, asks the server
-(``bench/fanout_app.py``) for ``count`` publications of about ``size`` bytes and times from the
+(``bench/peers/wse_app.py``) for ``count`` publications of about ``size`` bytes and times from the
 request to the last one received by the application through ``async for event in client``,
 checking that ``p.s`` runs 0..count-1 in order. Prints one JSON line: the library and version,
 messages received, seconds, messages/s, and the client process's CPU seconds.

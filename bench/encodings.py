@@ -2,7 +2,7 @@
 
     python bench/encodings.py --runs 3
 
-wse (``bench.fanout_app``) pinned to core 0, ``wse-loadgen fanout`` on core 1. Shapes:
+wse (``bench/peers/wse_app.py``) pinned to core 0, ``wse-loadgen fanout`` on core 1. Shapes:
 ``plain`` and ``e2e`` (60-byte payloads; every subscriber does the ECDH exchange and the
 generator opens every ``E:`` delivery), ``plain-3k`` and ``zlib-3k`` (3 KB payloads; the zlib
 subscribers connect with ``?compression=true`` and the generator inflates every ``C:``
@@ -35,10 +35,10 @@ SHAPES = {
 
 
 def start(port: int) -> tuple[subprocess.Popen[str], int]:
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "wse_cli.main", "run", "bench.fanout_app:app",
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", "wse_cli.main", "run", "wse_app:app",
            "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            env=dict(os.environ, PYTHONPATH=str(ROOT / "bench" / "peers")))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "serving" not in line:
@@ -100,7 +100,7 @@ def main() -> None:
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python bench/encodings.py --runs {a.runs}`: "
         f"{a.subscribers} subscribers, {a.messages} messages per round, 3 rounds after 1 warm-up per run, server "
-        "(`bench.fanout_app`) on core 0, `wse-loadgen` on core 1; every delivery sequence-checked after the "
+        "(`bench/peers/wse_app.py`) on core 0, `wse-loadgen` on core 1; every delivery sequence-checked after the "
         "generator decrypted or inflated it.",
         "",
         "| shape | frame payload bytes | deliveries per server CPU-s: min / median / max | vs its plaintext | generator CPU (max) | clean runs |",

@@ -62,7 +62,7 @@ class Host:
         self.metrics = line.split()[-1]
 
     def metric(self, name: str) -> float:
-        from wse.cluster.metrics import parse
+        from wse.metrics import parse
 
         with urllib.request.urlopen(self.metrics, timeout=5) as r:
             return sum(v for n, _, v in parse(r.read().decode()) if n == name)

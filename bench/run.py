@@ -1,21 +1,26 @@
 """The benchmark suite: wse against its peers, every scenario, one command.
 
-    python bench/run.py quick          # about 10 minutes on 2 cores: tables + plots
-    python bench/run.py full           # the full matrix (longer runs, 50,000 idle connections)
+    python bench/run.py quick          # every scenario and peer, tables, targets, plots, flame graphs
+    python bench/run.py full           # longer windows, 3 server starts per fan-out shape, 5 runs
     python bench/run.py quick --smoke  # tiny counts: checks the harness, figures mean nothing
     python bench/run.py report bench/results/quick.json   # rewrite the report from a results file
 
 Every server (wse, the published wse-server 2.5.1, python websockets + uvloop, picows, uvicorn +
-FastAPI, granian, socketify) is started pinned to core 0 and measured by the same Rust load
-generator (``wse-loadgen``) pinned to core 1, on the same message shapes. Server CPU is that of
-all its processes and threads (/proc/PID/stat). A server that cannot be installed or started is
-reported as skipped, with the reason. Results go to ``bench/results/MODE.json``; the report to
-docs/BENCHMARKS.md (between the ``bench:suite`` markers) and docs/img/bench-*.png.
+FastAPI, granian, socketify, Bun, Centrifugo, and the floor: a minimal Rust writer) is started
+pinned to core 0 and measured by the same Rust load generator (``wse-loadgen``) pinned to core 1,
+on the same message shapes. Server CPU is that of every thread of all its processes, from the
+scheduler's nanosecond counters (/proc/PID/task/*/schedstat), over windows of at least a second of
+it. Every server is warmed until steady before its measured samples; the cold figure is kept
+apart; unclean samples say why and never enter a median (see bench/suite/scenarios.py). A server
+that cannot be installed or started is reported as skipped, with the reason. Results go to
+``bench/results/MODE.json``; the report to docs/BENCHMARKS.md (between the ``bench:suite``
+markers), docs/img/bench-*.png and docs/img/flame-*.svg (``perf record -g`` of wse per scenario).
 
-Needs: ``pip install -e ".[bench]"``; the generator (built here with
-``cargo build --release -p wse-loadgen`` when missing; else ``wse bench``, the same code in the
-wheel); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python "python3.13"``,
-or ``WSE_REFERENCE_PYTHON``, or the machine's reference-wse.sh wrapper (found by itself).
+Needs: ``pip install -e ".[bench]"``; Bun: ``npm install --prefix bench/peers``; the generator
+(built here with ``cargo build --release -p wse-loadgen``; else ``wse bench``, the same code in
+the wheel); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python
+"python3.13"``, or ``WSE_REFERENCE_PYTHON``, or the machine's reference-wse.sh wrapper (found by
+itself).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite import report, scenarios  # noqa: E402
-from suite.servers import ALL, ROOT, Server, Skip, reference_python  # noqa: E402
+from suite import flame, report, scenarios  # noqa: E402
+from suite.servers import ALL, ROOT, Server, Skip, free_port, reference_python  # noqa: E402
 
-SCENARIOS = ["fanout", "topics", "inbound", "latency", "handshake", "idle"]
+SCENARIOS = ["fanout", "fanout_same", "topics", "e2e", "inbound", "latency", "handshake", "idle", "cluster"]
 
 
 def machine() -> str:
@@ -76,7 +80,7 @@ def find_loadgen(flag: str | None) -> list[str]:
         subprocess.run(["cargo", "build", "--release", "-p", "wse-loadgen"], cwd=ROOT, check=False)
     if binary.exists():
         help_text = subprocess.run([str(binary), "fanout", "--help"], capture_output=True, text=True).stdout
-        if "--topic-per-subscriber" in help_text:
+        if "--max-warmup" in help_text:
             return [str(binary)]
         print(f"{binary.relative_to(ROOT)} is older than this suite; using `wse bench`", flush=True)
     from wse import _runtime
@@ -89,18 +93,11 @@ def find_loadgen(flag: str | None) -> list[str]:
 
 def scrub(text: str) -> str:
     """No machine paths in the committed results: the repository and the home directory shortened."""
-    return text.replace(str(ROOT), ".").replace(str(Path.home()), "~")
+    return text.replace(sys.executable, "python").replace(str(ROOT), ".").replace(str(Path.home()), "~")
 
 
-def free_port(start: int) -> int:
-    p = start
-    while True:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-                return p
-            except OSError:
-                p += 1
+FANOUT_ONLY = {"floor"}  # the floor does fan-out and nothing else
+NO_INBOUND_COUNT = {"centrifugo"}
 
 
 class Driver:
@@ -113,25 +110,27 @@ class Driver:
         self.skipped: dict[str, str] = {}
         self.descs: dict[str, str] = {}
         self.records: list[dict[str, Any]] = []
+        self.flames: dict[str, str] = {}
 
-    def server(self, name: str, jwt: bool = False) -> Server:
+    def server(self, name: str, jwt: bool = False, workers: int = 0) -> Server:
         self.port = free_port(self.port + 1)
-        s = Server(name, self.port, jwt=jwt, ref_python=self.ref)
+        s = Server(name, self.port, jwt=jwt, ref_python=self.ref, loadgen=self.lg.argv0, workers=workers)
         s.start()
         self.descs.setdefault(name, s.describe())
         return s
 
-    def record(self, name: str, scenario: str, fn: Any, jwt: bool = False, starts: int = 1) -> None:
+    def record(self, name: str, scenario: str, fn: Any, jwt: bool = False, starts: int = 1, workers: int = 0,
+               label: str | None = None) -> dict[str, Any]:
         """``starts`` fresh servers, each given to ``fn`` (returns samples, raw)."""
-        rec: dict[str, Any] = {"server": name, "scenario": scenario, "status": "ok", "reason": "", "samples": [],
-                               "raw": []}
+        rec: dict[str, Any] = {"server": label or name, "scenario": scenario, "status": "ok", "reason": "",
+                               "samples": [], "raw": []}
         t0 = time.monotonic()
         if name in self.skipped:
             rec.update(status="skipped", reason=self.skipped[name])
         else:
             for _ in range(starts):
                 try:
-                    s = self.server(name, jwt)
+                    s = self.server(name, jwt, workers)
                 except Skip as e:
                     if e.permanent:  # not installed: the later scenarios need not try
                         self.skipped[name] = str(e)
@@ -149,56 +148,117 @@ class Driver:
                     s.stop()
         rec["reason"] = scrub(rec["reason"])
         rec["elapsed_s"] = round(time.monotonic() - t0, 2)
-        ok = [x for x in rec["samples"] if x.get("ok")]
-        med = sorted(x["per_cpu"] for x in ok if x.get("per_cpu"))
-        print(f"  {scenario:14} {name:10} {rec['status']:7} {len(ok)}/{len(rec['samples'])} clean"
+        counted = [x for x in rec["samples"] if x.get("counted")]
+        med = sorted(x["per_cpu"] for x in counted if x.get("per_cpu"))
+        unclean = sorted({x["why"] for x in rec["samples"] if not x.get("ok") and x.get("why")})
+        print(f"  {scenario:18} {rec['server']:14} {rec['status']:7} {len(counted)}/{len(rec['samples'])} counted"
               f"{'  median per server CPU-s ' + report.si(med[len(med) // 2]) if med else ''}"
-              f"{'  ' + rec['reason'][:120] if rec['reason'] else ''}  ({rec['elapsed_s']:.1f} s)", flush=True)
+              f"{'  ' + rec['reason'][:120] if rec['reason'] else ''}"
+              f"{'  unclean: ' + ' | '.join(unclean)[:160] if unclean else ''}  ({rec['elapsed_s']:.1f} s)", flush=True)
         self.records.append(rec)
+        return rec
+
+    def flame(self, scenario: str, fn: Any, jwt: bool = False, workers: int = 0) -> None:
+        """One extra run of ``scenario`` on a fresh wse under ``perf record -g``: its flame graph
+        (docs/img/flame-SCENARIO.svg). Not a measurement: perf's sampling costs the server time."""
+        if not self.args.flame or "wse" in self.skipped:
+            return
+        try:
+            s = self.server("wse", jwt, workers)
+        except Skip:
+            return
+        try:
+            svg = self.args.doc.parent / "img" / f"flame-{scenario}.svg"
+            with flame.Recorder(s.pids()) as rec:
+                fn(s)
+            n = rec.render(svg, f"wse, {scenario} ({self.args.mode}{', smoke' if self.args.smoke else ''})")
+            if n:
+                self.flames[scenario] = str(svg.relative_to(self.args.doc.parent))
+        except Exception as e:  # noqa: BLE001 - a flame graph is optional
+            print(f"  flame graph of {scenario}: {type(e).__name__}: {e}"[:200], flush=True)
+        finally:
+            s.stop()
 
     def run(self, servers: list[str], which: list[str]) -> None:
         sh, lg = self.shape, self.lg
-        fanout_starts = 1 if self.args.mode == "quick" else sh.runs
-        def order(k: int) -> list[str]:
-            """The servers' order alternates from one scenario to the next."""
-            return servers if k % 2 == 0 else servers[::-1]
-
         k = 0
+
+        def order(names: list[str]) -> list[str]:
+            """The servers' order alternates from one scenario to the next (the floor goes last, after
+            wse, whose frame size it writes)."""
+            nonlocal k
+            k += 1
+            base = [n for n in names if n != "floor"]
+            return (base if k % 2 else base[::-1]) + (["floor"] if "floor" in names else [])
+
+        def frame_bytes(subs: int) -> int:
+            rec = next((r for r in self.records if r["scenario"] == f"fanout_{subs}" and r["server"] == "wse"), None)
+            return scenarios.median_frame_bytes(rec["samples"]) if rec else 0
+
+        def fan(subs: int, fb: int, per_user: bool = False) -> Any:
+            return lambda s: scenarios.fanout(lg, s, sh, subs, per_user=per_user, frame_bytes=fb)
+
         if "fanout" in which:
             for subs in sh.fanout_subs:
-                for name in order(k):
-                    self.record(name, f"fanout_{subs}", lambda s, n=subs: scenarios.fanout(lg, s, sh, n),
-                                starts=fanout_starts)
-                k += 1
+                for name in order(servers):
+                    fb = frame_bytes(subs) if name == "floor" else 0
+                    self.record(name, f"fanout_{subs}", fan(subs, fb), starts=sh.fanout_starts)
+                self.flame(f"fanout_{subs}", fan(subs, 0))
+        if "fanout_same" in which:
+            for subs in sh.fanout_subs:
+                fb = frame_bytes(subs)
+                for name in order(servers):
+                    if not fb:
+                        self.records.append({"server": name, "scenario": f"fanout_same_{subs}", "status": "skipped",
+                                             "reason": "no wse frame size (run the fanout scenario with wse)",
+                                             "samples": [], "raw": []})
+                        continue
+                    self.record(name, f"fanout_same_{subs}", fan(subs, fb), starts=sh.fanout_starts)
         if "topics" in which:
             n = sh.topics_conns
-            for name in order(k):
-                self.record(name, "topics", lambda s: scenarios.fanout(lg, s, sh, n, per_user=True),
-                            starts=fanout_starts)
-            k += 1
+            for name in order([x for x in servers if x not in FANOUT_ONLY]):
+                self.record(name, "topics", fan(n, 0, per_user=True), starts=sh.fanout_starts)
+            self.flame("topics", fan(n, 0, per_user=True))
+        if "e2e" in which and "wse" in servers:
+            subs = 1000 if 1000 in sh.fanout_subs else sh.fanout_subs[-1]
+            self.record("wse", f"e2e_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, encrypt=True),
+                        starts=sh.fanout_starts)
         if "inbound" in which:
-            for name in order(k):
-                self.record(name, "inbound", lambda s: scenarios.inbound(lg, s, sh))
-            k += 1
+            shapes = [("inbound_pipelined", sh.inbound_pipe_conns, False)]
+            shapes += [(f"inbound_seg_{c}", c, True) for c in sh.inbound_seg_conns]
+            for scenario, c, paced in shapes:
+                fn = (lambda s, c=c, paced=paced: scenarios.inbound(lg, s, sh, c, paced))
+                for name in order([x for x in servers if x not in FANOUT_ONLY | NO_INBOUND_COUNT]):
+                    self.record(name, scenario, fn)
+                self.flame(scenario, fn)
         if "latency" in which:
-            for name in order(k):
-                self.record(name, "latency", lambda s: scenarios.latency(lg, s, sh))
-            k += 1
+            for rate in sh.latency_rates:
+                scenario = f"latency_{int(rate)}"
+                fn = (lambda s, r=rate: scenarios.latency(lg, s, sh, r))
+                for name in order([x for x in servers if x not in FANOUT_ONLY | NO_INBOUND_COUNT]):
+                    self.record(name, scenario, fn)
+                self.flame(scenario, fn)
         if "handshake" in which:
-            for name in order(k):
-                self.record(name, "handshake", lambda s: scenarios.handshake(lg, s, sh), jwt=True)
-            k += 1
+            fn = (lambda s: scenarios.handshake(lg, s, sh))
+            for name in order([x for x in servers if x not in FANOUT_ONLY]):
+                self.record(name, "handshake", fn, jwt=True)
+            self.flame("handshake", fn, jwt=True)
         if "idle" in which:
             limit = scenarios.fd_limit()
             for n in sh.idle_conns:
-                for name in order(k):
+                for name in order([x for x in servers if x not in FANOUT_ONLY]):
                     if n + 1000 > limit:
                         self.records.append({"server": name, "scenario": f"idle_{n}", "status": "skipped", "samples": [],
                                              "raw": [], "reason": f"{n:,} connections exceed the open-files limit "
                                              f"({limit:,} per process) of one server process and of one generator"})
                         continue
                     self.record(name, f"idle_{n}", lambda s, n=n: ([scenarios.idle(lg, s, n)], []), starts=sh.runs)
-                k += 1
+        if "cluster" in which and "wse" in servers:
+            subs = sh.cluster_subs
+            for w in sh.cluster_workers:
+                self.record("wse", "cluster", fan(subs, 0), workers=w, starts=sh.fanout_starts,
+                            label=f"wse --workers {w}")
+            self.flame("cluster", fan(subs, 0), workers=max(sh.cluster_workers))
 
 
 def main() -> None:
@@ -211,6 +271,10 @@ def main() -> None:
     ap.add_argument("--ref-python", help='command of a Python >= 3.12 with wse-server 2.5.1, e.g. "python3.13"')
     ap.add_argument("--loadgen", help="the generator's command (default: target/release/wse-loadgen)")
     ap.add_argument("--no-report", action="store_true", help="write the results file only")
+    ap.add_argument("--note", default="", help="a sentence for the report about this run (e.g. the machine was shared)")
+    ap.add_argument("--flame", action=argparse.BooleanOptionalAction, default=None,
+                    help="flame graphs of wse per scenario (perf record -g), into the doc's img/ "
+                         "(default: on when perf works, off with --smoke)")
     ap.add_argument("--out", type=Path, help="the results file (default: bench/results/MODE.json)")
     ap.add_argument("--doc", type=Path, default=report.DOC,
                     help="the markdown file the report goes into (plots: img/ beside it)")
@@ -232,6 +296,11 @@ def main() -> None:
         raise KeyboardInterrupt  # the running server is stopped on the way out
 
     signal.signal(signal.SIGTERM, interrupted)
+    if args.flame is None:
+        args.flame = not args.smoke and flame.available()
+    elif args.flame and not flame.available():
+        print("perf record does not work here: no flame graphs", flush=True)
+        args.flame = False
     d = Driver(args, shape)
     t0 = time.monotonic()
     print(f"bench/run.py {args.mode}{' --smoke' if args.smoke else ''}: servers {', '.join(servers)}; "
@@ -244,10 +313,10 @@ def main() -> None:
             "mode": args.mode, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "elapsed_s": time.monotonic() - t0, "machine": machine(), "commit": commit(),
             "loadgen": "wse-loadgen " + ("(binary)" if "wse-loadgen" in d.lg.argv0[0] else "(wse bench)"),
-            "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": scrub("python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])),
             "results_file": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else out.name, "servers": servers, "scenarios": which,
-            "shape": {**dataclasses.asdict(shape), "fanout_starts": 1 if args.mode == "quick" else shape.runs},
-            "server_versions": d.descs, "skipped": d.skipped,
+            "shape": dataclasses.asdict(shape), "server_versions": d.descs, "skipped": d.skipped,
+            "flames": d.flames, "note": args.note,
         },
         "records": d.records,
     }

@@ -4,8 +4,8 @@
     python bench/steer.py --quick    # the same, smaller: about 1 minute, for checking the harness
 
 Configurations, interleaved run by run (the order reverses every other run), each a fresh
-``wse run bench.fanout_app:app --workers 2`` (workers pinned to CPUs 0 and 1, through
-``bench/cluster.py``'s ``ClusterServer``):
+``wse run wse_app:app --workers 2`` (workers pinned to CPUs 0 and 1, through
+``bench/suite/cluster.py``'s ``ClusterServer``):
 
 - policy ``hash``: plain SO_REUSEPORT (the kernel picks the worker by a hash of the 4-tuple);
   policy ``steer``: ``--steer-cpu`` (a classic BPF program picks the worker on the CPU that
@@ -20,8 +20,8 @@ a. connection setup: ``wse-loadgen handshake``: N connects (K in flight per gene
    CPU-second, first-frame p50/p99, and where they landed (per-worker ``wse_handshakes_total``).
 b. echo latency: ``wse-loadgen latency`` (open loop, fixed offered rate) through the app's
    ``echo`` handler: p50/p99/p99.9 and messages per worker CPU-second.
-c. fan-out (``c1`` only, one picows client on CPU 1: ``bench/fanout_client.py`` through
-   ``bench/cluster.py``'s ``client``): S subscribers, M messages; deliveries per worker
+c. fan-out (``c1`` only, one ``wse-loadgen fanout`` on CPU 1, through
+   ``bench/suite/cluster.py``'s ``client``): S subscribers, M messages; deliveries per worker
    CPU-second, and how many subscribers each worker held (the supervisor's per-worker
    ``wse_connections_active`` gauge, polled while the client runs).
 
@@ -55,8 +55,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import ClusterServer, client  # noqa: E402
-from bench.fanout import Skip, free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite.cluster import ClusterServer, client  # noqa: E402
+from suite.servers import Skip, free_port  # noqa: E402
 from wse.cluster.osutil import cpu_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +195,7 @@ def fanout(cl: ClusterServer, port: int, wpids: list[int], a: argparse.Namespace
 
 
 def run_one(policy: str, placement: str, a: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
+    port = free_port(7300)
     cl = ClusterServer(2, port, "0,1", steer=policy == "steer")
     try:
         wpids = cl.pids()[1:]
@@ -315,7 +316,7 @@ def main() -> None:
     a.latency_seconds = a.latency_seconds or (1.5 if q else 4.0)
     a.subscribers = a.subscribers if a.subscribers is not None else (300 if q else 1000)
     a.messages = a.messages or (1000 if q else 2000)
-    a.server_cores = "0,1"  # for bench.cluster.client
+    a.server_cores = "0,1"  # the cluster's CPUs
     if not LOADGEN.exists():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "wse-loadgen"], cwd=REPO, check=True)
     configs = a.configs.split(",")
@@ -349,7 +350,7 @@ def main() -> None:
     out = Path(a.out) if a.out else REPO / "bench" / "results" / ("steer-quick.json" if q else "steer.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"args": vars(a), "cpus": os.cpu_count(), "elapsed_s": time.monotonic() - t0, "loopback_note": LOOPBACK_NOTE,
-            "server": "wse run bench.fanout_app:app --workers 2 (pinned 0,1)", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "server": "wse run wse_app:app --workers 2 (pinned 0,1)", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1) + "\n")
     print(f"JSON: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
 

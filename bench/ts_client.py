@@ -4,7 +4,7 @@ the bundle size (esbuild, minified and gzipped) beside npm ``centrifuge``.
 
     python bench/ts_client.py --runs 3 --count 50000
 
-Needs ``npm ci`` in clients/ts and Debian's chromium. Starts ``bench/fanout_app.py`` (our server,
+Needs ``npm ci`` in clients/ts and Debian's chromium. Starts ``bench/peers/wse_app.py`` (our server,
 JWT off) pinned to core 0; every client runs pinned to core 1 (Chromium excepted: its processes
 need more than one core), one at a time, the order rotating
 from run to run: it subscribes, takes an unmeasured warm-up, then times ``count`` publications

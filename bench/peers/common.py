@@ -9,9 +9,11 @@ answers just enough of it for every scenario, with the same message shapes as th
   ``{"c":"WSE","t":"server_ready",...}`` is sent;
 - ``subscription_update`` (subscribe/unsubscribe ``topics``): done, and acknowledged with
   ``success_topics``;
-- ``bench.publish`` ``{topic, count, size}``: ``count`` messages of about ``size`` bytes of JSON
-  ``{"s": seq, "d": "xx.."}`` in the envelope ``{c,t,seq,tp,p}`` (serialised once, sent to every
-  subscriber), then ``bench.done`` to the requester;
+- ``bench.publish`` ``{topic, count, start, size, frame_bytes}``: ``count`` messages (sequences
+  ``start`` .. ``start + count - 1``) of about ``size``
+  bytes of JSON ``{"s": seq, "d": "xx.."}`` in the envelope ``{c,t,seq,tp,p}`` (serialised once,
+  sent to every subscriber; with ``frame_bytes``, each whole frame padded to exactly that many
+  bytes), then ``bench.done`` to the requester;
 - ``bench.users`` ``{prefix, users, count, size}``: per-user sends (the many-topics scenario):
   ``count`` messages to each topic ``prefix + i`` for i < ``users``, then ``bench.done``;
 - ``count``: counted (the inbound scenario's trivial handler); ``bench.stats`` answers
@@ -39,6 +41,18 @@ loads = orjson.loads
 def pad_for(size: int) -> str:
     """Padding so that ``{"s":N,"d":"<pad>"}`` is about ``size`` bytes (N up to 5 digits)."""
     return "x" * max(0, size - len('{"s":12345,"d":""}'))
+
+
+def tick(topic: str, s: int, size: int, frame_bytes: int = 0) -> bytes:
+    """Publication ``s`` of a fan-out round in the minimal envelope ``{c,t,seq,tp,p:{s,d}}``: its
+    payload about ``size`` bytes, or the whole frame exactly ``frame_bytes`` bytes when given (the
+    same-bytes variant: every server sends as many bytes as wse does)."""
+    def make(d: str) -> bytes:
+        return dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": topic, "p": {"s": s, "d": d}})
+
+    if not frame_bytes:
+        return make(pad_for(size))
+    return make("x" * max(0, frame_bytes - len(make(""))))
 
 
 def peer_args(description: str) -> argparse.Namespace:
@@ -153,20 +167,19 @@ class Hub:
     def frames(self, p: dict[str, Any]) -> tuple[str, list[bytes]]:
         """The publications a ``bench.publish`` asks for, each serialised once."""
         topic = str(p.get("topic", "bench"))
-        count = int(p.get("count", 1000))
-        d = pad_for(int(p.get("size", 60)))
-        return topic, [dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": topic, "p": {"s": s, "d": d}})
-                       for s in range(count)]
+        count, start = int(p.get("count", 1000)), int(p.get("start", 0))
+        size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
+        return topic, [tick(topic, s, size, fb) for s in range(start, start + count)]
 
     @staticmethod
     def user_sends(p: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         """(topic, frame) of every per-user send a ``bench.users`` asks for, message by message."""
         prefix = str(p.get("prefix", "u."))
         topics = [f"{prefix}{u}" for u in range(int(p.get("users", 0)))]
-        d = pad_for(int(p.get("size", 60)))
+        size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
         for s in range(int(p.get("count", 1))):
             for t in topics:
-                yield t, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": t, "p": {"s": s, "d": d}})
+                yield t, tick(t, s, size, fb)
 
     @staticmethod
     def done(count: int) -> bytes:

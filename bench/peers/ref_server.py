@@ -21,6 +21,7 @@ import platform
 import signal
 
 import orjson
+from common import tick  # bench/peers/ (this script's directory)
 from wse_server import RustWSEServer
 
 try:
@@ -29,10 +30,6 @@ try:
     REF_VERSION = _version("wse-server")
 except Exception:  # pragma: no cover
     REF_VERSION = "?"
-
-
-def pad_for(size: int) -> str:
-    return "x" * max(0, size - len('{"s":12345,"d":""}'))
 
 
 def main() -> None:
@@ -83,19 +80,19 @@ def main() -> None:
                     "action": action, "success": True, "success_topics": topics, "failed_topics": []}}).decode())
             elif t == "bench.publish":
                 topic = str(p.get("topic", "bench"))
-                count = int(p.get("count", 1000))
-                d = pad_for(int(p.get("size", 60)))
-                for s in range(count):
-                    broadcast(topic, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": topic, "p": {"s": s, "d": d}}).decode())
+                count, start = int(p.get("count", 1000)), int(p.get("start", 0))
+                size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
+                for s in range(start, start + count):
+                    broadcast(topic, tick(topic, s, size, fb).decode())
                 send(cid, dumps({"c": "U", "t": "bench.done", "p": {"published": count}}).decode())
             elif t == "bench.users":
                 prefix = str(p.get("prefix", "u."))
                 topics = [f"{prefix}{u}" for u in range(int(p.get("users", 0)))]
                 count = int(p.get("count", 1))
-                d = pad_for(int(p.get("size", 60)))
+                size, fb = int(p.get("size", 60)), int(p.get("frame_bytes", 0))
                 for s in range(count):
                     for tp in topics:
-                        broadcast(tp, dumps({"c": "U", "t": "tick", "seq": s + 1, "tp": tp, "p": {"s": s, "d": d}}).decode())
+                        broadcast(tp, tick(tp, s, size, fb).decode())
                 send(cid, dumps({"c": "U", "t": "bench.done", "p": {"published": count * len(topics)}}).decode())
             elif t == "bench.stats":
                 send(cid, dumps({"c": "U", "t": "bench.stats", "p": {"received": received}}).decode())

@@ -39,10 +39,10 @@ def pad_for(size: int) -> str:
 def bench_publish(conn: Connection, msg: Message) -> None:
     p: dict[str, Any] = msg.payload or {}
     topic = str(p.get("topic", "bench"))
-    count = int(p.get("count", 1000))
+    count, start = int(p.get("count", 1000)), int(p.get("start", 0))
     d = pad_for(int(p.get("size", 60)))
     publish = app.publish
-    for s in range(count):
+    for s in range(start, start + count):
         publish(topic, {"s": s, "d": d}, type="tick")
     app.send(conn, {"published": count}, type="bench.done")
 

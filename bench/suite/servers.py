@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +36,27 @@ SERVERS: dict[str, tuple[str, list[str], list[str]]] = {
     "fastapi": ("uvicorn + FastAPI", ["uvicorn", "fastapi", "websockets"], ["uvicorn", "fastapi", "httptools"]),
     "granian": ("granian (ASGI)", ["granian"], ["granian"]),
     "socketify": ("socketify (uWS)", ["socketify"], ["socketify"]),
+    "bun": ("Bun (uWS pub/sub)", [], []),
+    "centrifugo": ("Centrifugo", [], []),
+    # Not a server one would run: the fan-out floor (``wse-loadgen floor``), pre-built frames
+    # written to the subscribers' sockets and nothing else. Fan-out scenarios only.
+    "floor": ("floor (minimal Rust writer)", [], []),
 }
 ALL = list(SERVERS)
+BUN_VERSION = "1.4.4"
+CENTRIFUGO_VERSION = "v6.9.1"
+
+
+def bun_binary() -> str | None:
+    """Bun from ``WSE_BENCH_BUN``, the npm package under bench/peers (``npm install --prefix
+    bench/peers``, see bench/peers/package.json), or the PATH."""
+    env = os.environ.get("WSE_BENCH_BUN")
+    if env:
+        return env
+    for cand in (PEERS / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun",):
+        if cand.is_file():
+            return str(cand)
+    return shutil.which("bun")
 
 
 def versions(pkgs: list[str]) -> str:
@@ -99,6 +119,20 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+def free_port(start: int) -> int:
+    """The first port from ``start`` on that 127.0.0.1 can bind."""
+    import socket
+
+    p = start
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                p += 1
+
+
 class Skip(Exception):
     """The server cannot run here; the message says why. ``permanent``: no use trying again."""
 
@@ -113,9 +147,16 @@ class Server:
     port: int
     jwt: bool = False
     ref_python: list[str] | None = None
+    loadgen: list[str] | None = None  # the floor's command
+    workers: int = 0  # wse only: ``wse run --workers N`` (0: a single process, no supervisor)
     proc: subprocess.Popen[str] | None = None
     pid: int = 0
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def cores(self) -> str:
+        """The server's CPUs: core 0, or every core for a cluster of several workers."""
+        return SERVER_CORE if self.workers <= 1 else ",".join(str(i) for i in range(min(self.workers, os.cpu_count() or 1)))
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
@@ -127,12 +168,32 @@ class Server:
                 env["WSE_BENCH_JWT_SECRET"] = JWT_SECRET
             else:
                 env.pop("WSE_BENCH_JWT_SECRET", None)
-            return [sys.executable, "-m", "wse_cli.main", "run", "wse_app:app", "--port", port,
+            workers = ["--workers", str(self.workers)] if self.workers else []
+            return [sys.executable, "-m", "wse_cli.main", "run", "wse_app:app", "--port", port, *workers,
                     "--log-level", "warning"], env
         if self.name == "reference":
             if not self.ref_python:
                 raise Skip("no Python >= 3.12 with wse-server 2.5.1 (give --ref-python)", permanent=True)
             return [*self.ref_python, "bench/peers/ref_server.py", "--port", port, *jwt], env
+        if self.name == "bun":
+            bun = bun_binary()
+            if not bun:
+                raise Skip(f"Bun {BUN_VERSION} not installed (npm install --prefix bench/peers, "
+                           f"from bench/peers/package.json)", permanent=True)
+            return [bun, str(PEERS / "bun_peer.js"), "--port", port, *jwt], env
+        if self.name == "centrifugo":
+            found = os.environ.get("WSE_BENCH_CENTRIFUGO") or shutil.which("centrifugo") or next(
+                (str(c) for c in [Path.home() / "go" / "bin" / "centrifugo"] if c.is_file()), None)
+            if not found:
+                raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} not installed (go install "
+                           f"github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION})", permanent=True)
+            raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} is installed, but wse-loadgen does not speak its client "
+                       "protocol yet (connect and subscribe commands, newline-separated pushes, publications "
+                       "through its HTTP API)", permanent=True)
+        if self.name == "floor":
+            if not self.loadgen:
+                raise Skip("no load generator for the floor", permanent=True)
+            return [*self.loadgen, "floor", "--port", port], env
         return [sys.executable, str(PEERS / f"{self.name}_peer.py"), "--port", port, *jwt], env
 
     def start(self, timeout: float = 30.0) -> None:
@@ -143,7 +204,7 @@ class Server:
             try:
                 return self._start(timeout)
             except Skip as e:
-                if "target is busy" not in str(e) or attempt == 7:
+                if ("target is busy" not in str(e) and "exit code 32" not in str(e)) or attempt == 7:
                     raise
                 self.lines.clear()
                 time.sleep(min(2.0 + attempt, 6.0))
@@ -153,7 +214,7 @@ class Server:
         if missing:
             raise Skip(f"not installed: {', '.join(missing)}", permanent=True)
         cmd, env = self.command()
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *cmd], cwd=ROOT, env=env, text=True,
+        self.proc = subprocess.Popen(["taskset", "-c", self.cores, *cmd], cwd=ROOT, env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         ready = threading.Event()
         pat = re.compile(r": serving ws://\S+(?: pid (\d+))?")
@@ -199,6 +260,11 @@ class Server:
 
     def describe(self) -> str:
         label, pkgs, _ = SERVERS[self.name]
+        if self.name == "bun":
+            m = next((re.search(r" bun (\S+)", x) for x in self.lines if " bun " in x), None)
+            return f"{label}: Bun {m.group(1) if m else '?'}"
+        if self.name == "floor":
+            return f"{label}: wse-loadgen floor, one thread"
         if self.name == "reference":
             m = next((re.search(r"wse-server (\S+) python (\S+)", x) for x in self.lines if "wse-server" in x), None)
             return f"wse-server {m.group(1)} (Python {m.group(2)})" if m else "wse-server (version unknown)"

@@ -49,6 +49,17 @@ pub struct Args {
     /// Messages gathered into one write when unlimited.
     #[arg(long, default_value_t = 64)]
     pub batch: u64,
+    /// One frame per write (one message per TCP segment, as a real client sends it: the
+    /// sockets have TCP_NODELAY) instead of batches; with --rate, each connection paced on its
+    /// own, the connections' send times spread evenly over the interval.
+    #[arg(long)]
+    pub one_per_write: bool,
+    /// With --server-pid: keep sending past --duration-s until the server has used this much CPU
+    /// in the window (at most --max-duration-s), so that the window holds enough of it.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_server_cpu_s: f64,
+    #[arg(long, default_value_t = 30.0)]
+    pub max_duration_s: f64,
     /// After sending: wait this long for each server's close reply.
     #[arg(long, default_value_t = 5.0)]
     pub close_timeout_s: f64,
@@ -70,6 +81,8 @@ pub struct Args {
 }
 
 struct Shared {
+    /// Set when the writers must stop (the run's duration is over).
+    stop: std::sync::atomic::AtomicBool,
     sent: AtomicU64,
     received: AtomicU64,
     closed_early: AtomicU64,
@@ -122,6 +135,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         return Err(format!("no connection opened: {errors:?}"));
     }
     let shared = Arc::new(Shared {
+        stop: Default::default(),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         closed_early: AtomicU64::new(0),
@@ -175,12 +189,34 @@ pub async fn run(a: Args) -> Result<Value, String> {
     };
     let window = report::Window::start(&a.common.server_pid, a.common.threads);
     let start = window.t0();
-    let end = start + Duration::from_secs_f64(a.duration_s);
+    // The end of sending: --duration-s, extended while the server has used less than
+    // --min-server-cpu-s (up to --max-duration-s).
+    let timer = {
+        let (shared, pids) = (shared.clone(), a.common.server_pid.clone());
+        let (min_s, max_s, want) = (a.duration_s, a.max_duration_s.max(a.duration_s), a.min_server_cpu_s);
+        tokio::spawn(async move {
+            let cpu0 = report::ThreadsCpu::read(&pids);
+            tokio::time::sleep_until((start + Duration::from_secs_f64(min_s)).into()).await;
+            while want > 0.0 && cpu0.procs > 0 && start.elapsed().as_secs_f64() < max_s {
+                if report::ThreadsCpu::read(&pids).since(&cpu0).0 >= want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shared.stop.store(true, Release);
+        })
+    };
     let mut writers = Vec::with_capacity(live);
-    for conn in &conns {
+    for (i, conn) in conns.iter().enumerate() {
         let (conn, shared, a2) = (conn.clone(), shared.clone(), a.clone());
+        // Paced connections start spread over one interval, not all at once.
+        let phase = if per_conn_rate > 0.0 {
+            Duration::from_secs_f64(i as f64 / live as f64 / per_conn_rate)
+        } else {
+            Duration::ZERO
+        };
         writers.push(tokio::spawn(async move {
-            write_loop(&conn, &a2, per_conn_rate, start, end, &shared).await
+            write_loop(&conn, &a2, per_conn_rate, start + phase, &shared).await
         }));
     }
     let mut write_errors = 0u64;
@@ -189,6 +225,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
             write_errors += 1;
         }
     }
+    timer.abort();
     let sent = shared.sent.load(Acquire);
     let mut stalled = false;
     if a.stats_msg.is_some() {
@@ -259,6 +296,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("expected".into(), json!(expected));
     o.insert("sent".into(), json!(sent));
     o.insert("offered_rate".into(), json!(a.rate));
+    o.insert("one_per_write".into(), json!(a.one_per_write));
     o.insert("sent_per_s".into(), json!(rate(sent, w.wall)));
     if counted {
         o.insert("processed".into(), json!(processed));
@@ -313,7 +351,6 @@ async fn write_loop(
     a: &Args,
     per_conn_rate: f64,
     start: Instant,
-    end: Instant,
     shared: &Shared,
 ) -> std::io::Result<()> {
     let total = a.messages_per_conn;
@@ -328,18 +365,18 @@ async fn write_loop(
     while sent < total {
         let mut now = Instant::now();
         while gate
-            && now < end
+            && !shared.stop.load(Relaxed)
             && shared.sent.load(Relaxed).saturating_sub(shared.processed()) > a.max_in_flight
         {
             tokio::time::sleep(Duration::from_micros(500)).await;
             now = Instant::now();
         }
-        if now >= end {
+        if shared.stop.load(Relaxed) {
             break;
         }
         let n = if per_conn_rate > 0.0 {
-            let due = ((now - start).as_secs_f64() * per_conn_rate) as u64 + 1;
-            if due <= sent {
+            let due = (now.saturating_duration_since(start).as_secs_f64() * per_conn_rate) as u64 + 1;
+            if now < start || due <= sent {
                 let next = start + Duration::from_secs_f64(sent as f64 / per_conn_rate);
                 tokio::time::sleep_until(next.into()).await;
                 continue;
@@ -348,22 +385,33 @@ async fn write_loop(
         } else {
             a.batch.max(1).min(total - sent)
         };
-        let first = sent;
-        conn.send_built(
-            |rng, out| {
-                for i in first..first + n {
-                    text.clear();
-                    text.push_str(head);
-                    let _ = write!(text, "{i}");
-                    text.push_str(tail);
-                    codec::encode_frame(out, codec::OP_TEXT, text.as_bytes(), rng.mask_key());
-                }
-            },
-            &mut buf,
-        )
-        .await?;
+        // One write of n frames, or n writes of one frame each.
+        let per_write = if a.one_per_write { 1 } else { n };
+        let mut first = sent;
+        while first < sent + n {
+            let k = per_write.min(sent + n - first);
+            conn.send_built(
+                |rng, out| {
+                    for i in first..first + k {
+                        text.clear();
+                        text.push_str(head);
+                        let _ = write!(text, "{i}");
+                        text.push_str(tail);
+                        codec::encode_frame(out, codec::OP_TEXT, text.as_bytes(), rng.mask_key());
+                    }
+                },
+                &mut buf,
+            )
+            .await?;
+            shared.sent.fetch_add(k, Relaxed);
+            first += k;
+            if a.one_per_write {
+                // Let the other connections write theirs: frames of one connection do not
+                // pile up into one segment while the others wait.
+                tokio::task::yield_now().await;
+            }
+        }
         sent += n;
-        shared.sent.fetch_add(n, Relaxed);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! wse-loadgen: a WebSocket load generator that outruns the servers it measures.
 //!
-//! Subcommands: `fanout`, `inbound`, `latency`, `handshake`, `idle` (see `--help` of each).
+//! Subcommands: `fanout`, `inbound`, `latency`, `handshake`, `idle` (see `--help` of each), and
+//! `floor`, a minimal server that fan-out figures are measured against.
 //! Every run prints one JSON report on the last line of stdout, with the generator's own CPU
 //! use over the measured window, so that a run shows when the generator was the limit.
 //!
@@ -12,6 +13,7 @@ mod codec;
 mod conn;
 mod encodings;
 mod fanout;
+mod floor;
 mod handshake;
 mod idle;
 mod inbound;
@@ -45,6 +47,9 @@ enum Cmd {
     Handshake(handshake::Args),
     /// Open and hold N idle connections.
     Idle(idle::Args),
+    /// A server, not a client: the fan-out floor (pre-built frames written to the subscribers'
+    /// sockets, nothing else), to measure the machine against.
+    Floor(floor::Args),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,6 +206,7 @@ where
         Cmd::Latency(a) => (a.common.clone(), Box::pin(latency::run(a))),
         Cmd::Handshake(a) => (a.common.clone(), Box::pin(handshake::run(a))),
         Cmd::Idle(a) => (a.common.clone(), Box::pin(idle::run(a))),
+        Cmd::Floor(a) => return floor::run(a),
     };
     let rt = match common.runtime() {
         Ok(rt) => rt,

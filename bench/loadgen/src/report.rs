@@ -28,25 +28,103 @@ pub fn self_cpu_split() -> (f64, f64) {
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
-/// utime + stime of another process (all its threads), from /proc/PID/stat.
-pub fn proc_cpu(pid: u32) -> Option<f64> {
-    let data = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+/// CPU nanoseconds of every thread of process `pid`, by thread id: the first field of each
+/// `/proc/PID/task/TID/schedstat` (time spent on a CPU, counted by the scheduler in nanoseconds,
+/// not in 10 ms ticks). None if the process is gone.
+pub fn proc_threads_ns(pid: u32) -> Option<Vec<(u32, u64)>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")) else {
+            continue; // the thread exited between the listing and the read
+        };
+        if let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()) {
+            out.push((tid, ns));
+        }
+    }
+    Some(out)
+}
+
+/// utime + stime in clock ticks from a `stat` file (a process's: all its threads, the exited
+/// ones included; or one thread's).
+fn stat_ticks(path: &str) -> Option<u64> {
+    let data = std::fs::read(path).ok()?;
     let close = data.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&data[close + 2..]).ok()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// The summed CPU seconds of several processes (a server's workers); None if none is readable.
-pub fn procs_cpu(pids: &[u32]) -> Option<f64> {
-    let v: Vec<f64> = pids.iter().filter_map(|&p| proc_cpu(p)).collect();
-    if v.is_empty() {
-        None
-    } else {
-        Some(v.iter().sum())
+/// A snapshot of several processes' threads (a server's workers): thread id -> CPU ns, and the
+/// tick counters that account for threads that exit between two snapshots.
+#[derive(Default, Clone)]
+pub struct ThreadsCpu {
+    pub ns: std::collections::HashMap<u32, u64>,
+    /// Processes that could be read.
+    pub procs: usize,
+    /// pid -> the process's utime + stime ticks (exited threads included).
+    proc_ticks: std::collections::HashMap<u32, u64>,
+    /// tid -> (pid, the thread's ticks).
+    thread_ticks: std::collections::HashMap<u32, (u32, u64)>,
+}
+
+impl ThreadsCpu {
+    pub fn read(pids: &[u32]) -> ThreadsCpu {
+        let mut s = ThreadsCpu::default();
+        for &p in pids {
+            let Some(before) = stat_ticks(&format!("/proc/{p}/stat")) else { continue };
+            if let Some(t) = proc_threads_ns(p) {
+                s.procs += 1;
+                for &(tid, _) in &t {
+                    if let Some(k) = stat_ticks(&format!("/proc/{p}/task/{tid}/stat")) {
+                        s.thread_ticks.insert(tid, (p, k));
+                    }
+                }
+                s.ns.extend(t);
+                s.proc_ticks.insert(p, before);
+            }
+        }
+        s
+    }
+
+    /// CPU seconds from `before` to `self`: the threads' nanosecond counters, plus the CPU of
+    /// threads that exited in between (or came and went), which only the process's tick counter
+    /// still holds (to 10 ms); and how many of `before`'s threads are gone.
+    pub fn since(&self, before: &ThreadsCpu) -> (f64, usize) {
+        let (s, gone, _) = self.since_detail(before);
+        (s, gone)
+    }
+
+    /// As [`since`](Self::since), with the exited threads' part (seconds) apart.
+    pub fn since_detail(&self, before: &ThreadsCpu) -> (f64, usize, f64) {
+        let mut ns = 0u64;
+        for (tid, &now) in &self.ns {
+            ns += now.saturating_sub(before.ns.get(tid).copied().unwrap_or(0));
+        }
+        let gone = before.ns.keys().filter(|t| !self.ns.contains_key(t)).count();
+        // Per process: its ticks over the window less its live threads' ticks = exited threads'.
+        let mut exited_ticks = 0u64;
+        for (&pid, &now) in &self.proc_ticks {
+            let Some(&was) = before.proc_ticks.get(&pid) else { continue };
+            let live: u64 = self
+                .thread_ticks
+                .iter()
+                .filter(|(_, (p, _))| *p == pid)
+                .map(|(tid, (_, k))| k.saturating_sub(before.thread_ticks.get(tid).map_or(0, |x| x.1)))
+                .sum();
+            let extra = now.saturating_sub(was).saturating_sub(live);
+            // A tick or two is rounding between the per-thread and the process counters.
+            if extra > 2 || (extra > 0 && gone > 0) {
+                exited_ticks += extra;
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let exited = exited_ticks as f64 / hz;
+        (ns as f64 / 1e9 + exited, gone, exited)
     }
 }
 
@@ -56,13 +134,13 @@ pub struct Window {
     threads: usize,
     cpu0: (f64, f64),
     server_pids: Vec<u32>,
-    server0: Option<f64>,
+    server0: Option<ThreadsCpu>,
 }
 
 impl Window {
     pub fn start(server_pids: &[u32], threads: usize) -> Window {
         let server_pids = server_pids.to_vec();
-        let server0 = procs_cpu(&server_pids);
+        let server0 = (!server_pids.is_empty()).then(|| ThreadsCpu::read(&server_pids));
         Window {
             t0: Instant::now(),
             threads: threads.max(1),
@@ -82,15 +160,20 @@ impl Window {
         let (u, s) = self_cpu_split();
         let (user, sys) = (u - self.cpu0.0, s - self.cpu0.1);
         let cpu = user + sys;
-        let server = match (procs_cpu(&self.server_pids), self.server0) {
-            (Some(b), Some(a)) => Some(b - a),
-            _ => None,
+        let (server, gone, exited) = match &self.server0 {
+            Some(a) if a.procs > 0 => {
+                let (s, gone, exited) = ThreadsCpu::read(&self.server_pids).since_detail(a);
+                (Some(s), gone, exited)
+            }
+            _ => (None, 0, 0.0),
         };
         WindowReport {
             wall,
             cpu,
             sys,
             server,
+            server_threads_gone: gone,
+            server_exited_threads_cpu: exited,
             threads: self.threads,
         }
     }
@@ -101,7 +184,12 @@ pub struct WindowReport {
     pub cpu: f64,
     /// The kernel's part of `cpu` (socket reads and writes).
     pub sys: f64,
+    /// Server CPU seconds over the window, every thread of every process given (schedstat).
     pub server: Option<f64>,
+    /// Server threads that exited during the window (their CPU is missing from `server`).
+    pub server_threads_gone: usize,
+    /// The part of `server` that threads gone by the window's end used (from tick counters).
+    pub server_exited_threads_cpu: f64,
     pub threads: usize,
 }
 
@@ -130,7 +218,10 @@ impl WindowReport {
             "generator_saturated": self.saturated(),
         });
         if let Some(s) = self.server {
-            v["server_cpu_s"] = json!(round6(s));
+            v["server_cpu_s"] = json!(round9(s));
+            v["server_cpu_source"] = json!("schedstat");
+            v["server_threads_gone"] = json!(self.server_threads_gone);
+            v["server_exited_threads_cpu_s"] = json!(round6(self.server_exited_threads_cpu));
             v["per_server_cpu_s"] = if s > 0.0 {
                 json!(work as f64 / s)
             } else {
@@ -172,6 +263,9 @@ pub fn round4(x: f64) -> f64 {
 }
 pub fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
+}
+pub fn round9(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
 }
 
 /// Rate per second, 0 when the window is empty.
@@ -218,6 +312,33 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(self_cpu() >= a);
-        assert!(proc_cpu(std::process::id()).is_some());
+        let me: u64 = proc_threads_ns(std::process::id()).expect("own schedstat").iter().map(|t| t.1).sum();
+        assert!(me > 0, "schedstat counts this busy thread: {me}");
+        // A thread alive at the first reading and gone at the second: said so, and its CPU in
+        // the window still counted, from the process's tick counter.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            let _ = rx.recv();
+            // Busy for 150 ms of this thread's own CPU (however busy the machine).
+            let thread_cpu = || {
+                // SAFETY: clock_gettime writes into the zeroed struct we pass.
+                let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+            };
+            let mut x = 0u64;
+            while thread_cpu() < 0.15 {
+                for _ in 0..10_000 {
+                    x = x.wrapping_add(std::hint::black_box(x) ^ 7);
+                }
+            }
+            std::hint::black_box(x);
+        });
+        let a = ThreadsCpu::read(&[std::process::id()]);
+        tx.send(()).unwrap();
+        h.join().unwrap();
+        let (cpu, gone, exited) = ThreadsCpu::read(&[std::process::id()]).since_detail(&a);
+        assert_eq!(gone, 1);
+        assert!(exited >= 0.1 && cpu >= exited, "exited thread's CPU: {exited} of {cpu}");
     }
 }

@@ -55,6 +55,15 @@ pub struct Args {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub chunk: usize,
+    /// Ask for a round's messages in publish requests of at most this many (`start` in each
+    /// request after the first: sequences continue), each sent once every subscriber holds all the
+    /// earlier ones; 0: one request per round.
+    #[arg(long, default_value_t = 0)]
+    pub burst_messages: u64,
+    /// Ask for publication frames of exactly this many bytes (`frame_bytes` in the default
+    /// publish request: the peers pad to it, so that every server sends the same bytes).
+    #[arg(long, default_value_t = 0)]
+    pub frame_bytes: usize,
     /// The sequence field, looked for as `"FIELD":` (JSON) or the msgpack string FIELD.
     #[arg(long, default_value = "s")]
     pub seq_field: String,
@@ -77,6 +86,20 @@ pub struct Args {
     /// The first W rounds are warm-up: reported, but left out of the summary.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Warm up until the server is steady instead of W fixed rounds: after one cold round of
+    /// --messages, warm-up rounds sized to --target-server-cpu-s each, until two in a row cost
+    /// the same server CPU per delivery within --stable-within, at most this many; then --rounds
+    /// measured rounds. 0: off (fixed --warmup, --rounds counting it).
+    #[arg(long, default_value_t = 0)]
+    pub max_warmup: usize,
+    /// Steady when two consecutive warm-up rounds' server CPU per delivery differ by at most
+    /// this fraction.
+    #[arg(long, default_value_t = 0.05)]
+    pub stable_within: f64,
+    /// With --max-warmup: size rounds to about this much server CPU (needs --server-pid; the
+    /// measured window should hold at least a second of it).
+    #[arg(long, default_value_t = 1.2)]
+    pub target_server_cpu_s: f64,
     #[arg(long, value_enum, default_value_t = Ready::Auto)]
     pub ready: Ready,
     #[arg(long, default_value_t = 1000)]
@@ -208,17 +231,62 @@ pub async fn run(a: Args) -> Result<Value, String> {
 
     let mut rounds = Vec::new();
     let mut m = a.messages;
-    for r in 1..=a.rounds.max(1) {
-        tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
-        let v = round(&a, m, &shared, &publisher, &live, r as u64).await;
-        if a.target_round_s > 0.0 && r <= a.warmup && !live.is_empty() {
-            let rate = v["deliveries_per_s"].as_f64().unwrap_or(0.0);
-            if rate > 0.0 {
-                let want = a.target_round_s * rate / live.len() as f64;
-                m = (want as u64).clamp(a.min_messages.max(1), a.max_messages.max(1));
-            }
-        }
+    let mut steady: Option<bool> = None;
+    let mut warmed = 0usize;
+    let settle = Duration::from_millis(a.settle_ms);
+    if a.max_warmup > 0 {
+        // Cold: the first publications after start, reported apart.
+        tokio::time::sleep(settle).await;
+        let mut v = round(&a, m, &shared, &publisher, &live, 1, true).await;
+        v["cold"] = json!(true);
+        m = size_round(&a, &v, m, live.len());
         rounds.push(v);
+        let mut last: Option<f64> = None;
+        steady = Some(false);
+        while warmed < a.max_warmup {
+            tokio::time::sleep(settle).await;
+            let v = round(&a, m, &shared, &publisher, &live, rounds.len() as u64 + 1, true).await;
+            warmed += 1;
+            let cost = cpu_per_delivery(&v);
+            m = size_round(&a, &v, m, live.len());
+            let ok = v["ok"] == json!(true);
+            rounds.push(v);
+            if !ok {
+                break; // a broken run: the measured rounds will say so
+            }
+            // Only rounds of about the target size are compared: a small round's cost per
+            // delivery is not a sized one's.
+            let sized = v_cpu(&rounds) >= 0.5 * a.target_server_cpu_s;
+            if !sized {
+                last = None;
+                continue;
+            }
+            if let (Some(prev), Some(now)) = (last, cost) {
+                if (now - prev).abs() <= a.stable_within * prev {
+                    steady = Some(true);
+                    break;
+                }
+            }
+            last = cost;
+        }
+        for _ in 0..a.rounds.max(1) {
+            tokio::time::sleep(settle).await;
+            let v = round(&a, m, &shared, &publisher, &live, rounds.len() as u64 + 1, false).await;
+            rounds.push(v);
+        }
+    } else {
+        for r in 1..=a.rounds.max(1) {
+            tokio::time::sleep(settle).await;
+            let v = round(&a, m, &shared, &publisher, &live, r as u64, r <= a.warmup).await;
+            if a.target_round_s > 0.0 && r <= a.warmup && !live.is_empty() {
+                let rate = v["deliveries_per_s"].as_f64().unwrap_or(0.0);
+                if rate > 0.0 {
+                    let want = a.target_round_s * rate / live.len() as f64;
+                    m = (want as u64).clamp(a.min_messages.max(1), a.max_messages.max(1));
+                }
+            }
+            rounds.push(v);
+        }
     }
 
     // Close every connection politely, then give the reader tasks a moment to see the replies.
@@ -232,7 +300,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     })
     .await;
 
-    let measured: Vec<&Value> = rounds.iter().skip(a.warmup).collect();
+    let measured: Vec<&Value> = rounds.iter().filter(|r| r["warmup"] != json!(true)).collect();
     let summary = summarise(&measured);
     let ok = failures == 0 && rounds.iter().all(|r| r["ok"] == json!(true));
     let mut out = a.common.describe("fanout");
@@ -249,10 +317,49 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("topic_per_subscriber".into(), json!(a.topic_per_subscriber));
     o.insert("messages".into(), json!(a.messages));
     o.insert("messages_measured".into(), json!(m));
-    o.insert("warmup_rounds".into(), json!(a.warmup.min(rounds.len())));
+    o.insert(
+        "warmup_rounds".into(),
+        json!(rounds.iter().filter(|r| r["warmup"] == json!(true)).count()),
+    );
+    // With --max-warmup: whether two warm-up rounds agreed within --stable-within (false: the
+    // server never settled within the bound, and the measured rounds say so).
+    o.insert("steady".into(), json!(steady));
+    o.insert("steady_after_rounds".into(), json!(steady.map(|_| warmed)));
     o.insert("summary".into(), summary);
     o.insert("rounds".into(), json!(rounds));
     Ok(out)
+}
+
+/// Server CPU seconds of the last round (0 if unknown).
+fn v_cpu(rounds: &[Value]) -> f64 {
+    rounds.last().and_then(|r| r["server_cpu_s"].as_f64()).unwrap_or(0.0)
+}
+
+/// Server CPU seconds per delivery of a round, if known.
+fn cpu_per_delivery(v: &Value) -> Option<f64> {
+    let cpu = v["server_cpu_s"].as_f64()?;
+    let d = v["deliveries"].as_u64()?;
+    (cpu > 0.0 && d > 0).then(|| cpu / d as f64)
+}
+
+/// The next round's message count: about --target-server-cpu-s of server CPU (or
+/// --target-round-s of wall time when the server's CPU is not known).
+fn size_round(a: &Args, v: &Value, m: u64, live: usize) -> u64 {
+    if live == 0 {
+        return m;
+    }
+    let want = match cpu_per_delivery(v) {
+        Some(c) => a.target_server_cpu_s / (c * live as f64),
+        None => {
+            let rate = v["deliveries_per_s"].as_f64().unwrap_or(0.0);
+            if rate <= 0.0 || a.target_round_s <= 0.0 {
+                return m;
+            }
+            a.target_round_s * rate / live as f64
+        }
+    };
+    // A round grows at most 100x at a time (a first reading may be off).
+    (want as u64).clamp(a.min_messages.max(1), a.max_messages.max(1).min(m.saturating_mul(100).max(1)))
 }
 
 /// Sums over the measured rounds.
@@ -284,7 +391,7 @@ fn summarise(rounds: &[&Value]) -> Value {
     });
     if rounds.iter().all(|r| r.get("server_cpu_s").is_some()) && !rounds.is_empty() {
         let s = f("server_cpu_s");
-        v["server_cpu_s"] = json!(report::round6(s));
+        v["server_cpu_s"] = json!(report::round9(s));
         v["per_server_cpu_s"] = if s > 0.0 {
             json!(deliveries as f64 / s)
         } else {

@@ -20,19 +20,43 @@ pub async fn round(
     publisher: &Conn,
     live: &[usize],
     r: u64,
+    warmup: bool,
 ) -> Value {
-    let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
-    let msg = match (&a.publish_msg, &a.topic_per_subscriber) {
-        (Some(t), _) => t
-            .replace("{topic}", &a.topic)
-            .replace("{prefix}", prefix)
-            .replace("{subscribers}", &a.subscribers.to_string())
-            .replace("{messages}", &m.to_string())
-            .replace("{size}", &a.size.to_string()),
-        (None, Some(p)) => json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":m,"size":a.size}})
-            .to_string(),
-        (None, None) => json!({"t":"bench.publish","p":{"topic":a.topic,"count":m,"size":a.size,"chunk":a.chunk}})
-            .to_string(),
+    // Bursts: the round's messages asked for in requests of at most --burst-messages (bench.publish
+    // only), each sent once every subscriber holds all the earlier ones, so that no server's
+    // per-connection queue has to hold a whole round.
+    let burst = match (&a.publish_msg, &a.topic_per_subscriber) {
+        (None, None) if a.burst_messages > 0 => a.burst_messages,
+        _ => m,
+    };
+    let request = |start: u64, count: u64| -> String {
+        let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
+        match (&a.publish_msg, &a.topic_per_subscriber) {
+            (Some(t), _) => t
+                .replace("{topic}", &a.topic)
+                .replace("{prefix}", prefix)
+                .replace("{subscribers}", &a.subscribers.to_string())
+                .replace("{messages}", &count.to_string())
+                .replace("{start}", &start.to_string())
+                .replace("{size}", &a.size.to_string()),
+            (None, Some(p)) => {
+                let mut v = json!({"t":"bench.users","p":{"prefix":p,"users":a.subscribers,"count":count,"size":a.size}});
+                if a.frame_bytes > 0 {
+                    v["p"]["frame_bytes"] = json!(a.frame_bytes);
+                }
+                v.to_string()
+            }
+            (None, None) => {
+                let mut v = json!({"t":"bench.publish","p":{"topic":a.topic,"count":count,"size":a.size,"chunk":a.chunk}});
+                if start > 0 {
+                    v["p"]["start"] = json!(start);
+                }
+                if a.frame_bytes > 0 {
+                    v["p"]["frame_bytes"] = json!(a.frame_bytes);
+                }
+                v.to_string()
+            }
+        }
     };
     shared.complete.store(0, SeqCst);
     shared.live.store(live.len(), SeqCst);
@@ -42,11 +66,35 @@ pub async fn round(
     let t0 = window.t0();
     *shared.info.lock().expect("info") = (m, t0);
     shared.round.store(r, Release);
-    let sent = publisher.send_text(&msg).await;
     let deadline = t0 + Duration::from_secs_f64(a.timeout_s);
     let idle = Duration::from_secs_f64(a.idle_timeout_s);
     let (mut timed_out, mut stalled) = (false, false);
-    loop {
+    let mut sent = publisher.send_text(&request(0, burst.min(m))).await;
+    let mut next = burst.min(m);
+    let mut bursts = 1u64;
+    while next < m && sent.is_ok() && !timed_out && !stalled {
+        // Every live subscriber (still open) holds the first `next` messages?
+        let held = live.iter().all(|&i| {
+            let s = shared.slots[i].lock().expect("slot");
+            s.closed.is_some() || (s.round == r && s.check.distinct >= next)
+        });
+        if held {
+            let count = burst.min(m - next);
+            sent = publisher.send_text(&request(next, count)).await;
+            next += count;
+            bursts += 1;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = Instant::now();
+        let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
+        if now >= deadline {
+            timed_out = true;
+        } else if last > t0 && now.duration_since(last) > idle {
+            stalled = true;
+        }
+    }
+    while !timed_out && !stalled {
         let _ = tokio::time::timeout(Duration::from_millis(50), shared.done.notified()).await;
         if shared.complete.load(Acquire) >= live.len() || sent.is_err() {
             break;
@@ -135,7 +183,7 @@ pub async fn round(
     let win = w.json(t.received);
     let saturated = w.saturated();
     let mut v = json!({
-        "round": r, "warmup": (r as usize) <= a.warmup, "ok": ok, "messages": m,
+        "round": r, "warmup": warmup, "ok": ok, "messages": m, "publish_requests": bursts,
         "expected": expected, "deliveries": t.received, "distinct": t.distinct, "missing": missing,
         "duplicates": t.duplicates, "gaps": t.gaps, "gap_missing": t.gap_missing, "reordered": t.reordered,
         "out_of_range": t.out_of_range, "verified_in_full": tot.verified, "verify_failed": verify_failed,
