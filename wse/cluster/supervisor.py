@@ -134,7 +134,11 @@ class Supervisor:
         }
         if self.cfg.redis_url:
             env["WSE_REDIS_URL"] = self.cfg.redis_url
-        proc = subprocess.Popen([sys.executable, "-m", "wse.cluster.worker"], env=env,
+        # NOTE: -P keeps the working directory off the front of sys.path while `wse` itself is
+        # imported: run from a checkout, `-m` would otherwise import the checkout's wse/ (which
+        # has no compiled extension after a plain `pip install .`) instead of the installed one.
+        # load_app puts the directory back for the application's own modules.
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "wse.cluster.worker"], env=env,
                                 pass_fds=(slot.sock.fileno(),), cwd=os.getcwd())
         log.debug("slot %d: worker pid %d on cpu %s", slot.index, proc.pid, slot.cpu)
         return proc
