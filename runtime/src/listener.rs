@@ -1,20 +1,21 @@
 //! The listening socket (SO_REUSEPORT, so each worker process can open its own on one port)
-//! and the accept loop with its connection and pending-handshake bounds.
+//! and the accept loop with its connection and pending-handshake bounds (`limits/handshakes.rs`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::background;
 use crate::config::Config;
 use crate::connection::{self, Conn};
 use crate::engine::Engine;
 use crate::handshake::{self, Accepted};
+use crate::limits::handshakes::{Pending, Refused, Slot};
 use crate::metrics::Metrics;
 
 /// Binds the listening socket. Done on the caller's thread, so a bad address fails at once.
@@ -60,12 +61,12 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
             return;
         }
     };
-    let pending = Arc::new(Semaphore::new(engine.cfg.max_pending_handshakes));
+    let pending = Pending::new(engine.cfg.max_pending_handshakes, engine.cfg.max_pending_handshakes_per_ip);
     let tls = engine.tls.clone();
     let m = engine.metrics.clone();
     let background = background::spawn(&engine, stop.clone());
     loop {
-        let (mut stream, addr) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
@@ -80,19 +81,20 @@ pub async fn serve(engine: Arc<Engine>, listener: std::net::TcpListener, mut sto
         let _ = stream.set_nodelay(true);
         if !engine.try_reserve_slot() {
             Metrics::inc(&m.connections_rejected_limit);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            pending.refuse(stream);
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            Metrics::inc(&m.connections_rejected_pending);
-            engine.release_slot();
-            drop(stream);
-            continue;
+        let permit = match pending.admit(addr) {
+            Ok(p) => p,
+            Err(why) => {
+                Metrics::inc(match why {
+                    Refused::Total => &m.connections_rejected_pending,
+                    Refused::PerAddress => &m.connections_rejected_pending_ip,
+                });
+                engine.release_slot();
+                pending.refuse(stream);
+                continue;
+            }
         };
         let engine = engine.clone();
         let tls = tls.clone();
@@ -124,7 +126,7 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     addr: SocketAddr,
     timeout: Duration,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 ) {
     let start = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -147,7 +149,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     addr: SocketAddr,
     timeout: Duration,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 ) -> Option<(Accepted<S>, Arc<Conn>)> {
     let upgraded = tokio::time::timeout(timeout, handshake::accept(engine, stream, addr)).await;
     drop(permit);
