@@ -237,7 +237,6 @@ def test_jwt_attacks_are_refused_4401(srv: ServerProc, case: str) -> None:
     assert reason, "a refusal names its reason"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 item 2: a token without sub is accepted today")
 def test_jwt_without_sub_is_not_an_anonymous_user(srv: ServerProc) -> None:
     tok = pyjwt.encode({"exp": int(time.time()) + 300}, SECRET, algorithm="HS256")
     reason = around(srv, lambda: refused_4401(srv, auth(tok)))

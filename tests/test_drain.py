@@ -409,14 +409,18 @@ def test_max_topics_per_connection(make_server: Any) -> None:
 
     async def main() -> None:
         ws, _ = await open_ready(srv.url)
-        p = await subscribe(ws, ["t1", "t2", "t3", "t4", "t5"])
+        # A request that would pass the limit is refused whole, with one error naming it.
+        await ws.send(envelope("subscription_update", {"action": "subscribe", "topics": ["t1", "t2", "t3", "t4", "t5"]}, c="WSE"))
+        err = await recv_type(ws, "error")
+        assert err["p"]["code"] == "TOO_MANY_TOPICS" and err["p"]["limit"] == "max_topics_per_connection", err
+        p = await subscribe(ws, ["t1", "t2", "t3"])
         assert p["success_topics"] == ["t1", "t2", "t3"]
-        assert p["failed_topics"] == ["t4", "t5"]
-        assert p["errors"] == {"t4": "topic limit reached", "t5": "topic limit reached"}
         assert sorted(p["topics"]) == ["t1", "t2", "t3"]
         # Topics already held do not count twice.
-        p = await subscribe(ws, ["t2", "t6"])
-        assert p["success_topics"] == ["t2"] and p["failed_topics"] == ["t6"]
+        p = await subscribe(ws, ["t2", "t3"])
+        assert p["success_topics"] == ["t2", "t3"]
+        await ws.send(envelope("subscription_update", {"action": "subscribe", "topics": ["t2", "t6"]}, c="WSE"))
+        assert (await recv_type(ws, "error"))["p"]["count"] == 4
         got = await probe(ws, ["t1", "t4", "t6"])
         assert {t: g for t, (_, g) in got.items()} == {"t1": [0, 1], "t4": [], "t6": []}
         # Leaving one makes room for another.
@@ -438,9 +442,14 @@ def test_max_topics_with_hook(make_server: Any) -> None:
 
     async def main() -> None:
         ws, _ = await open_ready(srv.url)
-        p = await subscribe(ws, ["a", "x.b", "c", "d"])
-        assert p["success_topics"] == ["a", "c"]
-        assert p["errors"] == {"x.b": "not authorized", "d": "topic limit reached"}
+        p = await subscribe(ws, ["a", "x.b"])
+        assert p["success_topics"] == ["a"]
+        assert p["errors"] == {"x.b": "not authorized"}
+        p = await subscribe(ws, ["c"])
+        assert p["success_topics"] == ["c"]
+        await ws.send(envelope("subscription_update", {"action": "subscribe", "topics": ["d"]}, c="WSE"))
+        err = await recv_type(ws, "error")
+        assert err["p"]["limit"] == "max_topics_per_connection" and err["p"]["max"] == 2, err
         await ws.close()
 
     asyncio.run(main())

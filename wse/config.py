@@ -41,6 +41,9 @@ class JWTConfig:
     expire_connections: bool = True
     """Close a connection (4401, reason ``expired``) when its token's ``exp`` plus the leeway
     passes, unless the client sent a fresh token first (``auth_refresh``)."""
+    required_claims: tuple[str, ...] = ("sub",)
+    """Claims every token must carry (present, not null, not ``""``), besides ``exp`` (always
+    required); a token without one is refused with close 4401, label ``missing_claim``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +62,9 @@ class WSEConfig:
     """Tokio threads; 1 runs the engine on a single dedicated thread (best per core)."""
     max_connections: int = 10_000
     max_pending_handshakes: int = 512
+    """Sockets accepted but not yet upgraded; past it a new socket is answered 503."""
+    max_pending_handshakes_per_ip: int = 256
+    """Of those, from one source address (IPv6: one /64); 0 for no bound per address."""
     handshake_timeout_ms: int = 5_000
     max_request_bytes: int = 16 * 1024
     allowed_origins: tuple[str, ...] = ()
@@ -87,6 +93,9 @@ class WSEConfig:
     topics_allow: tuple[str, ...] = ()
     topics_deny: tuple[str, ...] = ()
     max_topics_per_connection: int = 1_000
+    """Topics a client may hold; a ``subscription_update`` that would pass it is refused whole."""
+    max_topics_per_message: int = 1_000
+    """Topics one ``subscription_update`` may name; more and it is refused whole, before parsing."""
     drain_batch: int = 1024
     """Events taken from the engine per drain call (one GIL acquire)."""
     jwt: JWTConfig | None = None

@@ -59,3 +59,17 @@ impl Background {
         });
     }
 }
+
+/// Gives the C allocator's free memory back to the system. glibc keeps what freed connections
+/// used (their buffers, tasks, Python objects) in its arenas for reuse; after a burst of
+/// connections closes, that is megabytes resident for nothing. Measured with 2,000 connections
+/// opened at once and closed (`tests/test_security.py`): RSS stayed 9 MiB above the start
+/// without this, back within the bound with it. The sweep calls it at most once a second, and
+/// only after many connections went away.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -58,6 +58,9 @@ pub struct JwtConfig {
     /// Close a connection (4401, reason `expired`) when its token's `exp` (plus the leeway)
     /// passes, unless the client sent a fresh token with `auth_refresh` before then.
     pub expire_connections: bool,
+    /// Claims a token must carry (present, not null, not an empty string), besides `exp`
+    /// (always required). A token without one is refused with `missing_claim`.
+    pub required_claims: Vec<String>,
 }
 
 impl Default for JwtConfig {
@@ -80,6 +83,7 @@ impl Default for JwtConfig {
             topics_claim: "wse_topics".into(),
             required: true,
             expire_connections: true,
+            required_claims: vec!["sub".into()],
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Sockets accepted but not yet upgraded (slowloris bound).
     pub max_pending_handshakes: usize,
+    /// Of those, from one source address (IPv6: one /64) at most (0: no bound per address).
+    pub max_pending_handshakes_per_ip: usize,
     pub handshake_timeout_ms: u64,
     pub max_request_bytes: usize,
     /// Allowed `Origin` values (against cross-site WebSocket hijacking); empty allows any.
@@ -122,6 +128,8 @@ pub struct Config {
     pub topics_allow: Vec<String>,
     pub topics_deny: Vec<String>,
     pub max_topics_per_connection: usize,
+    /// Topics one `subscription_update` may name; more and it is refused whole, unparsed.
+    pub max_topics_per_message: usize,
     /// Python authorizes each subscription (a `sub_request` event) before the engine acks it.
     pub subscribe_hook: bool,
     pub server_version: String,
@@ -218,6 +226,7 @@ impl Default for Config {
             io_threads: 1,
             max_connections: 10_000,
             max_pending_handshakes: 512,
+            max_pending_handshakes_per_ip: 256,
             handshake_timeout_ms: 5_000,
             max_request_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
@@ -235,6 +244,7 @@ impl Default for Config {
             topics_allow: Vec::new(),
             topics_deny: Vec::new(),
             max_topics_per_connection: 1_000,
+            max_topics_per_message: 1_000,
             subscribe_hook: false,
             server_version: env!("CARGO_PKG_VERSION").into(),
             jwt: None,

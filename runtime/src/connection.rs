@@ -53,6 +53,8 @@ pub struct Conn {
     pub rate: Option<Mutex<crate::limits::rate::RateState>>,
     /// permessage-deflate, as negotiated in the handshake.
     pub deflate: Option<deflate::Params>,
+    /// Per-topic verdicts for its pattern subscriptions, and the hold while one is decided.
+    pub gate: crate::gate::Gate,
 }
 
 impl Conn {
@@ -95,7 +97,7 @@ where
                 Ok(Some(ev)) => match ev {
                     FrameEvent::Text(d) => on_message(&engine, &conn, d, true).await,
                     FrameEvent::Binary(d) => on_message(&engine, &conn, d, false).await,
-                    FrameEvent::Ping(p) => conn.out.push_control(frame::build(frame::OP_PONG, &p)),
+                    FrameEvent::Ping(p) => on_ping(&engine, &conn, &p),
                     FrameEvent::Pong => {}
                     FrameEvent::Close(code) => {
                         conn.out.close(code.unwrap_or(1000), "");
@@ -144,6 +146,8 @@ where
         }
         End::ServerClose => conn.out.close_code(),
     };
+    // Gone for publications from now on, not after the linger below.
+    engine.leave_all(&conn);
     // Let the close frame go out, and give the peer a moment to answer it.
     if !matches!(end, End::Abrupt) {
         let mut writer = writer;
@@ -166,6 +170,17 @@ where
     engine.unregister(&conn, code);
 }
 
+/// A ping counts against the client's rate limit like a message; its pong replaces one not yet
+/// written and counts within the outbound budget (`Outbound::push_pong`).
+fn on_ping(engine: &Engine, conn: &Arc<Conn>, payload: &[u8]) {
+    if crate::limits::rate::admit(engine, conn) {
+        let r = conn.out.push_pong(frame::build(frame::OP_PONG, payload));
+        if r != crate::outbound::Push::Queued {
+            let _ = r.count(&engine.metrics);
+        }
+    }
+}
+
 async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) {
     if let Some(ev) = inbound_event(engine, conn, data, text) {
         engine.inbound.push_data(ev).await
@@ -185,9 +200,13 @@ pub fn inbound_event(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: 
         return Some(if text { Event::Raw { conn: conn.id, data } } else { Event::Bin { conn: conn.id, data } });
     }
     let (data, text, sealed) = decode(engine, conn, data, text)?;
-    match classify(&data) {
+    match classify(&data, engine.cfg.max_topics_per_message) {
         Inbound::System { msg_type, payload } => {
             engine.on_system(conn, &msg_type, payload);
+            None
+        }
+        Inbound::TooManyTopics { count } => {
+            engine.refuse_topics(conn, count, "max_topics_per_message", engine.cfg.max_topics_per_message);
             None
         }
         _ if !sealed && engine.cfg.encryption == EncryptionPolicy::Required => {

@@ -154,8 +154,20 @@ fn pieces(frames: impl IntoIterator<Item = Bytes>, shared: bool) -> Vec<Piece> {
     out
 }
 
-/// Queues the batch on `conn` in its encoding. Messages held for a key exchange count as queued.
+/// Queues the batch on `conn` in its encoding. Messages held for a key exchange count as queued,
+/// and so do those held behind a topic the application is deciding (`gate.rs`).
+#[inline]
 pub fn deliver(conn: &Conn, batch: &Batch<'_>) -> PushMany {
+    if conn.gate.is_holding() {
+        if let Some(r) = conn.gate.hold_behind(conn, batch.msgs) {
+            return r;
+        }
+    }
+    deliver_now(conn, batch)
+}
+
+/// `deliver` without the gate (the gate's own flush).
+pub fn deliver_now(conn: &Conn, batch: &Batch<'_>) -> PushMany {
     let mut mode = conn.out.mode();
     loop {
         match mode {

@@ -30,10 +30,14 @@ pub const MAX_TOPIC_LEN: usize = 256;
 /// Bytes of publications and sends waiting for the engine thread before the publisher helps.
 const PUBLISH_QUEUE_BYTES: usize = 8 << 20;
 
+/// After this many connections went away, the next sweep gives the allocator's free memory back
+/// to the system (see `background::trim_heap`).
+const TRIM_AFTER_GONE: usize = 256;
+
 pub struct Engine {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub inbound: Inbound,
+    pub inbound: Arc<Inbound>,
     pub topics: Topics,
     /// Publications and sends from the application, on their way to the engine thread.
     pub pubq: PubQueue,
@@ -46,8 +50,12 @@ pub struct Engine {
     pub(crate) config_acl: TopicAcl,
     pub(crate) next_req: AtomicU64,
     pub(crate) pending: Mutex<HashMap<u64, PendingSub>>,
+    /// Pattern-matched topics the application is asked about: request id to (connection, topic).
+    pub(crate) checks: Arc<crate::subscriptions::Checks>,
     /// Connections counted against `max_connections`: in the handshake or registered.
     slots: AtomicUsize,
+    /// Connections gone since the heap was last trimmed (`keepalive_sweep`).
+    gone_since_trim: AtomicUsize,
     // ---- presence, dedup, per-user limits (pubsub/presence*.rs, pubsub/dedup.rs, limits/) ----
     pub presence: crate::pubsub::presence::Presence<Arc<Conn>>,
     pub dedup_publish: crate::pubsub::dedup::Dedup,
@@ -74,8 +82,9 @@ impl Engine {
             _ => None,
         };
         let metrics = Arc::new(Metrics::default());
-        let inbound = Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone())
-            .map_err(|e| format!("eventfd: {e}"))?;
+        let inbound = Arc::new(
+            Inbound::new(cfg.inbound_queue, cfg.inbound_queue_bytes, metrics.clone()).map_err(|e| format!("eventfd: {e}"))?,
+        );
         let recovery = cfg.recovery.then_some(RecoveryLimits {
             max_messages: cfg.recovery_buffer,
             ttl_ms: cfg.recovery_ttl_ms,
@@ -83,6 +92,10 @@ impl Engine {
         });
         let config_acl = TopicAcl { allow: cfg.topics_allow.clone(), deny: cfg.topics_deny.clone() };
         let topics = Topics::new(recovery, config_acl.clone());
+        let checks = Arc::new(crate::subscriptions::Checks::default());
+        if cfg.subscribe_hook {
+            topics.set_ask_hook(checks.hook(inbound.clone(), metrics.clone()));
+        }
         let presence = crate::pubsub::presence::Presence::new(cfg.presence_max_data_bytes);
         let dedup_publish = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
         let dedup_inbound = crate::pubsub::dedup::Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
@@ -116,7 +129,9 @@ impl Engine {
             config_acl,
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            checks,
             slots: AtomicUsize::new(0),
+            gone_since_trim: AtomicUsize::new(0),
             mesh,
             bridge,
             this: std::sync::OnceLock::new(),
@@ -192,6 +207,7 @@ impl Engine {
             token_expires_ms: AtomicU64::new(claims.as_ref().map_or(0, |c| self.token_deadline(c))),
             rate: crate::limits::rate::for_connection(&self.cfg, now),
             deflate: enc.deflate,
+            gate: Default::default(),
         });
         self.conns.write().insert(id, conn.clone());
         Metrics::inc(&self.metrics.connections_active);
@@ -211,10 +227,10 @@ impl Engine {
     }
 
     /// Forgets a finished connection and tells Python (the `disconnect` event), after its data.
-    pub fn unregister(&self, conn: &Arc<Conn>, code: u16) {
-        if self.conns.write().remove(&conn.id).is_none() {
-            return;
-        }
+    /// Takes `conn` out of every topic (and pattern). A connection that is closing does this
+    /// at once, before its close handshake's linger, so publications stop counting it;
+    /// `unregister` does it again for whatever joined meanwhile.
+    pub fn leave_all(&self, conn: &Arc<Conn>) {
         let topics: Vec<Arc<str>> = conn.topics.lock().drain().collect();
         for t in topics {
             if self.topics.unsubscribe(&t, conn.id) {
@@ -222,7 +238,15 @@ impl Engine {
             }
             self.presence_left(conn, &t);
         }
+    }
+
+    pub fn unregister(&self, conn: &Arc<Conn>, code: u16) {
+        if self.conns.write().remove(&conn.id).is_none() {
+            return;
+        }
+        self.leave_all(conn);
         self.user_gone(conn);
+        self.gone_since_trim.fetch_add(1, Relaxed);
         Metrics::dec(&self.metrics.connections_active);
         self.inbound.push_lifecycle(Event::Disconnect { conn: conn.id, code });
     }
@@ -498,6 +522,10 @@ impl Engine {
     /// ones when their key is due, closes those that never did a required key exchange, and
     /// expires recovery rings.
     pub fn keepalive_sweep(&self) {
+        if self.gone_since_trim.load(Relaxed) >= TRIM_AFTER_GONE {
+            self.gone_since_trim.store(0, Relaxed);
+            crate::background::trim_heap();
+        }
         let now = now_ms();
         let cfg = &self.cfg;
         let all: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
@@ -537,7 +565,10 @@ impl Engine {
             let since_ping = now.saturating_sub(c.last_ping_ms.load(Relaxed));
             if cfg.ping_interval_ms > 0 && quiet >= cfg.ping_interval_ms && since_ping >= cfg.ping_interval_ms {
                 c.last_ping_ms.store(now, Relaxed);
-                c.out.push_control(ping_frame.clone());
+                let r = c.out.push_control(ping_frame.clone());
+                if r != crate::outbound::Push::Queued {
+                    let _ = r.count(&self.metrics);
+                }
                 if cfg.envelopes {
                     self.send_system_as(&c, "ping", json!({"server_time": now}), frame::OP_TEXT);
                 }

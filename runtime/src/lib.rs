@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod deliver;
 pub mod drain;
 pub mod engine;
+pub mod gate;
 pub mod external;
 pub mod handshake;
 pub mod limits;

@@ -1,20 +1,21 @@
 //! The listening socket (SO_REUSEPORT, so each worker process can open its own on one port)
-//! and the accept loop with its connection and pending-handshake bounds.
+//! and the accept loop with its connection and pending-handshake bounds (`limits/handshakes.rs`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::background;
 use crate::config::Config;
 use crate::connection::{self, Conn};
 use crate::engine::Engine;
 use crate::handshake::{self, Accepted};
+use crate::limits::handshakes::{Pending, Refused, Slot};
 use crate::metrics::Metrics;
 
 /// A bound listening socket: TCP, or a Unix domain socket (`uds`).
@@ -107,16 +108,11 @@ impl Listening {
 }
 
 impl Stream {
-    async fn refuse(mut self, response: &[u8]) {
-        match &mut self {
-            Self::Tcp(s) => {
-                let _ = s.write_all(response).await;
-                let _ = s.shutdown().await;
-            }
-            Self::Unix(s) => {
-                let _ = s.write_all(response).await;
-                let _ = s.shutdown().await;
-            }
+    /// Answers 503 (within the bound on refusals in flight) and closes.
+    fn refuse(self, pending: &Pending) {
+        match self {
+            Self::Tcp(s) => pending.refuse(s),
+            Self::Unix(s) => pending.refuse(s),
         }
     }
 }
@@ -134,7 +130,7 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
             return;
         }
     };
-    let pending = Arc::new(Semaphore::new(engine.cfg.max_pending_handshakes));
+    let pending = Pending::new(engine.cfg.max_pending_handshakes, engine.cfg.max_pending_handshakes_per_ip);
     let tls = engine.tls.clone();
     let m = engine.metrics.clone();
     let background = background::spawn(&engine, stop.clone());
@@ -154,15 +150,24 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
         if !engine.try_reserve_slot() {
             Metrics::inc(&m.connections_rejected_limit);
             log::debug!(target: "wse.access", "{addr} refused: 503 max_connections reached");
-            tokio::spawn(stream.refuse(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+            stream.refuse(&pending);
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            Metrics::inc(&m.connections_rejected_pending);
-            log::debug!(target: "wse.access", "{addr} refused: max_pending_handshakes reached");
-            engine.release_slot();
-            drop(stream);
-            continue;
+        let permit = match pending.admit(addr) {
+            Ok(p) => p,
+            Err(why) => {
+                Metrics::inc(match why {
+                    Refused::Total => &m.connections_rejected_pending,
+                    Refused::PerAddress => &m.connections_rejected_pending_ip,
+                });
+                log::debug!(target: "wse.access", "{addr} refused: 503 {}", match why {
+                    Refused::Total => "max_pending_handshakes reached",
+                    Refused::PerAddress => "max_pending_handshakes_per_ip reached",
+                });
+                engine.release_slot();
+                stream.refuse(&pending);
+                continue;
+            }
         };
         let engine = engine.clone();
         let tls = tls.clone();
@@ -205,7 +210,7 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     addr: SocketAddr,
     timeout: Duration,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 ) {
     let start = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -234,7 +239,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     addr: SocketAddr,
     timeout: Duration,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 ) -> Option<(Accepted<S>, Arc<Conn>)> {
     let upgraded = tokio::time::timeout(timeout, handshake::accept(engine, stream, addr)).await;
     drop(permit);

@@ -91,6 +91,9 @@ struct State {
     done: bool,
     /// The connection's encoding; data pushes say which one they were built for.
     mode: u8,
+    /// The answer to the latest ping, not yet written (counted in `queued_bytes`): a newer
+    /// ping replaces it, as RFC 6455 5.5.3 allows, so a ping flood holds one pong at most.
+    pong: Option<Bytes>,
 }
 
 pub struct Outbound {
@@ -130,6 +133,7 @@ impl Outbound {
                 SlowConsumerPolicy::Close => {
                     // A consumer this far behind will not read what is queued: go straight to close.
                     s.frames.clear();
+                    s.pong = None;
                     s.queued_bytes = 0;
                     self.begin_close_locked(s, self.overflow_code, "slow consumer");
                     Push::Overflow
@@ -139,6 +143,25 @@ impl Outbound {
         s.queued_bytes += frame.len();
         s.frames.push_back(frame);
         Push::Queued
+    }
+
+    /// Something held for this connection outside the queue went over its budget: applies the
+    /// slow-consumer policy as `push` would (`Dropped`, or `Overflow` and the close).
+    pub fn overflow(&self) -> Push {
+        let mut s = self.state.lock();
+        if s.done || s.close.is_some() {
+            return Push::Closed;
+        }
+        match self.policy {
+            SlowConsumerPolicy::Drop => Push::Dropped,
+            SlowConsumerPolicy::Close => {
+                s.frames.clear();
+                s.pong = None;
+                s.queued_bytes = 0;
+                self.begin_close_locked(&mut s, self.overflow_code, "slow consumer");
+                Push::Overflow
+            }
+        }
     }
 
     pub fn max_bytes(&self) -> usize {
@@ -212,15 +235,32 @@ impl Outbound {
         Ok(r)
     }
 
-    /// Queues a control frame (pong): exempt from the budget, kept in order with data.
-    pub fn push_control(&self, frame: Bytes) {
+    /// Queues a control frame (the server's ping), in order with data and within the budget.
+    pub fn push_control(&self, frame: Bytes) -> Push {
+        let mut s = self.state.lock();
+        let r = self.push_locked(&mut s, frame);
+        self.wake_locked(&mut s);
+        r
+    }
+
+    /// Queues the answer to a ping: it replaces a pong not yet written (only the latest ping
+    /// needs an answer), goes out ahead of queued data frames, and counts within the budget.
+    pub fn push_pong(&self, frame: Bytes) -> Push {
         let mut s = self.state.lock();
         if s.done || s.close.is_some() {
-            return;
+            return Push::Closed;
         }
-        s.queued_bytes += frame.len();
-        s.frames.push_back(frame);
+        let held = s.pong.as_ref().map_or(0, Bytes::len);
+        if s.queued_bytes - held + frame.len() > self.max_bytes {
+            // Over the budget: the slow-consumer policy applies as to any frame.
+            let r = self.push_locked(&mut s, frame);
+            debug_assert!(r != Push::Queued);
+            return r;
+        }
+        s.queued_bytes = s.queued_bytes - held + frame.len();
+        s.pong = Some(frame);
         self.wake_locked(&mut s);
+        Push::Queued
     }
 
     /// Starts the close handshake: queued frames go out first, then the close frame.
@@ -247,6 +287,7 @@ impl Outbound {
         let mut s = self.state.lock();
         s.done = true;
         s.frames.clear();
+        s.pong = None;
         s.queued_bytes = 0;
         s.writer_idle = false;
         self.wake.notify_one();
@@ -284,7 +325,16 @@ impl Outbound {
                 if s.done {
                     break;
                 }
-                if s.frames.is_empty() {
+                if let Some(p) = s.pong.take() {
+                    batch.push(p);
+                }
+                if !s.frames.is_empty() {
+                    let n = s.frames.len().min(max_batch);
+                    batch.extend(s.frames.drain(..n));
+                    false
+                } else if !batch.is_empty() {
+                    false
+                } else {
                     match s.close.take() {
                         Some(c) => {
                             close = Some(c);
@@ -295,10 +345,6 @@ impl Outbound {
                             true
                         }
                     }
-                } else {
-                    let n = s.frames.len().min(max_batch);
-                    batch.extend(s.frames.drain(..n));
-                    false
                 }
             };
             if wait {
@@ -328,6 +374,7 @@ impl Outbound {
                 if !ok {
                     s.done = true;
                     s.frames.clear();
+                    s.pong = None;
                     s.queued_bytes = 0;
                     break;
                 }
@@ -360,6 +407,13 @@ impl Outbound {
         let mut s = self.state.lock();
         if s.done {
             return Taken::Done;
+        }
+        if let Some(p) = s.pong.take() {
+            s.queued_bytes = s.queued_bytes.saturating_sub(p.len());
+            out.push(p);
+            if s.frames.is_empty() {
+                return Taken::Frames;
+            }
         }
         if !s.frames.is_empty() {
             let n = s.frames.len().min(max.max(1));

@@ -2,18 +2,19 @@
 //! the per-connection limit, queue groups, recovery points) and what the server decides itself,
 //! answered with one ack per request.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use crate::connection::Conn;
-use crate::drain::Event;
+use crate::drain::{Event, Inbound};
 use crate::engine::{Engine, MAX_TOPIC_LEN};
 use crate::metrics::Metrics;
 use crate::pubsub::patterns::is_pattern;
-use crate::pubsub::topics::Recovery;
+use crate::pubsub::topics::{AskHook, Recovery};
 
 pub(crate) struct PendingSub {
     conn: u64,
@@ -26,6 +27,31 @@ pub(crate) struct PendingSub {
 
 pub const MAX_GROUP_LEN: usize = 64;
 
+/// Request ids of pattern checks have this bit set (subscription requests never do).
+const CHECK: u64 = 1 << 62;
+
+/// Topics a client's pattern matched that the application's hook is deciding for it
+/// (`gate.rs`): asked with a `sub_request` event naming the concrete topic, answered through
+/// `complete_subscription` like a subscription request.
+#[derive(Default)]
+pub struct Checks {
+    asked: Mutex<HashMap<u64, (u64, Arc<str>)>>,
+    next: AtomicU64,
+}
+
+impl Checks {
+    /// The fan-out's ask hook: registers the question and queues it for Python (never dropped).
+    pub fn hook(self: &Arc<Self>, inbound: Arc<Inbound>, metrics: Arc<Metrics>) -> AskHook {
+        let checks = self.clone();
+        Box::new(move |c: &Arc<Conn>, topic: &str| {
+            let req = CHECK | checks.next.fetch_add(1, Relaxed);
+            checks.asked.lock().insert(req, (c.id, Arc::from(topic)));
+            Metrics::inc(&metrics.pattern_checks);
+            inbound.push_lifecycle(Event::SubRequest { conn: c.id, req, topics: vec![topic.to_string()] });
+        })
+    }
+}
+
 /// A requested topic and, if asked, where its subscriber stopped (epoch, offset).
 type Wanted = (String, Option<(u32, u64)>);
 
@@ -34,17 +60,18 @@ impl Engine {
     /// `group`, the connection joins that queue group of each topic.
     pub fn subscribe(&self, conn_id: u64, topics: &[String], group: Option<&str>) -> Vec<String> {
         let Some(c) = self.get(conn_id) else { return vec![] };
-        topics.iter().filter(|t| self.join(&c, t, None, group).is_some()).cloned().collect()
+        topics.iter().filter(|t| self.join(&c, t, None, group, false).is_some()).cloned().collect()
     }
 
     /// Adds `c` to `topic` (or to one of its queue groups), replaying what it missed if it
     /// said where it stopped.
-    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>, group: Option<&str>) -> Option<Recovery> {
+    /// `checked`: the client asked (a pattern's topics are then decided per topic, see gate.rs).
+    fn join(&self, c: &Arc<Conn>, topic: &str, recover: Option<(u32, u64)>, group: Option<&str>, checked: bool) -> Option<Recovery> {
         let mut mine = c.topics.lock();
         // `unregister` forgets the connection before it empties its topics under this lock: a
         // connection already forgotten joins nothing (else it would stay in the topic).
         self.get(c.id)?;
-        let (added, rec) = self.topics.subscribe(topic, c, recover, group);
+        let (added, rec) = self.topics.subscribe(topic, c, recover, group, checked);
         if added {
             mine.insert(Arc::from(topic));
             Metrics::inc(&self.metrics.subscriptions);
@@ -78,6 +105,10 @@ impl Engine {
                 out.push(t.clone());
             }
         }
+        if out.iter().any(|t| is_pattern(t)) && !mine.iter().any(|t| is_pattern(t)) {
+            // Its last pattern gone, the connection's verdicts go too (a new one asks again).
+            c.gate.forget();
+        }
         out
     }
 
@@ -87,6 +118,9 @@ impl Engine {
 
     /// Answers a `sub_request` after the Python hook decided.
     pub fn complete_subscription(&self, req: u64, allowed: &[String], denied: Vec<(String, String)>) -> bool {
+        if req & CHECK != 0 {
+            return self.complete_check(req, allowed);
+        }
         let Some(mut p) = self.pending.lock().remove(&req) else { return false };
         let Some(c) = self.get(p.conn) else { return false };
         let mut failed = std::mem::take(&mut p.denied);
@@ -127,6 +161,23 @@ impl Engine {
         }
     }
 
+    /// The application decided a pattern-matched topic for a connection: what was held for it
+    /// goes out (or is dropped), and the connection's stream goes on.
+    fn complete_check(&self, req: u64, allowed: &[String]) -> bool {
+        let Some((conn, topic)) = self.checks.asked.lock().remove(&req) else { return false };
+        let ok = allowed.iter().any(|t| **t == *topic);
+        if !ok {
+            Metrics::inc(&self.metrics.pattern_denied);
+        }
+        let Some(c) = self.get(conn) else { return false };
+        // The gate's lock orders this with the fan-out: a delivery that finds the connection
+        // held waits behind what is held, one that finds it released comes after the release.
+        let r = c.gate.decided(&c, &topic, ok);
+        Metrics::add(&self.metrics.deliveries, r.queued as u64);
+        r.count(&self.metrics);
+        true
+    }
+
     fn join_within_limit(
         &self,
         c: &Arc<Conn>,
@@ -148,7 +199,7 @@ impl Engine {
                 failed.push((t.clone(), "queue groups take exact topics, not patterns".into()));
                 continue;
             }
-            let rec = self.join(c, t, *recover, group);
+            let rec = self.join(c, t, *recover, group, true);
             ok.push((t.clone(), rec, recover.is_some()));
         }
         ok
@@ -184,12 +235,31 @@ impl Engine {
         self.send_system(c, "subscription_update", p);
     }
 
+    /// Refuses a whole `subscription_update` with one error naming the limit it passed.
+    pub(crate) fn refuse_topics(&self, c: &Conn, count: usize, limit: &str, max: usize) {
+        Metrics::inc(&self.metrics.subscriptions_refused_whole);
+        let message = match limit {
+            "max_topics_per_message" => format!("subscription_update names {count} topics; at most {max} per message"),
+            _ => format!("subscription_update would hold {count} topics; at most {max} per connection"),
+        };
+        self.send_system(
+            c,
+            "error",
+            json!({"code": "TOO_MANY_TOPICS", "message": message, "limit": limit, "max": max, "count": count}),
+        );
+    }
+
     pub(crate) fn client_subscription(&self, c: &Arc<Conn>, p: &Value) {
         let action = p.get("action").and_then(|a| a.as_str()).unwrap_or("subscribe");
         let Some(list) = p.get("topics").and_then(|t| t.as_array()) else {
             self.send_error(c, "INVALID_MESSAGE", "subscription_update needs a 'topics' list");
             return;
         };
+        // The message was counted before it was parsed (`classify`); this holds for any path.
+        let max = self.cfg.max_topics_per_message;
+        if list.len() > max {
+            return self.refuse_topics(c, list.len(), "max_topics_per_message", max);
+        }
         let mut valid = vec![];
         let mut failed: Vec<(String, String)> = vec![];
         for t in list {
@@ -205,6 +275,16 @@ impl Engine {
                 self.ack(c, "unsubscribe", valid.into_iter().map(|t| (t, None, false)).collect(), failed);
             }
             "subscribe" => {
+                // The whole request must fit beside what the connection holds.
+                let holding = {
+                    let mine = c.topics.lock();
+                    let fresh: HashSet<&str> = valid.iter().map(String::as_str).filter(|t| !mine.contains(*t)).collect();
+                    mine.len() + fresh.len()
+                };
+                let max = self.cfg.max_topics_per_connection;
+                if holding > max {
+                    return self.refuse_topics(c, holding, "max_topics_per_connection", max);
+                }
                 let group = match p.get("group") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(g)) if !g.is_empty() && g.len() <= MAX_GROUP_LEN => Some(g.clone()),

@@ -74,6 +74,8 @@ pub struct JwtVerifier {
     algorithms: Vec<Algorithm>,
     base: Validation,
     max_token_bytes: usize,
+    /// Claims checked after the signature (`JwtConfig::required_claims`).
+    required_claims: Vec<String>,
 }
 
 const MIN_HS_KEY: usize = 32;
@@ -159,7 +161,8 @@ impl JwtVerifier {
             required.push("iss");
         }
         base.set_required_spec_claims(&required);
-        Ok(Self { keys, algorithms, base, max_token_bytes: cfg.max_token_bytes })
+        let required_claims = cfg.required_claims.clone();
+        Ok(Self { keys, algorithms, base, max_token_bytes: cfg.max_token_bytes, required_claims })
     }
 
     /// Checks a token and returns its claims.
@@ -193,7 +196,7 @@ impl JwtVerifier {
             let mut v = self.base.clone();
             v.algorithms = vec![header.alg];
             match decode::<Map<String, Value>>(token, dk, &v) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return self.check_required(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
@@ -210,6 +213,21 @@ impl JwtVerifier {
             }
         }
         Err(last)
+    }
+}
+
+impl JwtVerifier {
+    /// A verified token must still carry every required claim: present, not null, and not an
+    /// empty string (an anonymous `sub` would make an anonymous user).
+    fn check_required(&self, claims: Map<String, Value>) -> Result<Map<String, Value>, AuthError> {
+        for name in &self.required_claims {
+            match claims.get(name) {
+                None | Some(Value::Null) => return Err(AuthError::MissingClaim(name.clone())),
+                Some(Value::String(s)) if s.is_empty() => return Err(AuthError::MissingClaim(name.clone())),
+                Some(_) => {}
+            }
+        }
+        Ok(claims)
     }
 }
 
@@ -252,6 +270,23 @@ mod tests {
         assert_eq!(v.verify(&t), Err(AuthError::Signature));
         let t = token(SECRET, json!({"sub": "u1"}), None);
         assert_eq!(v.verify(&t).unwrap_err().reason(), "missing_claim");
+    }
+
+    #[test]
+    fn requires_sub_by_default_and_configured_claims() {
+        let v = JwtVerifier::new(&cfg()).unwrap();
+        for claims in [json!({"exp": now() + 60}), json!({"sub": "", "exp": now() + 60}), json!({"sub": null, "exp": now() + 60})] {
+            let e = v.verify(&token(SECRET, claims, None)).unwrap_err();
+            assert_eq!((e.reason(), e.message()), ("missing_claim", "token lacks required claim 'sub'".to_string()));
+        }
+        let c = JwtConfig { required_claims: vec!["sub".into(), "tenant".into()], ..cfg() };
+        let v = JwtVerifier::new(&c).unwrap();
+        let e = v.verify(&token(SECRET, json!({"sub": "u", "exp": now() + 60}), None)).unwrap_err();
+        assert_eq!(e, AuthError::MissingClaim("tenant".into()));
+        assert!(v.verify(&token(SECRET, json!({"sub": "u", "tenant": 7, "exp": now() + 60}), None)).is_ok());
+        let c = JwtConfig { required_claims: vec![], ..cfg() };
+        let v = JwtVerifier::new(&c).unwrap();
+        assert!(v.verify(&token(SECRET, json!({"exp": now() + 60}), None)).is_ok());
     }
 
     #[test]

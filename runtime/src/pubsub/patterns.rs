@@ -1,14 +1,16 @@
 //! Pattern subscriptions: a subscribed topic with `*` (any run of characters, dots included)
 //! or `?` (one character) is a pattern, and a publication to any topic it matches reaches its
-//! subscribers. Live traffic only: recovery and queue groups take exact topics. The topic ACL
-//! (the server's and the connection's) applies to every topic a pattern matches.
+//! subscribers. Live traffic only: recovery and queue groups take exact topics. A pattern the
+//! client subscribed to itself is "checked": every topic it matches is decided for that
+//! connection as an exact subscription would be (topic ACLs, the application's hook), once per
+//! topic and connection (`gate.rs`). One the server made (`app.subscribe`) is not.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::auth::acl::{glob_match, TopicAcl};
+use crate::auth::acl::glob_match;
 use crate::connection::Conn;
 
 pub fn is_pattern(topic: &str) -> bool {
@@ -17,7 +19,8 @@ pub fn is_pattern(topic: &str) -> bool {
 
 struct Entry {
     pattern: Arc<str>,
-    conns: Vec<Arc<Conn>>,
+    /// Each subscriber, and whether what the pattern matches is checked for it.
+    conns: Vec<(Arc<Conn>, bool)>,
 }
 
 #[derive(Default)]
@@ -32,18 +35,19 @@ impl Patterns {
         self.count.load(Relaxed) == 0
     }
 
-    /// Adds `conn` to `pattern`: (added, first subscriber of the pattern).
-    pub fn add(&self, pattern: &str, conn: &Arc<Conn>) -> (bool, bool) {
+    /// Adds `conn` to `pattern`: (added, first subscriber of the pattern). `checked`: the
+    /// client asked for it, so what it matches is decided per topic.
+    pub fn add(&self, pattern: &str, conn: &Arc<Conn>, checked: bool) -> (bool, bool) {
         let mut list = self.list.write();
         match list.iter_mut().find(|e| &*e.pattern == pattern) {
-            Some(e) if e.conns.iter().any(|c| c.id == conn.id) => (false, false),
+            Some(e) if e.conns.iter().any(|(c, _)| c.id == conn.id) => (false, false),
             Some(e) => {
-                e.conns.push(conn.clone());
+                e.conns.push((conn.clone(), checked));
                 self.count.fetch_add(1, Relaxed);
                 (true, false)
             }
             None => {
-                list.push(Entry { pattern: Arc::from(pattern), conns: vec![conn.clone()] });
+                list.push(Entry { pattern: Arc::from(pattern), conns: vec![(conn.clone(), checked)] });
                 self.count.fetch_add(1, Relaxed);
                 (true, true)
             }
@@ -56,7 +60,7 @@ impl Patterns {
         let Some(i) = list.iter().position(|e| &*e.pattern == pattern) else { return (false, false) };
         let e = &mut list[i];
         let before = e.conns.len();
-        e.conns.retain(|c| c.id != conn);
+        e.conns.retain(|(c, _)| c.id != conn);
         if e.conns.len() == before {
             return (false, false);
         }
@@ -73,16 +77,18 @@ impl Patterns {
         !self.is_empty() && self.list.read().iter().any(|e| glob_match(&e.pattern, topic))
     }
 
-    /// The connections whose patterns match `topic` and whose ACL lets them read it, once each.
-    pub fn subscribers(&self, topic: &str, acl: &TopicAcl) -> Vec<Arc<Conn>> {
-        if self.is_empty() || !acl.permits(topic) {
+    /// The connections whose patterns match `topic`, once each, with whether the topic must
+    /// be checked for them (false if any of their matching patterns is the server's).
+    pub fn subscribers(&self, topic: &str) -> Vec<(Arc<Conn>, bool)> {
+        if self.is_empty() {
             return vec![];
         }
-        let mut out: Vec<Arc<Conn>> = vec![];
+        let mut out: Vec<(Arc<Conn>, bool)> = vec![];
         for e in self.list.read().iter().filter(|e| glob_match(&e.pattern, topic)) {
-            for c in &e.conns {
-                if c.acl.as_ref().is_none_or(|a| a.permits(topic)) && !out.iter().any(|o| o.id == c.id) {
-                    out.push(c.clone());
+            for (c, checked) in &e.conns {
+                match out.iter_mut().find(|(o, _)| o.id == c.id) {
+                    Some(o) => o.1 &= *checked,
+                    None => out.push((c.clone(), *checked)),
                 }
             }
         }

@@ -17,6 +17,7 @@ use super::patterns::{is_pattern, Patterns};
 use crate::auth::acl::TopicAcl;
 use crate::connection::Conn;
 use crate::deliver::{deliver, Batch};
+use crate::gate::{Admit, Decision};
 use crate::outbound::PushMany;
 use crate::protocol::outgoing::OutMsg;
 use crate::protocol::time::now_ms;
@@ -184,18 +185,40 @@ impl Topic {
 
     /// Queues publications (in order) on every current subscriber, one lock and one wake-up
     /// each, and keeps them for recovery.
-    /// `also`: pattern subscribers of the topic (those subscribed to it as well get it once).
-    pub fn push(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>, also: &[Arc<Conn>]) -> PushMany {
+    /// `also`: pattern subscribers of the topic (those subscribed to it as well get it once),
+    /// with whether the topic is checked for them; `judge` decides a checked one the first
+    /// time, and those whose answer must be asked of the application are added to `ask`.
+    pub fn push(
+        &self,
+        msgs: &[Arc<OutMsg>],
+        ring: Option<(&RecoveryLimits, &AtomicUsize)>,
+        also: &[(Arc<Conn>, bool)],
+        judge: &dyn Fn(&Conn, &str) -> Decision,
+        ask: &mut Vec<Arc<Conn>>,
+    ) -> PushMany {
         let mut s = self.state.lock();
         let mut f = PushMany::default();
         let batch = Batch::shared(msgs, s.subs.len() + also.len());
         for c in &s.subs {
             f.add(deliver(c, &batch));
         }
-        for c in also {
-            if !s.index.contains_key(&c.id) {
-                f.add(deliver(c, &batch));
+        for (c, checked) in also {
+            if s.index.contains_key(&c.id) {
+                continue;
             }
+            if *checked {
+                let (admit, held) = c.gate.admit(c, &self.name, msgs, || judge(c, &self.name));
+                f.add(held);
+                match admit {
+                    Admit::Deliver => {}
+                    Admit::Skip | Admit::Held => continue,
+                    Admit::Ask => {
+                        ask.push(c.clone());
+                        continue;
+                    }
+                }
+            }
+            f.add(deliver(c, &batch));
         }
         if !s.groups.is_empty() {
             s.push_groups(msgs, &mut f);
@@ -289,6 +312,10 @@ fn evict_front(s: &mut TopicState, total: &AtomicUsize) {
 /// topic's lock, so a topic's calls arrive in the order its changes happened.
 pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
+/// Asks the application whether a connection may have a topic its pattern matched; the answer
+/// comes back through `Gate::decided`.
+pub type AskHook = Box<dyn Fn(&Arc<Conn>, &str) + Send + Sync>;
+
 pub struct Topics {
     map: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     pub patterns: Patterns,
@@ -298,6 +325,7 @@ pub struct Topics {
     ring_bytes: AtomicUsize,
     /// Told of interest changes: the cluster mesh, the Redis bridge.
     on_interest: RwLock<Vec<InterestHook>>,
+    on_ask: std::sync::OnceLock<AskHook>,
 }
 
 impl Topics {
@@ -309,6 +337,25 @@ impl Topics {
             recovery,
             ring_bytes: AtomicUsize::new(0),
             on_interest: Default::default(),
+            on_ask: Default::default(),
+        }
+    }
+
+    /// Sets the hook that asks the application about pattern-matched topics; without one,
+    /// the topic ACLs alone decide them. False if one was set already.
+    pub fn set_ask_hook(&self, hook: AskHook) -> bool {
+        self.on_ask.set(hook).is_ok()
+    }
+
+    /// A pattern subscriber's first publication of `topic`: the topic ACLs (the server's and the
+    /// connection's), then the application if it has a hook.
+    fn judge(&self, c: &Conn, topic: &str) -> Decision {
+        if !self.acl.permits(topic) || !c.acl.as_ref().is_none_or(|a| a.permits(topic)) {
+            Decision::Deny
+        } else if self.on_ask.get().is_some() {
+            Decision::Ask
+        } else {
+            Decision::Allow
         }
     }
 
@@ -358,9 +405,10 @@ impl Topics {
 
     /// Adds `conn` to `topic` (replaying what it missed if asked); false if it was there.
     /// A pattern (see patterns.rs) takes no recovery and no group.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>) -> (bool, Recovery) {
+    /// `checked`: a client's own subscription (a pattern's topics are then decided per topic).
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, recover: Option<(u32, u64)>, group: Option<&str>, checked: bool) -> (bool, Recovery) {
         if is_pattern(topic) {
-            let (added, first) = self.patterns.add(topic, conn);
+            let (added, first) = self.patterns.add(topic, conn, checked);
             if first {
                 self.interest(topic, true);
             }
@@ -372,8 +420,15 @@ impl Topics {
     /// Hands a run of publications of one topic to its subscribers, pattern subscribers
     /// included (and to its ring). Without recovery, a topic only patterns matched goes.
     pub fn push(&self, t: &Topic, msgs: &[Arc<OutMsg>]) -> PushMany {
-        let also = self.patterns.subscribers(&t.name, &self.acl);
-        let f = t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)), &also);
+        let also = self.patterns.subscribers(&t.name);
+        let mut ask = Vec::new();
+        let judge = |c: &Conn, topic: &str| self.judge(c, topic);
+        let f = t.push(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)), &also, &judge, &mut ask);
+        if let Some(hook) = self.on_ask.get() {
+            for c in &ask {
+                hook(c, &t.name);
+            }
+        }
         if !also.is_empty() && self.recovery.is_none() && t.subscriber_count() == 0 {
             self.remove_if_idle(&t.name);
         }

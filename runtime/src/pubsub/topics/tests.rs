@@ -38,7 +38,7 @@ fn a_mirror_follows_its_owner_and_a_joining_worker_takes_the_history_behind_live
     assert_eq!(took, Took::Ignored);
     t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
     assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
-    t.push(&queued, Some((&LIM, &total)), &[]);
+    t.push(&queued, Some((&LIM, &total)), &[], &|_, _| crate::gate::Decision::Allow, &mut Vec::new());
     assert_eq!(offsets(&t), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(t.owner(), Owner::Peer(owner.clone()));
     // The mirror becomes the owner: it goes on from the owner's offsets, same epoch.
@@ -66,7 +66,7 @@ fn another_epoch_replaces_an_older_history_only() {
     // This worker owns it: a split-brain stamp from a peer that loses the election is refused.
     let mut out = None;
     t.next(|seq, _| msg(seq, 300), |m, _| out = Some(m));
-    t.push(&[out.unwrap()], Some((&LIM, &total)), &[]);
+    t.push(&[out.unwrap()], Some((&LIM, &total)), &[], &|_, _| crate::gate::Decision::Allow, &mut Vec::new());
     assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, false, NONE_LINKED), &total, || msg(1, 1), &mut |_| panic!()), Took::Ignored);
     assert_eq!(t.next_mirrored(mirrored(1, 1, &peer, true, NONE_LINKED), &total, || msg(1, 1), &mut |_| {}), Took::Taken);
 }
