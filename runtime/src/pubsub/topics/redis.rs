@@ -110,7 +110,7 @@ mod tests {
         let lim = RecoveryLimits { max_messages: 100, ttl_ms: 60_000, max_bytes: 1 << 20 };
         // Live 5 arrived first (and was pushed to the ring); the history 3..6 comes after.
         t.take_stamped(7, 5, &total, || msg(5), |_| {});
-        t.push(&[msg(5)], Some((&lim, &total)), &[]);
+        t.push(&[msg(5)], Some((&lim, &total)), &[], &|_, _| crate::gate::Decision::Allow, &mut Vec::new());
         let mut live = vec![];
         t.merge_stamped(7, 6, (3..=6).map(msg).collect(), &total, &mut |m| live.push(m.offset));
         assert_eq!(live, vec![6], "only what was not taken goes out as live");
