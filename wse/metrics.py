@@ -75,6 +75,11 @@ ENGINE_METRICS: list[_Spec] = [
     ("wse_subscriptions_denied_total", "counter", "Subscriptions refused.", [("subscriptions_denied", {}, 1)]),
     ("wse_subscription_updates_refused_total", "counter",
      "subscription_update messages refused whole for naming too many topics.", [("subscriptions_refused_whole", {}, 1)]),
+    ("wse_deflate_compressions_total", "counter",
+     "permessage-deflate compressions: one per publication per window size, shared by its subscribers.",
+     [("deflate_compressions", {}, 1)]),
+    ("wse_deflated_messages_total", "counter", "Messages sent permessage-deflate compressed.", [("deflated_out", {}, 1)]),
+    ("wse_deflate_connections_total", "counter", "Connections that negotiated permessage-deflate.", [("deflate_connections", {}, 1)]),
     ("wse_pattern_checks_total", "counter",
      "Topics a pattern subscriber met for the first time and had decided (ACLs and the subscription hook).",
      [("pattern_checks", {}, 1)]),
@@ -298,7 +303,7 @@ def _mesh(workers: list[WorkerSample]) -> Iterator[Metric | None]:
                   [({"worker": w}, len(m["peers"])) for w, m in meshes])
     yield _simple("wse_mesh_links_opened_total", "counter",
                   "Mesh links this worker opened (a link that keeps reopening is flapping).",
-                  [({"worker": w}, m["links_opened"]) for w, m in meshes])
+                  [({"worker": w}, m["links_opened"]) for w, m in meshes if "links_opened" in m])
     msgs: list[_Sample] = []
     byts: list[_Sample] = []
     for w, m in meshes:
