@@ -91,10 +91,15 @@ struct State {
     done: bool,
     /// The connection's encoding; data pushes say which one they were built for.
     mode: u8,
-    /// The answer to the latest ping, not yet written (counted in `queued_bytes`): a newer
-    /// ping replaces it, as RFC 6455 5.5.3 allows, so a ping flood holds one pong at most.
-    pong: Option<Bytes>,
+    /// Answers to pings, not yet written (counted in `queued_bytes`). Past `MAX_PONGS` the
+    /// oldest waiting one is dropped, as RFC 6455 5.5.3 allows (only the latest ping needs an
+    /// answer), so a ping flood holds a few pongs at most while an ordinary burst of pings
+    /// still gets every answer.
+    pongs: VecDeque<Bytes>,
 }
+
+/// Pongs one connection may have waiting to be written (a ping flood holds no more).
+const MAX_PONGS: usize = 16;
 
 pub struct Outbound {
     state: Mutex<State>,
@@ -133,7 +138,7 @@ impl Outbound {
                 SlowConsumerPolicy::Close => {
                     // A consumer this far behind will not read what is queued: go straight to close.
                     s.frames.clear();
-                    s.pong = None;
+                    s.pongs.clear();
                     s.queued_bytes = 0;
                     self.begin_close_locked(s, self.overflow_code, "slow consumer");
                     Push::Overflow
@@ -156,7 +161,7 @@ impl Outbound {
             SlowConsumerPolicy::Drop => Push::Dropped,
             SlowConsumerPolicy::Close => {
                 s.frames.clear();
-                s.pong = None;
+                s.pongs.clear();
                 s.queued_bytes = 0;
                 self.begin_close_locked(&mut s, self.overflow_code, "slow consumer");
                 Push::Overflow
@@ -243,22 +248,25 @@ impl Outbound {
         r
     }
 
-    /// Queues the answer to a ping: it replaces a pong not yet written (only the latest ping
-    /// needs an answer), goes out ahead of queued data frames, and counts within the budget.
+    /// Queues the answer to a ping: it goes out ahead of queued data frames and counts within
+    /// the budget; with `MAX_PONGS` already waiting, the oldest of them is replaced.
     pub fn push_pong(&self, frame: Bytes) -> Push {
         let mut s = self.state.lock();
         if s.done || s.close.is_some() {
             return Push::Closed;
         }
-        let held = s.pong.as_ref().map_or(0, Bytes::len);
+        let held = if s.pongs.len() >= MAX_PONGS { s.pongs.front().map_or(0, Bytes::len) } else { 0 };
         if s.queued_bytes - held + frame.len() > self.max_bytes {
             // Over the budget: the slow-consumer policy applies as to any frame.
             let r = self.push_locked(&mut s, frame);
             debug_assert!(r != Push::Queued);
             return r;
         }
+        if s.pongs.len() >= MAX_PONGS {
+            s.pongs.pop_front();
+        }
         s.queued_bytes = s.queued_bytes - held + frame.len();
-        s.pong = Some(frame);
+        s.pongs.push_back(frame);
         self.wake_locked(&mut s);
         Push::Queued
     }
@@ -287,7 +295,7 @@ impl Outbound {
         let mut s = self.state.lock();
         s.done = true;
         s.frames.clear();
-        s.pong = None;
+        s.pongs.clear();
         s.queued_bytes = 0;
         s.writer_idle = false;
         self.wake.notify_one();
@@ -325,9 +333,7 @@ impl Outbound {
                 if s.done {
                     break;
                 }
-                if let Some(p) = s.pong.take() {
-                    batch.push(p);
-                }
+                batch.extend(s.pongs.drain(..));
                 if !s.frames.is_empty() {
                     let n = s.frames.len().min(max_batch);
                     batch.extend(s.frames.drain(..n));
@@ -374,7 +380,7 @@ impl Outbound {
                 if !ok {
                     s.done = true;
                     s.frames.clear();
-                    s.pong = None;
+                    s.pongs.clear();
                     s.queued_bytes = 0;
                     break;
                 }
@@ -408,9 +414,10 @@ impl Outbound {
         if s.done {
             return Taken::Done;
         }
-        if let Some(p) = s.pong.take() {
-            s.queued_bytes = s.queued_bytes.saturating_sub(p.len());
-            out.push(p);
+        if !s.pongs.is_empty() {
+            let held: usize = s.pongs.iter().map(Bytes::len).sum();
+            s.queued_bytes = s.queued_bytes.saturating_sub(held);
+            out.extend(s.pongs.drain(..));
             if s.frames.is_empty() {
                 return Taken::Frames;
             }
