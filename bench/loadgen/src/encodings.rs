@@ -4,14 +4,13 @@
 
 use std::io::Read;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::Engine as _;
 use hkdf::Hkdf;
 use p256::ecdh::EphemeralSecret;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::PublicKey;
 use rand_core::OsRng;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -35,7 +34,7 @@ pub fn client_hello() -> Hello {
 
 impl Hello {
     /// The session key from the server's `server_hello` payload.
-    pub fn finish(self, server_hello_p: &Value) -> Result<Aes256Gcm, String> {
+    pub fn finish(self, server_hello_p: &Value) -> Result<LessSafeKey, String> {
         let b64 = server_hello_p["encryption_public_key"].as_str().ok_or("server_hello without a public key")?;
         let raw = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?;
         let server = PublicKey::from_sec1_bytes(&raw).map_err(|e| e.to_string())?;
@@ -44,22 +43,21 @@ impl Hello {
         Hkdf::<Sha256>::new(None, shared.raw_secret_bytes())
             .expand(b"wse-encryption/aes-gcm-key", &mut key)
             .map_err(|e| e.to_string())?;
-        Ok(Aes256Gcm::new(&key.into()))
+        Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|e| e.to_string())?))
     }
 }
 
 /// Opens an `E:` frame; `None` if it does not authenticate.
-pub fn open(key: &Aes256Gcm, data: &[u8]) -> Option<Vec<u8>> {
+pub fn open(key: &LessSafeKey, data: &[u8]) -> Option<Vec<u8>> {
     let body = data.strip_prefix(b"E:")?;
     if body.len() < 28 {
         return None;
     }
-    let (iv, rest) = body.split_at(12);
-    let (ct, tag) = rest.split_at(rest.len() - 16);
-    let mut buf = ct.to_vec();
+    let (iv, sealed) = body.split_at(12);
     let iv: [u8; 12] = iv.try_into().ok()?;
-    let tag: [u8; 16] = tag.try_into().ok()?;
-    key.decrypt_in_place_detached(&Nonce::from(iv), b"", &mut buf, &Tag::from(tag)).ok()?;
+    let mut buf = sealed.to_vec();
+    let n = key.open_in_place(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut buf).ok()?.len();
+    buf.truncate(n);
     Some(buf)
 }
 
@@ -72,7 +70,7 @@ pub fn inflate(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A frame's plain content: decrypted or inflated when it is `E:` or `C:`, else itself.
-pub fn plain<'a>(key: Option<&Aes256Gcm>, data: &'a [u8], buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+pub fn plain<'a>(key: Option<&LessSafeKey>, data: &'a [u8], buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     if data.starts_with(b"E:") {
         *buf = open(key?, data)?;
         return Some(buf);

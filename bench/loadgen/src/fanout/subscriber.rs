@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aes_gcm::Aes256Gcm;
+use ring::aead::LessSafeKey;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -61,7 +61,7 @@ pub struct SetupCfg {
 }
 
 /// A subscriber's session key, when it encrypts.
-pub type Key = Option<Aes256Gcm>;
+pub type Key = Option<LessSafeKey>;
 
 /// Open, wait for the first frame (if asked), subscribe, wait for the ack (if asked).
 /// Returns whether a first frame came before the subscription.
