@@ -17,8 +17,8 @@ that cannot be installed or started is reported as skipped, with the reason. Res
 markers), docs/img/bench-*.png and docs/img/flame-*.svg (``perf record -g`` of wse per scenario).
 
 Needs: ``pip install -e ".[bench]"``; Bun: ``npm install --prefix bench/peers``; the generator
-(built here with ``cargo build --release -p wse-loadgen``; else ``wse bench``, the same code in
-the wheel); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python
+(built here with ``cargo build --release -p wse-loadgen``; else the one ``pip install ./bench/loadgen``
+installed); for the reference a Python >= 3.12 with wse-server 2.5.1: ``--ref-python
 "python3.13"``, or ``WSE_REFERENCE_PYTHON``, or the machine's reference-wse.sh wrapper (found by
 itself).
 """
@@ -78,17 +78,16 @@ def find_loadgen(flag: str | None) -> list[str]:
         # Also when it exists: an older build lacks options the suite uses (a no-op when fresh).
         print("building the load generator: cargo build --release -p wse-loadgen", flush=True)
         subprocess.run(["cargo", "build", "--release", "-p", "wse-loadgen"], cwd=ROOT, check=False)
-    if binary.exists():
-        help_text = subprocess.run([str(binary), "fanout", "--help"], capture_output=True, text=True).stdout
+    installed = shutil.which("wse-loadgen") or str(Path(sys.executable).parent / "wse-loadgen")
+    for candidate in (binary, Path(installed)):
+        if not candidate.exists():
+            continue
+        help_text = subprocess.run([str(candidate), "fanout", "--help"], capture_output=True, text=True).stdout
         if "--max-warmup" in help_text:
-            return [str(binary)]
-        print(f"{binary.relative_to(ROOT)} is older than this suite; using `wse bench`", flush=True)
-    from wse import _runtime
-
-    if hasattr(_runtime, "loadgen"):
-        return [sys.executable, "-m", "wse_cli.main", "bench"]
+            return [str(candidate)]
+        print(f"{candidate} is older than this suite", flush=True)
     sys.exit("no load generator: build it with `cargo build --release -p wse-loadgen` "
-             "(or install wse with its `loadgen` feature for `wse bench`)")
+             "or install it with `pip install ./bench/loadgen`")
 
 
 def scrub(text: str) -> str:

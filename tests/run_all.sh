@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every suite.
 #   1. the package (Rust extension built by maturin, the `wse` command with it) with the test
-#      extras, and the Python client (clients/python, pure Python) with its crypto and msgpack extras
+#      extras, the Python client (clients/python, pure Python) with its crypto and msgpack extras,
+#      and the load generator (bench/loadgen: the `wse-loadgen` executable behind `wse bench`)
 #   2. the reference engine's chroot (interop tests against the published wse-client, and the
 #      wheel's check on Python 3.13), promtool, redis-server, libfaketime
 #   3. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
@@ -26,7 +27,8 @@ apt_install() {
 # distributions that depend on each other), with maturin for step 5.
 python3 -m pip install -q --disable-pip-version-check --upgrade "pip>=24" "maturin>=1.7,<2"
 # The Rust build takes minutes: -v lets cargo's progress through instead of minutes of silence.
-python3 -m pip install -v --disable-pip-version-check -e ".[test]" -e "./clients/python[crypto,msgpack]"
+# The load generator is its own package (`wse bench` and the bench-suite tests run it).
+python3 -m pip install -v --disable-pip-version-check -e ".[test]" -e "./clients/python[crypto,msgpack]" ./bench/loadgen
 bash tests/setup_reference.sh
 # promtool (Debian's prometheus package) checks /metrics scrapes and the alert rules.
 if ! command -v promtool >/dev/null; then

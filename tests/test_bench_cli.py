@@ -1,4 +1,4 @@
-"""``wse bench``: the load generator in the wheel, run against a real server (the benchmark app)."""
+"""``wse bench``: the load generator (its own package, `pip install ./bench/loadgen`), run against a real server (the benchmark app)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ from typing import Any
 
 import pytest
 
-from wse import _runtime
-
 from .conftest import ROOT, SECRET
 
-pytestmark = pytest.mark.skipif(not hasattr(_runtime, "loadgen"), reason="engine built without the loadgen feature")
 
 BENCH_APP = "wse_app:app"
 

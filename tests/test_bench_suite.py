@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from wse import _runtime
-
 from .conftest import ROOT
 
-pytestmark = pytest.mark.skipif(not hasattr(_runtime, "loadgen"), reason="engine built without the loadgen feature")
 
 
 def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ __all__ = [
     "EXT_CLOSE",
     "EXT_DONE",
     "__version__",
-    "loadgen",
     "log_level",
     "log_take",
     "log_close",
@@ -34,9 +33,6 @@ EXT_IDLE: int
 EXT_CLOSE: int
 EXT_DONE: int
 __version__: str
-
-def loadgen(argv: list[str]) -> int:
-    """The load generator's command line (``wse bench``); present when built with ``loadgen``."""
 
 def log_level(level: int) -> None:
     """Records engine log lines at Python level ``level`` and above (``wse._logs``)."""

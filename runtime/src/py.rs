@@ -326,14 +326,6 @@ impl Server {
     }
 }
 
-/// Runs the load generator's command line (`wse bench`); `argv[0]` is the program's name.
-/// Returns its exit code. The GIL is released for the whole run.
-#[cfg(feature = "loadgen")]
-#[pyfunction]
-fn loadgen(py: Python<'_>, argv: Vec<String>) -> i32 {
-    py.detach(move || wse_loadgen::run_cli(argv))
-}
-
 /// Enables the engine's log records at Python level `level` and above (see `wse._logs`).
 #[pyfunction]
 fn log_level(level: i32) {
@@ -359,8 +351,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_level, m)?)?;
     m.add_function(wrap_pyfunction!(log_take, m)?)?;
     m.add_function(wrap_pyfunction!(log_close, m)?)?;
-    #[cfg(feature = "loadgen")]
-    m.add_function(wrap_pyfunction!(loadgen, m)?)?;
     m.add("EV_CONNECT", EV_CONNECT)?;
     m.add("EV_DISCONNECT", EV_DISCONNECT)?;
     m.add("EV_MSG", EV_MSG)?;

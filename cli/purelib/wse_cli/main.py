@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -311,21 +312,27 @@ Options of each: `wse bench fanout --help`. Run it pinned to another core than t
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def bench(ctx: typer.Context) -> None:
-    from wse import _runtime
-
-    loadgen = getattr(_runtime, "loadgen", None)
-    if loadgen is None:
+    exe = find_loadgen()
+    if exe is None:
         typer.echo(
-            "wse bench: this build of the engine has no load generator (it was built without the "
-            "`loadgen` feature). Reinstall wse with `pip install .` from the repository (the wheel "
-            "turns it on), or build the standalone one: `cargo build --release -p wse-loadgen`, "
-            "then run target/release/wse-loadgen with the same arguments.",
+            "wse bench: the load generator is not installed. It is its own package, apart from the "
+            "engine: from the repository, `pip install ./bench/loadgen` (it builds `wse-loadgen` with "
+            "cargo), or `cargo build --release -p wse-loadgen` and put target/release on PATH.",
             err=True,
         )
         raise typer.Exit(2)
     sys.stdout.flush()
     sys.stderr.flush()
-    raise typer.Exit(loadgen(["wse bench", *ctx.args]))
+    # argv[0] names the program in the generator's help and usage lines.
+    os.execv(exe, ["wse bench", *ctx.args])
+
+
+def find_loadgen() -> str | None:
+    """The `wse-loadgen` executable: beside this Python's (a venv's bin/, activated or not), else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "wse-loadgen")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("wse-loadgen")
 
 
 @app.command()
