@@ -1,6 +1,8 @@
 /**
  * Wire frames: JSON (text or binary), `C:` zlib, `M:` msgpack, `E:` encrypted, and bare zlib
- * (first byte 0x78). zlib goes through the platform's CompressionStream/DecompressionStream.
+ * (first byte 0x78). zlib: in Node (and runtimes with `node:zlib`), zlib's synchronous calls once
+ * `loadZlib()` has loaded it, so a `C:` frame decodes without a promise; elsewhere the
+ * platform's CompressionStream/DecompressionStream.
  */
 import { decode as mpDecode, encode as mpEncode } from "@msgpack/msgpack";
 import { FrameError } from "./errors.js";
@@ -59,25 +61,93 @@ async function pump(stream: ReadableStream<Uint8Array>, limit: number): Promise<
   return out;
 }
 
-function streamOf(data: Uint8Array): ReadableStream<Uint8Array> {
-  return new ReadableStream<Uint8Array>({
-    start(ctl) {
-      ctl.enqueue(data);
-      ctl.close();
-    },
-  });
+/** `node:zlib`'s synchronous calls, once loaded. */
+interface NodeZlib {
+  inflateSync(data: Uint8Array, opts: { maxOutputLength: number }): Uint8Array;
+  deflateSync(data: Uint8Array): Uint8Array;
+}
+
+let zlib: NodeZlib | null = null;
+let zlibLoading: Promise<boolean> | null = null;
+const proc = (globalThis as { process?: { versions?: { node?: string } } }).process;
+
+/**
+ * Loads `node:zlib` where there is one (Node, Deno, Bun): resolves true when the synchronous
+ * path is ready. In browsers it resolves false without trying (no import a bundler would have
+ * to shim). The client calls it before connecting.
+ */
+export function loadZlib(): Promise<boolean> {
+  if (!zlibLoading) {
+    zlibLoading = !proc?.versions?.node
+      ? Promise.resolve(false)
+      : (async () => {
+          try {
+            const name = "node:zlib";
+            const m = (await import(/* @vite-ignore */ name)) as NodeZlib & { default?: NodeZlib };
+            const z = typeof m.inflateSync === "function" ? m : m.default;
+            if (z && typeof z.inflateSync === "function") zlib = z;
+          } catch {
+            /* not there: DecompressionStream */
+          }
+          return zlib !== null;
+        })();
+  }
+  return zlibLoading;
+}
+
+/** A Node Buffer as a plain Uint8Array (same memory). */
+function plain(b: Uint8Array): Uint8Array {
+  return b.constructor === Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
+function inflateNode(z: NodeZlib, data: Uint8Array, limit: number): Uint8Array {
+  try {
+    // maxOutputLength stops a zlib bomb at the limit (RangeError ERR_BUFFER_TOO_LARGE).
+    return plain(z.inflateSync(data, { maxOutputLength: Math.min(limit, 2 ** 31 - 1) || 1 }));
+  } catch (e) {
+    if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") throw new FrameError(`zlib frame inflates beyond ${limit} bytes`);
+    throw new FrameError(`bad zlib frame: ${(e as Error).message ?? e}`);
+  }
+}
+
+/** Feeds `data` to a transform stream and reads what comes out (no extra source stream, no pipe). */
+function through(t: { writable: WritableStream<Uint8Array>; readable: ReadableStream<Uint8Array> }, data: Uint8Array, limit: number): Promise<Uint8Array> {
+  const w = t.writable.getWriter();
+  // Errors surface on the readable side (pump); these are only to keep them from going unhandled.
+  w.write(data).catch(() => undefined);
+  w.close().catch(() => undefined);
+  return pump(t.readable, limit);
 }
 
 /** zlib (RFC 1950) inflate, capped at `limit` bytes. */
 export function inflate(data: Uint8Array, limit = MAX_INFLATE): Promise<Uint8Array> {
-  const ds = new DecompressionStream("deflate");
-  return pump(streamOf(data).pipeThrough(ds as unknown as ReadableWritablePair<Uint8Array, Uint8Array>), limit);
+  if (zlib) {
+    try {
+      return Promise.resolve(inflateNode(zlib, data, limit));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+  if (proc?.versions?.node && !zlibLoading) return loadZlib().then(() => inflate(data, limit));
+  return inflateStream(data, limit);
+}
+
+/** zlib inflate through DecompressionStream (what browsers use), capped at `limit` bytes. */
+export function inflateStream(data: Uint8Array, limit = MAX_INFLATE): Promise<Uint8Array> {
+  const ds = new DecompressionStream("deflate") as unknown as ReadableWritablePair<Uint8Array, Uint8Array>;
+  return through(ds, data, limit);
 }
 
 /** zlib (RFC 1950) deflate. */
 export function deflate(data: Uint8Array): Promise<Uint8Array> {
-  const cs = new CompressionStream("deflate");
-  return pump(streamOf(data).pipeThrough(cs as unknown as ReadableWritablePair<Uint8Array, Uint8Array>), Infinity);
+  if (zlib) return Promise.resolve(plain(zlib.deflateSync(data)));
+  return deflateStream(data);
+}
+
+/** zlib deflate through CompressionStream (what browsers use). */
+export function deflateStream(data: Uint8Array): Promise<Uint8Array> {
+  const cs = new CompressionStream("deflate") as unknown as ReadableWritablePair<Uint8Array, Uint8Array>;
+  return through(cs, data, Infinity);
 }
 
 function stripLegacy(s: string): string {
@@ -115,7 +185,8 @@ export function parseMsgpack(data: Uint8Array): unknown {
 
 /**
  * One frame to an object. `decrypt` opens the body of `E:` frames (undefined: no key yet, and
- * such a frame is an error). Synchronous frames (JSON, msgpack) return without a promise.
+ * such a frame is an error). Synchronous frames (JSON, msgpack; zlib once `loadZlib()` has
+ * resolved true) return without a promise; their errors are thrown, the others' rejected.
  */
 export function decodeFrame(
   data: string | Uint8Array,
@@ -130,6 +201,8 @@ export function decodeFrame(
       return parseMsgpack(data.subarray(2));
     case "zlib": {
       const body = data[0] === ZLIB ? data : data.subarray(2);
+      // With node:zlib loaded, synchronous (a bad frame throws FrameError here).
+      if (zlib) return parseJson(inflateNode(zlib, body, maxInflate));
       return inflate(body, maxInflate).then(parseJson);
     }
     case "encrypted":

@@ -81,3 +81,29 @@ export const OVERFLOW = "queue_overflow";
 
 /** The connection's life: `connecting` (first attempt), `open`, `reconnecting`, `closed`. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** Counters of what the client received and did. */
+export interface ClientStats {
+  received: number;
+  duplicates: number;
+  dropped: number;
+  gaps: number;
+  reconnects: number;
+  badFrames: number;
+  framesText: number;
+  framesBinary: number;
+  framesEncrypted: number;
+  framesZlib: number;
+  framesMsgpack: number;
+  tokenRefreshes: number;
+  queuedSends: number;
+  droppedSends: number;
+}
+
+export function newStats(): ClientStats {
+  return {
+    received: 0, duplicates: 0, dropped: 0, gaps: 0, reconnects: 0, badFrames: 0,
+    framesText: 0, framesBinary: 0, framesEncrypted: 0, framesZlib: 0, framesMsgpack: 0,
+    tokenRefreshes: 0, queuedSends: 0, droppedSends: 0,
+  };
+}
