@@ -6,7 +6,8 @@
 #   2. the reference engine's chroot (interop tests against the published wse-client, and the
 #      wheel's check on Python 3.13), promtool, redis-server, libfaketime
 #   3. the TypeScript client (clients/ts): Node >= 20, its npm packages (npm ci), Debian's
-#      chromium for its browser tests; then its unit tests (vitest)
+#      chromium for its browser tests, React 18 for the hooks' tests (clients/ts/test-react18,
+#      its own npm ci); then its unit tests (vitest)
 #   4. cargo test for the Rust units (engine and load generator)
 #   5. the fuzz targets (fuzz/run.sh check): every committed corpus replayed, then about a minute
 #      of coverage-guided fuzzing in all (FUZZ_SECONDS; 0 replays only)
@@ -51,6 +52,10 @@ if ! command -v chromium >/dev/null; then
     apt_install chromium
 fi
 (cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+# React 18 for the hooks' tests: a project of its own (20 packages) whose react, react-dom and
+# @testing-library/react are 18; tests/ts/test_ts_react.py runs them (npm run test:react18)
+# with the engine, and the engine test under React 19.
+npm --prefix clients/ts/test-react18 ci --no-audit --no-fund --loglevel=error
 # The fuzz targets link libFuzzer, which is C++ (built by the libfuzzer-sys crate).
 command -v c++ >/dev/null || apt_install g++
 cargo test --workspace --no-default-features -q

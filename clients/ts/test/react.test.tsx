@@ -1,5 +1,5 @@
 // @vitest-environment jsdom
-import { StrictMode } from "react";
+import { StrictMode, version } from "react";
 import { act, render, screen, cleanup } from "@testing-library/react";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { WSEProvider, useConnectionState, usePresence, useTopic, useWSE, LEAVE_DELAY_MS } from "../src/react.js";
@@ -58,7 +58,13 @@ beforeEach(() => {
 });
 afterEach(() => cleanup());
 
-describe("React hooks", () => {
+describe(`React ${version} hooks`, () => {
+  it("runs under the React version this run expects", () => {
+    // npm run test:react18 sets 18: the aliases must have put React 18 under the hooks.
+    const want = process.env["WSE_EXPECT_REACT"];
+    if (want) expect(version.split(".")[0]).toBe(want);
+  });
+
   it("StrictMode: one client, one wire subscription for many components, live updates", async () => {
     render(
       <StrictMode>
