@@ -4,18 +4,19 @@
  * connection alive, refreshes its token and holds sends while disconnected.
  *
  * The parts: link.ts (one connection: dialing, handshake, keepalive), wire.ts (frames out and
- * in), stream.ts (events: handlers and `for await`), subscriptions.ts (topics and recovery),
+ * in), receive.ts (routing what arrives), stream.ts (events: handlers and `for await`), subscriptions.ts (topics and recovery),
  * requests.ts (replies by cid), presence.ts, refresh.ts (the token), sendqueue.ts (offline
  * sends), codec.ts and crypto.ts. This file ties them together: the lifecycle and the public API.
  */
 import { backoffDelay } from "./backoff.js";
 import { loadZlib } from "./codec.js";
 import { Session } from "./crypto.js";
-import { AuthError, ConnectionLost, EncryptionError, QueueFull, RequestError, WSEError } from "./errors.js";
+import { AuthError, ConnectionLost, QueueFull, RequestError, WSEError } from "./errors.js";
 import { GAP, WSEEvent, newStats, type ClientStats, type ConnectionState, type Envelope, type Gap, type PresenceMember, type SubscribeResult } from "./events.js";
 import { AUTH_CLOSE, dial, handshake, keepalive, webSocketCtor, type Link } from "./link.js";
 import { resolveOptions, type ClientOptions, type Resolved } from "./options.js";
-import { PRESENCE_EVENTS, PresenceBook } from "./presence.js";
+import { PresenceBook } from "./presence.js";
+import { Receiver } from "./receive.js";
 import { TokenKeeper } from "./refresh.js";
 import { Requests } from "./requests.js";
 import { SendQueue } from "./sendqueue.js";
@@ -27,8 +28,6 @@ import { Wire } from "./wire.js";
 export { VERSION, PROTOCOL_VERSION, AUTH_CLOSE } from "./link.js";
 export type { Handler } from "./stream.js";
 export type { ClientStats } from "./events.js";
-
-const SYSTEM = new Set(["server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh"]);
 
 export class WSEClient implements AsyncIterable<WSEEvent> {
   readonly url: string;
@@ -83,7 +82,6 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
       o.maxQueue,
       o.overflow,
     );
-    this.wire = new Wire({ options: o, stats: this.stats, dispatch: (l, m) => this.dispatch(l, m), kill: (l) => this.kill(l) });
     const transmit = (l: Link, env: Envelope) => this.wire.transmit(l, env);
     this.subs = new Subscriptions({ options: o, stats: this.stats, transmit, gap: (g) => this.gap(g) });
     this.tokens = new TokenKeeper({
@@ -95,6 +93,17 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
       transmit,
       emit: (ev) => this.events.emit(ev),
     });
+    const receiver = new Receiver({
+      facts: this,
+      stats: this.stats,
+      events: this.events,
+      requests: this.requests,
+      subs: this.subs,
+      members: this.members,
+      tokens: this.tokens,
+      transmit,
+    });
+    this.wire = new Wire({ options: o, stats: this.stats, dispatch: (l, m) => receiver.dispatch(l, m), kill: (l) => this.kill(l) });
   }
 
   // ---- lifecycle ----------------------------------------------------------------------------
@@ -461,88 +470,6 @@ export class WSEClient implements AsyncIterable<WSEEvent> {
     this.wakeReconnect?.();
   }
 
-  // ---- receiving -----------------------------------------------------------------------------
-
-  /** Routes a decoded message: a reply, a system message, presence, or an event (duplicates dropped). */
-  private dispatch(link: Link, raw: unknown): Promise<void> | undefined {
-    if (link.dead) return undefined;
-    if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-      this.stats.badFrames++;
-      return undefined;
-    }
-    const msg = raw as Envelope;
-    if (this.requests.answer(msg)) return undefined;
-    const t = (msg.t ?? msg.type ?? "") as string;
-    if (msg.c === "WSE") {
-      if (SYSTEM.has(t)) return this.system(link, t, msg);
-      if (t === "error") this.serverError(link, msg);
-      if (PRESENCE_EVENTS.has(t)) {
-        const changed = this.members.apply(t, asRecord(msg.p));
-        if (changed) this.events.emit(localEvent("presence", changed));
-      }
-    }
-    const tp = msg.tp;
-    if (typeof tp === "string" && typeof msg.o === "number" && !this.subs.fresh(tp, typeof msg.e === "string" ? msg.e : null, msg.o)) {
-      return undefined;
-    }
-    this.events.deliver(new WSEEvent(msg));
-    return undefined;
-  }
-
-  private system(link: Link, t: string, msg: Envelope): Promise<void> | undefined {
-    const p = asRecord(msg.p);
-    switch (t) {
-      case "server_ready":
-        this.serverInfo = asRecord(p["details"]);
-        return undefined;
-      case "server_hello": {
-        this.serverHello = p;
-        const hello = link.hello;
-        const key = p["encryption_public_key"];
-        if (link.session && !link.session.ready && typeof key === "string" && key) {
-          return link.session.complete(key).then(
-            () => hello?.resolve(),
-            (e) => hello?.reject(e),
-          );
-        }
-        hello?.resolve();
-        return undefined;
-      }
-      case "ping":
-        this.wire.transmit(link, { c: "WSE", t: "PONG", p: { server_time: p["server_time"], client_timestamp: Date.now() } });
-        return undefined;
-      case "PONG":
-      case "pong": {
-        const ts = p["client_timestamp"];
-        if (typeof ts === "number") this.latency = Date.now() - ts;
-        return undefined;
-      }
-      case "key_rotation": {
-        const s = link.session;
-        if (!s?.ready) return undefined;
-        const gen = Number(p["generation"] ?? s.generation + 1);
-        // Awaited before the next frame is read: it comes under the new key.
-        return s.rotate(gen).catch((e) => console.error("wse-client: key rotation failed", e));
-      }
-      case "subscription_update":
-        this.subs.onAck(p, msg);
-        return undefined;
-      case "auth_refresh":
-        this.tokens.answer(p);
-        return undefined;
-    }
-    return undefined;
-  }
-
-  private serverError(link: Link, msg: Envelope): void {
-    const p = asRecord(msg.p);
-    const code = p["code"];
-    if (typeof code === "string" && code.startsWith("AUTH")) {
-      link.hello?.reject(new AuthError(`${code}: ${String(p["message"] ?? "")}`, code));
-    } else if (code === "KEY_EXCHANGE_FAILED") {
-      link.hello?.reject(new EncryptionError(`the server failed the key exchange: ${String(p["message"] ?? "")}`));
-    }
-  }
 }
 
 /** A client for `url` (ws:// or wss://); `await connect(...)` opens it. */
