@@ -6,7 +6,6 @@ import { Session } from "./crypto.js";
 import { AuthError, ConnectionLost, EncryptionError, TimeoutError, WSEError } from "./errors.js";
 import type { Envelope } from "./events.js";
 import type { Resolved, WebSocketCtor, WebSocketLike } from "./options.js";
-import type { Early } from "./wire.js";
 import { deferred, isNode, withQuery, withTimeout, type Pending } from "./util.js";
 
 export const VERSION = "0.1.0";
@@ -16,8 +15,8 @@ export const AUTH_CLOSE = 4401;
 /** One WebSocket connection and what belongs to it alone. */
 export class Link {
   session: Session | null = null;
-  /** Frames behind one being decoded; zlib ones already decoding (wire.ts). */
-  inbox: (string | Uint8Array | Early)[] = [];
+  /** Frames waiting behind one being decoded (wire.ts). */
+  inbox: (string | Uint8Array)[] = [];
   pumping = false;
   dead = false;
   tx: Promise<void> = Promise.resolve();

@@ -67,10 +67,10 @@ export class Wire {
     link.lastRx = Date.now();
     const frame = typeof data === "string" ? data : bytesOf(data);
     if (link.pumping) {
-      // Behind a frame still being decoded. A zlib frame depends on nothing before it: its
-      // inflation starts now and overlaps the others' (they are still dispatched in order).
-      // An encrypted one waits its turn: a key rotation before it changes its key.
-      link.inbox.push(typeof frame !== "string" && kindOf(frame) === "zlib" ? this.early(link, frame) : frame);
+      // Behind a frame still being decoded: it waits its turn. (Starting zlib frames' inflation
+      // on arrival was measured slower in Chromium: many DecompressionStreams at once cost more
+      // than one after another; bench/zlib-decode-browser.mjs.)
+      link.inbox.push(frame);
       return;
     }
     const r = this.process(link, frame);
@@ -85,29 +85,12 @@ export class Wire {
     try {
       await first;
       while (!link.dead && link.inbox.length) {
-        const next = link.inbox.shift()!;
-        const r = next instanceof Early ? this.finish(link, await next.decoded) : this.process(link, next);
+        const r = this.process(link, link.inbox.shift()!);
         if (r) await r;
       }
     } finally {
       link.pumping = false;
     }
-  }
-
-  /** Counts a frame and starts decoding it; `Early` wraps the outcome (never rejects). */
-  private early(link: Link, frame: Uint8Array): Early {
-    const out = this.decode(link, frame);
-    if (!out.ok) return new Early(Promise.resolve(out));
-    if (!(out.value instanceof Promise)) return new Early(Promise.resolve(out));
-    return new Early(out.value.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error })));
-  }
-
-  private finish(link: Link, out: Decoded): Promise<void> | undefined {
-    if (!out.ok) {
-      this.badFrame(out.error);
-      return undefined;
-    }
-    return this.owner.dispatch(link, out.value);
   }
 
   /** Decodes and dispatches one frame; a promise when it needs async work. */
@@ -154,10 +137,6 @@ export class Wire {
 
 type Decoded = { ok: true; value: unknown } | { ok: false; error: unknown };
 
-/** A frame whose decoding started on arrival (see onFrame). */
-export class Early {
-  constructor(readonly decoded: Promise<Decoded>) {}
-}
 
 /**
  * A binary frame's bytes. `instanceof ArrayBuffer` is not enough: the socket may come from
