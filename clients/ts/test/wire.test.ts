@@ -28,7 +28,7 @@ describe("the wire: frames in", () => {
     const frames: (string | ArrayBuffer)[] = [
       env(0),
       withPrefix("E", te.encode(env(1))).slice().buffer, // slow: the rest queue behind it
-      (await zlib(2)).slice().buffer, // zlib, inflating while queued
+      (await zlib(2)).slice().buffer, // zlib (DecompressionStream here), queued
       env(3),
       withPrefix("C", te.encode("not zlib")).slice().buffer, // bad
       encodeMsgpack({ c: "U", t: "x", p: { i: 4 } }).slice().buffer,
