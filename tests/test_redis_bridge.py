@@ -6,6 +6,8 @@
 - A client moves from one host to another and recovers what it missed there, exactly once.
 - Redis killed and restarted mid-stream: each host goes on delivering its own publications,
   buffers the others' and sends them when Redis is back; past the buffer they are counted.
+  With recovery too: a host's own subscribers get its publications at once while Redis is
+  down, and once only when Redis, back, stamps them.
 - A Redis Cluster (three masters, a replica each): the topic's master killed mid-stream.
 - Interest: a host subscribes on Redis only to topics it has subscribers for, and drops them.
 """
@@ -20,7 +22,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.cluster_util import Cluster, clients_on_every_worker, subscribe
+from tests.cluster_util import Cluster, clients_on_every_worker, subscribe, until_all_hear
 from tests.conftest import envelope
 from tests.redis_util import RedisServer, cli
 from tests.test_cluster_recovery import Seen as _Seen
@@ -95,23 +97,9 @@ def wait_subscribed(h: Cluster, n: int) -> None:
 
 async def probe_until_heard(pubs: list[ClientConnection], subs: list[ClientConnection], topic: str) -> None:
     """Without recovery interest crosses asynchronously: probe until every subscriber hears
-    every publisher, then drain the probes."""
+    every publisher."""
     for p in pubs:
-        got = [False] * len(subs)
-        for i in range(200):
-            await p.send(envelope("pub", {"topic": topic, "data": {"probe": i}}))
-            await asyncio.sleep(0.05)
-            for k, ws in enumerate(subs):
-                while True:
-                    try:
-                        m = orjson.loads(await asyncio.wait_for(ws.recv(), 0.001))
-                    except TimeoutError:
-                        break
-                    if m.get("t") == "pubbed" and "probe" in m["p"]:
-                        got[k] = True
-            if all(got):
-                break
-        assert all(got), got
+        await until_all_hear(p, subs, topic)
 
 
 def per_publisher_in_order(values: list[int], publishers: int) -> None:
@@ -328,6 +316,52 @@ def test_redis_killed_and_restarted_mid_stream(redis: RedisServer) -> None:
         asyncio.run(main())
     finally:
         stop_all(hosts)
+
+
+def test_with_recovery_local_delivery_goes_on_while_redis_is_down(redis: RedisServer) -> None:
+    a, b = host(redis.url, workers=2), host(redis.url, workers=1)
+
+    async def main() -> None:
+        by = await clients_on_every_worker(a.url, 2, per_worker=2)
+        pub = by[0][0]
+        local = [by[0][1], *by[1]]
+        remote, _ = await open_ready(b.url)
+        for ws in [*local, remote]:
+            await sub_recover(ws, ["r"])
+        seen = [Seen() for _ in local]
+        seen_remote = Seen()
+
+        async def send(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                await pub.send(envelope("pub", {"topic": "r", "data": {"s": i}}))
+
+        await send(0, 30)
+        await asyncio.gather(*(collect(ws, s, 30, "r") for ws, s in zip(local, seen)))
+        await collect(remote, seen_remote, 30, "r")
+        redis.kill()
+        await asyncio.to_thread(a.wait_metric, "wse_redis_up", lambda m: m == {"0": 0, "1": 0})
+        # Down: every subscriber on the publisher's host (both workers) gets them now.
+        await send(30, 60)
+        await asyncio.gather(*(collect(ws, s, 60, "r") for ws, s in zip(local, seen)))
+        buffered = await asyncio.to_thread(a.metric, "wse_redis_buffered")
+        assert buffered["0"] >= 1, buffered
+        redis.start()
+        await asyncio.to_thread(a.wait_metric, "wse_redis_buffered", lambda m: m.get("0") == 0, 30.0)
+        await asyncio.to_thread(b.wait_metric, "wse_redis_subscriptions", lambda m: m.get("0") == 1, 30.0)
+        await send(60, 90)
+        await read_to_end([pub], [*local, remote], [*seen, seen_remote], "r")
+        for s in seen:
+            # Once each, in order: the copies Redis stamped later were kept, not delivered again.
+            assert s.values["r"] == list(range(90)), s.values["r"]
+        got = seen_remote.values["r"]
+        assert got == sorted(set(got)) and got[:30] == list(range(30)) and got[-30:] == list(range(60, 90)), got
+        for ws in [pub, *local, remote]:
+            await ws.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop_all([a, b])
 
 
 def test_past_the_buffer_publications_are_dropped_and_counted(redis: RedisServer) -> None:

@@ -151,6 +151,10 @@ class WSEConfig:
     """Publications held for Redis while it is unreachable; past it they are dropped (counted)."""
     redis_stream_len: int = 0
     """History kept per topic in Redis (stream ``MAXLEN ~``); 0: ``recovery_buffer``."""
+    redis_presence_ttl_ms: int = 10_000
+    """With ``presence`` and Redis: a worker renews its presence in Redis every second; one
+    that stops renewing (its host died) is gone from the other hosts' presence after this
+    (its users leave there unless connected elsewhere). At least 2000."""
     signing_key: str | None = None
     """HMAC-SHA256 key (32+ bytes): the server's envelopes carry ``sig``; signed client
     messages are verified (``INVALID_SIGNATURE`` when they do not)."""

@@ -213,6 +213,9 @@ pub struct Config {
     pub redis_stream_len: usize,
     /// This host's id (the supervisor gives its workers one); None: a random one.
     pub redis_host: Option<String>,
+    /// With presence: how long a worker's presence outlives its last renewal in Redis (it
+    /// renews every second); a host that dies is gone from the others' presence after it.
+    pub redis_presence_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -288,6 +291,7 @@ impl Default for Config {
             redis_prefix: "wse".into(),
             redis_buffer: 10_000,
             redis_stream_len: 0,
+            redis_presence_ttl_ms: 10_000,
             redis_host: None,
         }
     }

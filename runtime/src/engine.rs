@@ -357,13 +357,23 @@ impl Engine {
     /// topic's owner stamps it (mesh/sequencer.rs).
     pub fn publish(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
         if let Some(b) = &self.bridge {
-            if b.stamps {
+            if b.stamps && b.up.load(std::sync::atomic::Ordering::Relaxed) {
                 // Redis stamps it; every worker, this one too, delivers it when it comes back.
-                b.send(topic, category, msg_type, payload);
+                b.send(topic, false, category, msg_type, payload);
                 Metrics::inc(&self.metrics.publishes);
                 return self.topics.subscriber_count(topic);
             }
-            b.send(topic, category, msg_type, payload);
+            if b.stamps {
+                // Redis is unreachable: this host's subscribers get it now, outside the
+                // offsets; stamped when Redis is back, it reaches the other hosts, and the
+                // rings here (bridge/inbound.rs).
+                b.send(topic, true, category, msg_type, payload);
+                if let Some(m) = &self.mesh {
+                    m.forward(topic, category, msg_type, payload);
+                }
+                return self.publish_unstamped(topic, category, msg_type, payload);
+            }
+            b.send(topic, false, category, msg_type, payload);
         }
         if let Some(m) = &self.mesh {
             if let Some(seq) = &m.seq {
@@ -378,6 +388,10 @@ impl Engine {
 
     /// Publishes to this process's subscribers only (publications arriving from the mesh).
     pub fn publish_local(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        if self.bridge.as_ref().is_some_and(|b| b.stamps) {
+            // Offsets are Redis's: what arrives unstamped is delivered outside them.
+            return self.publish_unstamped(topic, category, msg_type, payload);
+        }
         // With recovery on, a topic keeps what is published while nobody listens; without,
         // one with no subscriber is made only for pattern subscribers.
         let t = if self.cfg.recovery || self.topics.patterns.matches(topic) {

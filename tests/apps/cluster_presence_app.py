@@ -1,7 +1,8 @@
 """The cluster presence tests' application: JWT users, presence on; `whoami` tells the worker,
 `presence` answers with `app.presence()` and `app.presence_count()`, `presence_set` calls
 `app.update_presence`, and `presence_events` lists the `on_presence` events this worker's
-Python saw. The token secret comes from ``WSE_TEST_JWT_SECRET``."""
+Python saw. The token secret comes from ``WSE_TEST_JWT_SECRET``; with Redis, the presence TTL
+from ``WSE_TEST_REDIS_PRESENCE_TTL_MS``."""
 
 import os
 from typing import Any
@@ -10,7 +11,9 @@ from tests.apps.cluster_app import build
 from wse import Connection, JWTConfig, Message, PresenceEvent
 
 SECRET = os.environ["WSE_TEST_JWT_SECRET"]
-app = build(jwt=JWTConfig(secret=SECRET), presence=True)
+# As one host of several over Redis (``--redis URL``), a short presence TTL for the tests.
+_ttl = os.environ.get("WSE_TEST_REDIS_PRESENCE_TTL_MS")
+app = build(jwt=JWTConfig(secret=SECRET), presence=True, **({"redis_presence_ttl_ms": int(_ttl)} if _ttl else {}))
 events: list[list[Any]] = []
 
 

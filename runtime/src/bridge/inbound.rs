@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{cmd, Value};
+use redis::Value;
 
-use super::{link, wire, Bridge, Change};
+use super::{link, scripts, wire, Bridge, Change};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::protocol::envelope::Envelope;
@@ -56,12 +56,14 @@ impl Engine {
         b.stats.lag_ms_max.fetch_max(lag, Relaxed);
         let t = self.topics.get_or_create(topic);
         let mut help = false;
+        // Made here while Redis was unreachable: delivered then, kept now.
+        let keep = m.early && m.host == b.host;
         let taken = t.take_stamped(
             m.epoch,
             m.offset,
             self.topics.ring_total(),
             || self.redis_msg(topic, &m),
-            |msg| help = self.pubq.push(Target::Topic(t.clone()), msg),
+            |msg| help = self.pubq.push(if keep { Target::Keep(t.clone()) } else { Target::Topic(t.clone()) }, msg),
         );
         if taken {
             Metrics::inc(&self.metrics.publishes);
@@ -69,6 +71,24 @@ impl Engine {
         if help {
             self.pubq.run_batch(&self.topics, &self.metrics);
         }
+    }
+
+    /// Delivers a publication to this worker's subscribers of `topic` (pattern subscribers
+    /// included) outside the topic's offsets: not kept for recovery, no offset in the envelope.
+    /// With recovery over Redis, a publication made while Redis is unreachable.
+    pub(crate) fn publish_unstamped(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> usize {
+        let t = self.topics.get_or_create(topic);
+        let env = Envelope { category, msg_type, seq: 0, topic: Some(topic), stamp: None, cid: None, payload };
+        let mut v = env.encode(HEADER_ROOM);
+        if let Some(s) = &self.signer {
+            s.sign(&mut v, HEADER_ROOM);
+        }
+        let msg = Arc::new(OutMsg::new(v, self.opcode(), self.cfg.zip(), 0, now_ms()));
+        Metrics::inc(&self.metrics.publishes);
+        if self.pubq.push(Target::Topic(t.clone()), msg) {
+            self.pubq.run_batch(&self.topics, &self.metrics);
+        }
+        t.subscriber_count()
     }
 
     /// The envelope of a publication Redis stamped, built as `publish_to` builds one.
@@ -120,32 +140,16 @@ impl Engine {
     pub(crate) async fn redis_catch_up(&self, b: &Bridge, l: &mut link::Link, topic: &str) {
         let before = self.topics.get(topic).map(|t| t.taken());
         let from = before.filter(|(_, seq)| *seq > 0).map_or(-1, |(_, seq)| seq as i64);
-        let mut c = cmd("EVAL");
-        c.arg(wire::POSITION)
-            .arg(2)
-            .arg(wire::meta_key(&b.prefix, topic))
-            .arg(wire::stream_key(&b.prefix, topic))
-            .arg(link::new_epoch())
-            .arg(from)
-            .arg(b.ttl_ms);
         b.stats.catch_ups.fetch_add(1, Relaxed);
-        match tokio::time::timeout(PREPARE_WAIT, c.query_async::<Value>(l)).await {
+        match tokio::time::timeout(PREPARE_WAIT, read_position(b, l, topic, from)).await {
             Ok(Ok(v)) => match position(&v) {
                 Some((epoch, head, entries)) => {
-                    let msgs: Vec<Arc<OutMsg>> = entries
-                        .into_iter()
-                        .filter_map(|raw| wire::parse(raw).filter(|m| m.epoch == epoch).map(|m| self.redis_msg(topic, &m)))
-                        .collect();
+                    let first = self.take_position(b, topic, epoch, head, entries);
                     if let Some((e, seq)) = before.filter(|(_, seq)| *seq > 0) {
-                        let first = msgs.first().map_or(head + 1, |m| m.offset);
                         if e != epoch || (head > seq && first > seq + 1) {
                             b.stats.catch_up_gaps.fetch_add(1, Relaxed);
                         }
                     }
-                    let t = self.topics.get_or_create(topic);
-                    t.merge_stamped(epoch, head, msgs, self.topics.ring_total(), &mut |msg| {
-                        self.pubq.push(Target::Topic(t.clone()), msg);
-                    });
                 }
                 None => {
                     b.stats.malformed.fetch_add(1, Relaxed);
@@ -178,37 +182,62 @@ impl Engine {
         }
         let Some(mut l) = b.link.lock().clone() else { return false };
         let from = point.map_or(-1, |(_, o)| o as i64);
-        let mut c = cmd("EVAL");
-        c.arg(wire::POSITION)
-            .arg(2)
-            .arg(wire::meta_key(&b.prefix, topic))
-            .arg(wire::stream_key(&b.prefix, topic))
-            .arg(link::new_epoch())
-            .arg(from)
-            .arg(b.ttl_ms);
-        let r = tokio::time::timeout_at(deadline.into(), c.query_async::<Value>(&mut l)).await;
+        let r = tokio::time::timeout_at(deadline.into(), read_position(b, &mut l, topic, from)).await;
         let Ok(Ok(v)) = r else { return false };
         let Some((epoch, head, entries)) = position(&v) else {
             b.stats.malformed.fetch_add(1, Relaxed);
             return false;
         };
+        self.take_position(b, topic, epoch, head, entries);
+        // Into the ring now, so the join that follows replays them.
+        self.pubq.run_batch(&self.topics, &self.metrics);
+        true
+    }
+}
+
+impl Engine {
+    /// Where Redis says `topic` stands and its history after a point, into the topic (see
+    /// `Topic::merge_stamped`); returns the first entry's offset (`head + 1` if none).
+    fn take_position(&self, b: &Bridge, topic: &str, epoch: u32, head: u64, entries: Vec<&[u8]>) -> u64 {
         let mut msgs = Vec::with_capacity(entries.len());
+        // Offsets this host delivered before Redis stamped them: kept, not delivered again.
+        let mut early = std::collections::HashSet::new();
         for raw in entries {
             match wire::parse(raw) {
-                Some(m) if m.epoch == epoch => msgs.push(self.redis_msg(topic, &m)),
+                Some(m) if m.epoch == epoch => {
+                    if m.early && m.host == b.host {
+                        early.insert(m.offset);
+                    }
+                    msgs.push(self.redis_msg(topic, &m));
+                }
                 _ => {
                     b.stats.malformed.fetch_add(1, Relaxed);
                 }
             }
         }
+        let first = msgs.first().map_or(head + 1, |m| m.offset);
         let t = self.topics.get_or_create(topic);
         t.merge_stamped(epoch, head, msgs, self.topics.ring_total(), &mut |msg| {
-            self.pubq.push(Target::Topic(t.clone()), msg);
+            let to = if early.contains(&msg.offset) { Target::Keep(t.clone()) } else { Target::Topic(t.clone()) };
+            self.pubq.push(to, msg);
         });
-        // Into the ring now, so the join that follows replays them.
-        self.pubq.run_batch(&self.topics, &self.metrics);
-        true
+        first
     }
+}
+
+/// Runs the position script: `topic`'s epoch (created if it has none), last offset and the
+/// history after offset `from` (-1: none).
+async fn read_position(b: &Bridge, l: &mut link::Link, topic: &str, from: i64) -> redis::RedisResult<Value> {
+    scripts::query(l, |by_sha| {
+        let mut c = scripts::POSITION.head(by_sha, 2);
+        c.arg(wire::meta_key(&b.prefix, topic))
+            .arg(wire::stream_key(&b.prefix, topic))
+            .arg(link::new_epoch())
+            .arg(from)
+            .arg(b.ttl_ms);
+        c
+    })
+    .await
 }
 
 /// `{epoch, head, [[id, [field, value, ...]], ...]}` from the position script.

@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{cmd, Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{wire, Bridge, Out, Wants};
+use super::{scripts, wire, Bridge, Out, Wants};
 use crate::engine::Engine;
 use crate::protocol::time::now_ms;
 use crate::pubsub::patterns::is_pattern;
@@ -133,7 +133,26 @@ async fn connect(b: &Bridge, tx: mpsc::UnboundedSender<PushInfo>) -> redis::Redi
 
 /// One connection's life: subscribe to what is wanted, then send batches and apply changes
 /// until the link fails (false) or the engine stops (true).
-async fn session(b: &Bridge, engine: &Engine, mut link: Link, wants: &mut Wants, down: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+async fn session(b: &Arc<Bridge>, engine: &Engine, mut link: Link, wants: &mut Wants, down: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+    let stopped = session_loop(b, engine, &mut link, wants, down, stop).await;
+    if b.presence {
+        if stopped {
+            engine.presence_leave(b, &mut link).await;
+        }
+        engine.presence_stop(b);
+    }
+    stopped
+}
+
+/// True if `e` means the connection is gone (the session ends and the link is dialled again).
+pub(crate) fn link_failed(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error()
+}
+
+async fn session_loop(b: &Arc<Bridge>, engine: &Engine, link: &mut Link, wants: &mut Wants, down: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+    if !link.is_cluster() && scripts::load(link).await.is_err() {
+        return false;
+    }
     // With recovery, topics subscribed again after a failure are read from their streams where
     // this worker stopped; what arrives live meanwhile waits until then (`catching`).
     let catch: Vec<String> = if b.stamps {
@@ -146,19 +165,23 @@ async fn session(b: &Bridge, engine: &Engine, mut link: Link, wants: &mut Wants,
         vec![]
     };
     for t in wants.all() {
-        if subscribe(b, &mut link, &t, true).await.is_err() {
+        if subscribe(b, link, &t, true).await.is_err() {
             return false;
         }
     }
     for t in &catch {
-        engine.redis_catch_up(b, &mut link, t).await;
+        engine.redis_catch_up(b, link, t).await;
+    }
+    let session = u64::from(new_epoch());
+    if b.presence && engine.presence_start(b, link, session).await.is_err() {
+        return false;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let changes = std::mem::take(&mut *b.changes.lock());
         for c in changes {
             if let Some((t, on)) = wants.apply(c) {
-                if let Err(e) = subscribe(b, &mut link, &t, on).await {
+                if let Err(e) = subscribe(b, link, &t, on).await {
                     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                         // Applied to `wants` already: the next session subscribes.
                         return false;
@@ -167,10 +190,22 @@ async fn session(b: &Bridge, engine: &Engine, mut link: Link, wants: &mut Wants,
                 }
             }
         }
-        if !publish_batch(b, &mut link).await {
+        if !publish_batch(b, link).await {
             return false;
         }
-        if b.buffered() > 0 {
+        if b.presence {
+            let r = match engine.presence_send(b, link, session).await {
+                Ok(()) => engine.presence_sync(b, link).await,
+                e => e,
+            };
+            if let Err(e) = r {
+                b.stats.errors.fetch_add(1, Relaxed);
+                if link_failed(&e) {
+                    return false;
+                }
+            }
+        }
+        if b.buffered() > 0 || (b.presence && b.presence_pending()) {
             continue;
         }
         tokio::select! {
@@ -178,8 +213,16 @@ async fn session(b: &Bridge, engine: &Engine, mut link: Link, wants: &mut Wants,
             _ = b.changes_wake.notified() => {}
             _ = down.notified() => return false,
             _ = tick.tick() => {
-                if refresh_patterns(b, &mut link).await.is_err() {
+                if refresh_patterns(b, link).await.is_err() {
                     b.stats.errors.fetch_add(1, Relaxed);
+                }
+                if b.presence {
+                    if let Err(e) = engine.presence_tick(b, link, session).await {
+                        b.stats.errors.fetch_add(1, Relaxed);
+                        if link_failed(&e) {
+                            return false;
+                        }
+                    }
                 }
             }
             _ = stop.changed() => return true,
@@ -271,15 +314,19 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
         });
         groups[g].push(i);
     }
+    let outs = &batch;
     let futs = groups.iter().map(|idx| {
-        let mut p = redis::pipe();
-        for &i in idx {
-            for c in publish_cmds(b, &batch[i]) {
-                p.add_command(c).ignore();
+        let build = move |by_sha: bool| {
+            let mut p = redis::pipe();
+            for &i in idx {
+                for c in publish_cmds(b, &outs[i], by_sha) {
+                    p.add_command(c).ignore();
+                }
             }
-        }
+            p
+        };
         let mut l = link.clone();
-        async move { p.exec_async(&mut l).await }
+        async move { scripts::exec(&mut l, build).await }
     });
     let results = futures_util::future::join_all(futs).await;
     let mut failed: Vec<usize> = vec![];
@@ -290,7 +337,7 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
                 b.stats.published.fetch_add(idx.len() as u64, Relaxed);
                 b.stats.published_bytes.fetch_add(idx.iter().map(|&i| batch[i].body.len() as u64).sum(), Relaxed);
             }
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error() => {
+            Err(e) if link_failed(&e) => {
                 b.stats.errors.fetch_add(1, Relaxed);
                 failed.extend(idx);
                 link_down = true;
@@ -322,14 +369,12 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
     false
 }
 
-fn publish_cmds(b: &Bridge, o: &Out) -> Vec<Cmd> {
+fn publish_cmds(b: &Bridge, o: &Out, by_sha: bool) -> Vec<Cmd> {
     let ch = wire::channel(&b.prefix, &o.topic);
     let pat = b.pattern_wanted(&o.topic).then(|| wire::pattern_channel(&b.prefix, &o.topic));
     if b.stamps {
-        let mut c = cmd("EVAL");
-        c.arg(wire::PUBLISH)
-            .arg(2)
-            .arg(wire::meta_key(&b.prefix, &o.topic))
+        let mut c = scripts::PUBLISH.head(by_sha, 2);
+        c.arg(wire::meta_key(&b.prefix, &o.topic))
             .arg(wire::stream_key(&b.prefix, &o.topic))
             .arg(&ch)
             .arg(&o.body)
@@ -362,6 +407,7 @@ pub(crate) fn new_epoch() -> u32 {
 }
 
 async fn receive(b: Arc<Bridge>, engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<PushInfo>, down: Arc<Notify>) {
+    let presence = wire::presence_channel(&b.prefix);
     while let Some(p) = rx.recv().await {
         let (ch, msg, via_pattern) = match (&p.kind, &p.data[..]) {
             (PushKind::SMessage | PushKind::Message, [ch, msg]) => (ch, msg, false),
@@ -373,6 +419,7 @@ async fn receive(b: Arc<Bridge>, engine: Arc<Engine>, mut rx: mpsc::UnboundedRec
             _ => continue,
         };
         match (ch, msg) {
+            (Value::BulkString(ch), Value::BulkString(msg)) if ch == presence.as_bytes() => engine.redis_presence_in(&b, msg),
             (Value::BulkString(ch), Value::BulkString(msg)) => engine.redis_in(&b, ch, msg, via_pattern),
             _ => {
                 b.stats.malformed.fetch_add(1, Relaxed);

@@ -16,6 +16,8 @@
 
 mod inbound;
 mod link;
+mod presence;
+mod scripts;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -82,6 +84,11 @@ pub struct Bridge {
     pub host: String,
     /// Recovery on: Redis stamps every publication.
     pub stamps: bool,
+    /// Presence on: each worker's presence goes through Redis to the other hosts.
+    pub presence: bool,
+    presence_ttl_ms: u64,
+    outbox: presence::Outbox,
+    mirror: Mutex<presence::Mirror>,
     max_buffer: usize,
     stream_len: usize,
     ttl_ms: u64,
@@ -120,12 +127,19 @@ pub fn attach(cfg: &Config, topics: &Topics) -> Result<Option<Arc<Bridge>>, Stri
     if cfg.redis_buffer == 0 {
         return Err("redis_buffer must be positive".into());
     }
+    if cfg.redis_presence_ttl_ms < 2000 {
+        return Err("redis_presence_ttl_ms must be at least 2000 (workers renew it every second)".into());
+    }
     let host = cfg.redis_host.clone().unwrap_or_else(|| format!("{:016x}", OsRng.next_u64()));
     let b = Arc::new(Bridge {
         urls,
         prefix: cfg.redis_prefix.clone(),
         host: host.clone(),
         stamps: cfg.recovery,
+        presence: cfg.presence,
+        presence_ttl_ms: cfg.redis_presence_ttl_ms,
+        outbox: Default::default(),
+        mirror: Default::default(),
         max_buffer: cfg.redis_buffer,
         stream_len: if cfg.redis_stream_len > 0 { cfg.redis_stream_len } else { cfg.recovery_buffer.max(1) },
         ttl_ms: cfg.recovery_ttl_ms.max(1000),
@@ -155,9 +169,10 @@ impl Bridge {
         self.changes_wake.notify_one();
     }
 
-    /// Queues a publication for Redis; false if the buffer is full (dropped and counted).
-    pub fn send(&self, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> bool {
-        let Some(body) = wire::body(&self.host, category, msg_type, payload) else {
+    /// Queues a publication for Redis (`early`: this host has delivered it already); false if
+    /// the buffer is full (dropped and counted).
+    pub fn send(&self, topic: &str, early: bool, category: &str, msg_type: &str, payload: &[u8]) -> bool {
+        let Some(body) = wire::body(&self.host, early, category, msg_type, payload) else {
             self.stats.dropped.fetch_add(1, Relaxed);
             return false;
         };
@@ -259,8 +274,15 @@ impl Wants {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A bridge of host `host` (never dialled).
+    pub fn bridge(host: &str) -> Arc<Bridge> {
+        let cfg = Config { redis_url: Some("redis://127.0.0.1:1".into()), redis_host: Some(host.into()), ..Config::default() };
+        let topics = Topics::new(None, Default::default());
+        attach(&cfg, &topics).unwrap().unwrap()
+    }
 
     #[test]
     fn a_topic_is_wanted_while_it_has_local_interest_or_a_pin() {

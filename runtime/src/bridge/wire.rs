@@ -30,6 +30,20 @@ pub fn patterns_key(prefix: &str) -> String {
     format!("{prefix}:patterns")
 }
 
+/// Presence: the shard channel every worker's changes go on, the registry of live workers
+/// (`<src>` -> `<expiry ms>:<session>`) and each worker's own hash. One hash tag: one slot.
+pub fn presence_channel(prefix: &str) -> String {
+    format!("{prefix}:presence:{{p}}")
+}
+
+pub fn presence_registry(prefix: &str) -> String {
+    format!("{prefix}:presence:{{p}}:live")
+}
+
+pub fn presence_key(prefix: &str, src: &str) -> String {
+    format!("{prefix}:presence:{{p}}:s:{src}")
+}
+
 /// The topic of a shard channel or pattern channel, if it is one of ours.
 pub fn topic_of<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
     let rest = channel.strip_prefix(prefix)?.strip_prefix(':')?;
@@ -39,13 +53,15 @@ pub fn topic_of<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
     rest.strip_prefix('{')?.strip_suffix('}')
 }
 
-/// A publication's body: who made it (host id) and the message, length-prefixed.
-pub fn body(host: &str, category: &str, msg_type: &str, payload: &[u8]) -> Option<Vec<u8>> {
+/// A publication's body: a flags byte (`EARLY`), who made it (host id) and the message,
+/// length-prefixed.
+pub fn body(host: &str, early: bool, category: &str, msg_type: &str, payload: &[u8]) -> Option<Vec<u8>> {
     if host.len() > 255 || category.len() > 255 || msg_type.len() > 255 {
         return None;
     }
-    let mut v = Vec::with_capacity(3 + host.len() + category.len() + msg_type.len() + payload.len() + 8);
+    let mut v = Vec::with_capacity(4 + host.len() + category.len() + msg_type.len() + payload.len() + 8);
     v.extend_from_slice(b"0:0:0:");
+    v.push(if early { EARLY } else { 0 });
     for s in [host, category, msg_type] {
         v.push(s.len() as u8);
         v.extend_from_slice(s.as_bytes());
@@ -53,6 +69,10 @@ pub fn body(host: &str, category: &str, msg_type: &str, payload: &[u8]) -> Optio
     v.extend_from_slice(payload);
     Some(v)
 }
+
+/// Flag: its host delivered it to its own subscribers before Redis stamped it (Redis was
+/// unreachable); that host's workers keep the stamped copy for recovery without delivering it.
+pub const EARLY: u8 = 1;
 
 /// A message read from Redis.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,6 +82,8 @@ pub struct Message<'a> {
     pub offset: u64,
     /// Redis's clock when it was stamped (ms); 0 when unstamped.
     pub at_ms: u64,
+    /// Delivered on its host already (`EARLY`).
+    pub early: bool,
     pub host: &'a str,
     pub category: &'a str,
     pub msg_type: &'a str,
@@ -77,6 +99,7 @@ pub fn parse(m: &[u8]) -> Option<Message<'_>> {
         *n = std::str::from_utf8(&rest[..i]).ok()?.parse().ok()?;
         rest = &rest[i + 1..];
     }
+    let (&flags, mut rest) = rest.split_first()?;
     let mut strs = [""; 3];
     for s in &mut strs {
         let (&len, tail) = rest.split_first()?;
@@ -91,6 +114,7 @@ pub fn parse(m: &[u8]) -> Option<Message<'_>> {
         epoch: u32::try_from(nums[0]).ok()?,
         offset: nums[1],
         at_ms: nums[2],
+        early: flags & EARLY != 0,
         host: strs[0],
         category: strs[1],
         msg_type: strs[2],
@@ -148,6 +172,25 @@ end
 return {e, o, r}
 "#;
 
+/// One change of a worker's presence: KEYS its hash; ARGV the channel, the worker, its session,
+/// the field, the value (empty: removed), TTL (ms). A hash of another session is started over.
+/// Publishes `<src len>:<src><session>:<version>:<field len>:<field><value>`.
+pub const PRESENCE: &str = r#"
+if redis.call('HGET', KEYS[1], '#e') ~= ARGV[3] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], '#e', ARGV[3], '#v', 0)
+end
+local v = redis.call('HINCRBY', KEYS[1], '#v', 1)
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+else
+  redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SPUBLISH', ARGV[1], string.len(ARGV[2]) .. ':' .. ARGV[2] .. ARGV[3] .. ':' .. v .. ':' .. string.len(ARGV[4]) .. ':' .. ARGV[4] .. ARGV[5])
+return v
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,17 +206,18 @@ mod tests {
 
     #[test]
     fn a_body_parses_back_unstamped_and_stamped_and_garbage_is_refused() {
-        let b = body("h1", "U", "chat", b"{\"a\":1}").unwrap();
+        let b = body("h1", false, "U", "chat", b"{\"a\":1}").unwrap();
         let m = parse(&b).unwrap();
         assert_eq!((m.epoch, m.offset, m.host, m.category, m.msg_type, m.payload), (0, 0, "h1", "U", "chat", &b"{\"a\":1}"[..]));
+        assert!(!m.early && parse(&body("h1", true, "U", "t", b"").unwrap()).unwrap().early);
         // The script replaces the first six bytes (`0:0:0:`) with the stamp.
         let mut s = b"4242:7:1700000000000:".to_vec();
         s.extend_from_slice(&b[6..]);
         let m = parse(&s).unwrap();
         assert_eq!((m.epoch, m.offset, m.at_ms, m.msg_type), (4242, 7, 1_700_000_000_000, "chat"));
-        for bad in [&b""[..], b"1:2:", b"x:0:0:", b"0:0:0:\x05ab", b"99999999999:0:0:\x00\x00\x00"] {
+        for bad in [&b""[..], b"1:2:", b"x:0:0:", b"0:0:0:", b"0:0:0:\x00\x05ab", b"99999999999:0:0:\x00\x00\x00\x00"] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
-        assert!(body(&"h".repeat(300), "U", "t", b"").is_none());
+        assert!(body(&"h".repeat(300), false, "U", "t", b"").is_none());
     }
 }

@@ -154,7 +154,7 @@ impl Engine {
     }
 
     /// Forgets a user's data when they are present nowhere and have no connection here.
-    fn presence_tidy(&self, user: &str) {
+    pub(crate) fn presence_tidy(&self, user: &str) {
         if self.user_slots.count(user) == 0 {
             self.presence.forget(user);
         }

@@ -28,6 +28,8 @@ use crate::protocol::outgoing::OutMsg;
 pub enum Target {
     Topic(Arc<Topic>),
     Conn(Arc<Conn>),
+    /// Into the topic's ring only (its subscribers here had it already).
+    Keep(Arc<Topic>),
 }
 
 /// How far the mesh has written its gated frames to every peer (gates up to it may pass).
@@ -153,6 +155,10 @@ impl PubQueue {
                 }
                 Target::Conn(c) => {
                     total.add(deliver_one(c, items[i].1.clone()));
+                    i += 1;
+                }
+                Target::Keep(t) => {
+                    topics.keep(t, std::slice::from_ref(&items[i].1));
                     i += 1;
                 }
             }

@@ -138,6 +138,28 @@ impl TopicState {
     }
 }
 
+/// Where the topic stands after `msgs`, and the ring. A publication outside the topic's
+/// offsets (offset 0: delivered while Redis was unreachable, stamped later) changes neither.
+fn record(s: &mut TopicState, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) {
+    if let Some(last) = msgs.iter().rev().find(|m| m.offset > 0) {
+        s.pushed = last.offset;
+        s.last_active_ms = last.at_ms;
+    }
+    if let Some((lim, total)) = ring {
+        for m in msgs.iter().filter(|m| m.offset > 0) {
+            // Counted once, here: encodings built later for replays are not re-counted.
+            let n = m.size();
+            s.ring_bytes += n;
+            total.fetch_add(n, Relaxed);
+            s.ring.push_back((m.clone(), n));
+        }
+        // Over the count, or over the global budget: this topic gives up its oldest.
+        while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
+            evict_front(s, total);
+        }
+    }
+}
+
 pub struct Topic {
     pub name: Arc<str>,
     state: Mutex<TopicState>,
@@ -223,24 +245,14 @@ impl Topic {
         if !s.groups.is_empty() {
             s.push_groups(msgs, &mut f);
         }
-        if let Some(last) = msgs.last() {
-            s.pushed = last.offset;
-            s.last_active_ms = last.at_ms;
-        }
-        if let Some((lim, total)) = ring {
-            for m in msgs {
-                // Counted once, here: encodings built later for replays are not re-counted.
-                let n = m.size();
-                s.ring_bytes += n;
-                total.fetch_add(n, Relaxed);
-                s.ring.push_back((m.clone(), n));
-            }
-            // Over the count, or over the global budget: this topic gives up its oldest.
-            while s.ring.len() > lim.max_messages || (total.load(Relaxed) > lim.max_bytes && !s.ring.is_empty()) {
-                evict_front(&mut s, total);
-            }
-        }
+        record(&mut s, msgs, ring);
         f
+    }
+
+    /// Keeps publications for recovery without delivering them (this host's subscribers had
+    /// them already: bridge/, a publication made while Redis was unreachable).
+    pub fn keep(&self, msgs: &[Arc<OutMsg>], ring: Option<(&RecoveryLimits, &AtomicUsize)>) {
+        record(&mut self.state.lock(), msgs, ring);
     }
 
     /// Adds `conn` (false if it was there). With `recover = Some((epoch, offset))` the
@@ -433,6 +445,11 @@ impl Topics {
             self.remove_if_idle(&t.name);
         }
         f
+    }
+
+    /// Keeps publications in the topic's ring without delivering them.
+    pub fn keep(&self, t: &Topic, msgs: &[Arc<OutMsg>]) {
+        t.keep(msgs, self.recovery.as_ref().map(|l| (l, &self.ring_bytes)));
     }
 
     /// Removes `conn` from `topic`; without recovery a topic goes away with its last subscriber.
