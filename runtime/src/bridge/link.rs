@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::protocol::time::now_ms;
 use crate::pubsub::patterns::is_pattern;
 
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -315,11 +315,13 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
         groups[g].push(i);
     }
     let outs = &batch;
+    // An epoch for topics Redis has none for (one per batch: the script takes it only then).
+    let epoch = new_epoch();
     let futs = groups.iter().map(|idx| {
         let build = move |by_sha: bool| {
             let mut p = redis::pipe();
             for &i in idx {
-                for c in publish_cmds(b, &outs[i], by_sha) {
+                for c in publish_cmds(b, &outs[i], by_sha, epoch) {
                     p.add_command(c).ignore();
                 }
             }
@@ -369,7 +371,7 @@ async fn publish_batch(b: &Bridge, link: &mut Link) -> bool {
     false
 }
 
-fn publish_cmds(b: &Bridge, o: &Out, by_sha: bool) -> Vec<Cmd> {
+fn publish_cmds(b: &Bridge, o: &Out, by_sha: bool, epoch: u32) -> Vec<Cmd> {
     let ch = wire::channel(&b.prefix, &o.topic);
     let pat = b.pattern_wanted(&o.topic).then(|| wire::pattern_channel(&b.prefix, &o.topic));
     if b.stamps {
@@ -378,7 +380,7 @@ fn publish_cmds(b: &Bridge, o: &Out, by_sha: bool) -> Vec<Cmd> {
             .arg(wire::stream_key(&b.prefix, &o.topic))
             .arg(&ch)
             .arg(&o.body)
-            .arg(new_epoch())
+            .arg(epoch)
             .arg(b.stream_len)
             .arg(b.ttl_ms)
             .arg(pat.unwrap_or_default())

@@ -41,6 +41,15 @@ struct Source {
     held: Vec<(u64, u64, Vec<u8>, Vec<u8>)>,
     /// What it reported: (topic, user) -> connections.
     counts: HashMap<(String, String), u32>,
+    /// When this worker first heard of it (ms): a registry read begun before then may not
+    /// list it yet.
+    since_ms: u64,
+}
+
+impl Source {
+    fn new(src: &str, session: u64) -> Self {
+        Self { id: source_id(src), session, version: 0, synced: false, held: vec![], counts: HashMap::new(), since_ms: now_ms() }
+    }
 }
 
 /// This worker's side of presence over Redis.
@@ -211,14 +220,7 @@ impl Engine {
         let mut notices = vec![];
         let mut guard = b.mirror.lock();
         let m = &mut *guard;
-        let s = m.sources.entry(src.to_string()).or_insert_with(|| Source {
-            id: source_id(src),
-            session,
-            version: 0,
-            synced: false,
-            held: vec![],
-            counts: HashMap::new(),
-        });
+        let s = m.sources.entry(src.to_string()).or_insert_with(|| Source::new(src, session));
         if s.synced && s.session == session && version <= s.version {
             return;
         }
@@ -376,21 +378,14 @@ impl Engine {
             let mut m = b.mirror.lock();
             let m = &mut *m;
             m.sources.retain(|src, s| {
-                let keep = live.contains_key(src);
+                let keep = live.contains_key(src) || s.since_ms >= now;
                 if !keep {
                     gone.push(s.id);
                 }
                 keep
             });
             for (src, s) in live.into_iter().filter(|(src, _)| !b.is_own(src)) {
-                let e = m.sources.entry(src.clone()).or_insert_with(|| Source {
-                    id: source_id(&src),
-                    session: s,
-                    version: 0,
-                    synced: false,
-                    held: vec![],
-                    counts: HashMap::new(),
-                });
+                let e = m.sources.entry(src.clone()).or_insert_with(|| Source::new(&src, s));
                 if !e.synced || e.session != s {
                     e.synced = false;
                     m.to_sync.insert(src);
