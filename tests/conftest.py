@@ -100,6 +100,18 @@ def server(make_server: Any) -> ServerProc:
     return make_server()
 
 
+@pytest.fixture
+def redis() -> Iterator[Any]:
+    """A real ``redis-server`` on a free loopback port (tests/redis_util.py), stopped after."""
+    from tests.redis_util import RedisServer
+
+    r = RedisServer()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
 def make_token(claims: dict[str, Any] | None = None, *, secret: str = SECRET, exp_in: int = 300, **header: Any) -> str:
     """An HS256 token made by PyJWT (an independent implementation)."""
     body: dict[str, Any] = {"sub": "user-1", "exp": int(time.time()) + exp_in}

@@ -15,11 +15,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 from websockets.asyncio.client import ClientConnection
 
 from tests.cluster_util import Cluster, clients_on_every_worker, subscribe, until_all_hear
@@ -40,15 +38,6 @@ class Seen(_Seen):
             self.values.setdefault(m["tp"], []).append(m["p"]["s"])
             return
         super().add(m)
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def host(url: str, recovery: bool = True, workers: int = 2, **env: str) -> Cluster:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
 from websockets.asyncio.client import ClientConnection
 
 from tests.cluster_util import Cluster
@@ -27,15 +24,6 @@ from tests.test_cluster_presence import ask, on_worker, until_events, until_memb
 from tests.test_presence import next_presence, subscribe
 
 TTL_MS = 3000
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def host(url: str, workers: int, ttl_ms: int = TTL_MS) -> Cluster:
