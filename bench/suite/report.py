@@ -318,9 +318,12 @@ def markdown(results: dict[str, Any]) -> str:
                                                                  ("p99.9", "p99_9_us", us)]), ""]
     if any(s == "handshake" for s, _ in idx):
         p += ["### Handshake with JWT (HS256)", "",
-              f"Scenario `handshake`: {sh['handshake_count']:,} connections per run, 8 at a time: TCP connect, upgrade "
-              "with the token as header and cookie, verification, first server frame (`server_ready`); then "
-              "one at a time (the latency columns: TCP connect to that frame).", ""]
+              "Scenario `handshake`: connections 8 at a time, each run sized to about "
+              f"{sh['target_cpu_s']} s of server CPU (a cold run of {sh['handshake_count']:,} first, then warm-up "
+              "runs until two agree on CPU per connection within 5%): TCP connect, upgrade with the token as "
+              "header and cookie, verification, first server frame (`server_ready`, on every connection, or "
+              "the run is not clean), close; then one at a time, "
+              f"{max(50, sh['handshake_count']):,} per run (the latency columns: TCP connect to that frame).", ""]
         hs = rate_table(results, "handshake", "connections", peers_only)
         p += [hs[0] + " one at a time: p50 | one at a time: p99 |", hs[1] + "---|---|"]
         for row, name in zip(hs[2:], peers_only):

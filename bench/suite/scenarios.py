@@ -268,31 +268,64 @@ def latency(lg: Loadgen, server: Server, shape: Shape, rate: float) -> tuple[lis
     return samples, raw
 
 
+def _handshake_once(lg: Loadgen, server: Server, count: int, concurrency: int) -> dict[str, Any]:
+    """One generator run: ``count`` connections, ``concurrency`` at a time, each closed after its
+    first server frame. ``cost``: server CPU-seconds per connection (for ``steady_state``)."""
+    sources = 4 if count > 5000 else 1  # each closed connection holds a port in TIME_WAIT a while
+    rep = lg.run(["handshake", *common(server, sources), "--count", str(count), "--concurrency", str(concurrency)],
+                 timeout=300)
+    ok = rep.get("succeeded") or 0
+    rep["cost"] = rep["server_cpu_s"] / ok if ok and rep.get("server_cpu_s") else None
+    return rep
+
+
+def _handshake_faults(rep: dict[str, Any]) -> list[str]:
+    """A run is clean only if every connection was accepted and its first frame was ``server_ready``
+    (an auth error or a close would time something else)."""
+    why = []
+    n = rep.get("count")
+    if rep.get("failed", 1):
+        why.append(f"{rep.get('failed')} of {n} handshakes failed")
+    types = rep.get("first_frame_types") or {}
+    if types.get("server_ready", 0) != n:
+        why.append(f"server_ready first on {types.get('server_ready', 0)} of {n} connections ({types})")
+    return why
+
+
 def handshake(lg: Loadgen, server: Server, shape: Shape) -> tuple[list[dict[str, Any]], list[Any]]:
+    """JWT handshakes: TCP connect, upgrade with the token, verification, first server frame
+    (``server_ready``), close. Eight at a time for the rate and the CPU per connection: a cold run
+    of ``handshake_count`` connections, then runs sized to about ``target_cpu_s`` of server CPU,
+    repeated until two agree on CPU per connection (``steady_state``), then ``runs`` measured ones.
+    Then one connection at a time (``serial``): p50 and p99 from the start of the TCP connect to
+    ``server_ready``, the latency target's shape."""
+    cold = _handshake_once(lg, server, shape.handshake_count, 8)
+    per_conn = cold.get("cost") or 1e-4
+    count = int(min(60_000, max(shape.handshake_count, shape.target_cpu_s / per_conn)))
+    _, warm, steady, n = steady_state(lambda: _handshake_once(lg, server, count, 8), shape)
     samples, raw = [], []
-    for i in range(shape.runs + 1):
-        rep = lg.run(["handshake", *common(server), "--count", str(shape.handshake_count), "--concurrency", "8"],
-                     timeout=120)
+    for i, rep in enumerate([cold] + [_handshake_once(lg, server, count, 8) for _ in range(shape.runs)]):
         first = rep.get("first_frame") or {}
-        why = []
-        if rep.get("failed", 1):
-            why.append(f"{rep.get('failed')} of {rep.get('count')} handshakes failed")
-        if first.get("count", 0) != rep.get("count"):
-            why.append(f"first frame on {first.get('count', 0)} of {rep.get('count')} connections")
+        why = _handshake_faults(rep)
+        if i > 0:
+            why += window_faults(rep, shape)
         s = _sample(rep.get("connections_per_s", 0.0), rep.get("per_server_cpu_s"), rep, why, cold=i == 0,
-                    p50_us=first.get("p50_us"), p99_us=first.get("p99_us"))
+                    p50_us=first.get("p50_us"), p99_us=first.get("p99_us"), connections=rep.get("count"))
         if i == 0:
             s.update(counted=False, note="cold")
+        elif s["ok"] and not steady:
+            s.update(counted=False, note=f"never steady in {n} warm-up runs: not counted")
         samples.append(s)
-        raw.append({k: rep.get(k) for k in ("ok", "succeeded", "failed", "failures", "first_frame_types")})
-    # One connection at a time: the latency target's shape (p50, p99 from TCP connect to server_ready).
+        raw.append({k: rep.get(k) for k in ("ok", "count", "succeeded", "failed", "failures", "first_frame_types",
+                                             "server_cpu_s")})
+    raw.append({"steady": steady, "warmup_runs": n, "warmup_costs": [w.get("cost") for w in warm]})
+    # One connection at a time: the latency target (p50, p99 from TCP connect to server_ready).
     for _ in range(shape.runs):
-        rep = lg.run(["handshake", *common(server), "--count", str(max(50, shape.handshake_count // 4)),
-                      "--concurrency", "1"], timeout=120)
+        rep = _handshake_once(lg, server, max(50, shape.handshake_count), 1)
         first = rep.get("first_frame") or {}
-        why = [] if not rep.get("failed", 1) and first.get("count") == rep.get("count") else ["handshakes failed"]
+        why = _handshake_faults(rep)
         s = _sample(rep.get("connections_per_s", 0.0), rep.get("per_server_cpu_s"), rep, why, serial=True,
-                    p50_us=first.get("p50_us"), p99_us=first.get("p99_us"))
+                    p50_us=first.get("p50_us"), p99_us=first.get("p99_us"), connections=rep.get("count"))
         samples.append(s)
     return samples, raw
 
