@@ -147,11 +147,13 @@ class WSEApp:
     def on_connect(self, fn: F) -> F:
         """``fn(conn)`` after the engine accepted a connection (its token already checked)."""
         self._on_connect.append((fn, _is_async(fn)))
+        self._lifecycle_hooks_changed()
         return fn
 
     def on_disconnect(self, fn: F) -> F:
         """``fn(conn, code)`` once a connection is gone; always after its last message."""
         self._on_disconnect.append((fn, _is_async(fn)))
+        self._lifecycle_hooks_changed()
         return fn
 
     def on_raw(self, fn: F) -> F:
@@ -299,6 +301,14 @@ class WSEApp:
         else:
             self._handler_ok(msg_type, probe)
 
+    def _lifecycle_hooks_changed(self) -> None:
+        """Without a connect or disconnect hook, the engine may hand those events over batched,
+        up to 2 ms late (``app.connections`` follows them): no thread hop per connection. With
+        one, each is handed over at once. (Serving only: router mode always hands them at once.)"""
+        server = self._server
+        if server is not None and self._stopped is not None:
+            server.set_lazy_lifecycle(not (self._on_connect or self._on_disconnect))
+
     # ---- serving --------------------------------------------------------------------------------
 
     async def serve(
@@ -316,6 +326,7 @@ class WSEApp:
             engine_json = orjson.dumps({**orjson.loads(engine_json), **self._engine_extra}).decode()
         server = _runtime.Server(engine_json)
         self._server = server
+        self._lifecycle_hooks_changed()
         address = server.start()
         assert address is not None, "a listening engine reports its address"
         self.address = address

@@ -78,13 +78,14 @@ enum End {
 const READ_CHUNK: usize = 4096;
 
 /// Runs a connection until it ends, then unregisters it and tells Python.
-pub async fn run<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, mut rd: R, wr: W, mut buf: BytesMut)
+pub async fn run<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, mut rd: R, wr: W, mut buf: BytesMut, head: Vec<u8>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let writer = tokio::spawn(conn.out.clone().run_writer(
         wr,
+        Bytes::from(head),
         engine.cfg.max_frames_per_write,
         engine.metrics.clone(),
     ));

@@ -44,7 +44,17 @@ struct Queue {
     events: VecDeque<Event>,
     data_events: usize,
     data_bytes: usize,
+    /// Python was (or is about to be) woken for what is queued: no other wake-up needed.
+    woken: bool,
+    /// A late wake-up (`LAZY_LIFECYCLE`) is armed for what is queued.
+    late: bool,
 }
+
+/// How long connects and disconnects may wait for Python when it has no hook for them
+/// (`set_lazy_lifecycle`): the events of every connection opened or closed meanwhile then reach
+/// it in one drain instead of one thread hop each. Any other event wakes Python at once and
+/// takes them along, in order.
+pub const LAZY_LIFECYCLE: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub struct Inbound {
     q: Mutex<Queue>,
@@ -53,6 +63,10 @@ pub struct Inbound {
     flush: Notify,
     /// Signal Python at once instead (no engine thread running: tests, shutdown).
     immediate: std::sync::atomic::AtomicBool,
+    /// Connects and disconnects wake Python late (`LAZY_LIFECYCLE`): it has no hook for them.
+    lazy_lifecycle: std::sync::atomic::AtomicBool,
+    /// Wakes the flusher's late side.
+    late: Notify,
     fd: OwnedFd,
     cap: usize,
     cap_bytes: usize,
@@ -72,6 +86,8 @@ impl Inbound {
             space: Notify::new(),
             flush: Notify::new(),
             immediate: std::sync::atomic::AtomicBool::new(true),
+            lazy_lifecycle: std::sync::atomic::AtomicBool::new(false),
+            late: Notify::new(),
             fd,
             cap,
             cap_bytes,
@@ -96,22 +112,37 @@ impl Inbound {
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 
+    /// Connects and disconnects may reach Python up to `LAZY_LIFECYCLE` late, batched (true
+    /// when the application has no connect or disconnect hook), or wake it at once (false).
+    pub fn set_lazy_lifecycle(&self, lazy: bool) {
+        self.lazy_lifecycle.store(lazy, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn push_locked(&self, q: &mut Queue, ev: Event) {
-        let was_empty = q.events.is_empty();
+        let late = matches!(ev, Event::Connect { .. } | Event::Disconnect { .. })
+            && self.lazy_lifecycle.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(n) = ev.data_len() {
             q.data_events += 1;
             q.data_bytes += n;
         }
         q.events.push_back(ev);
         self.metrics.inbound_queue_depth.store(q.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if was_empty {
-            if self.immediate.load(std::sync::atomic::Ordering::Relaxed) {
+        if q.woken {
+            return;
+        }
+        let immediate = self.immediate.load(std::sync::atomic::Ordering::Relaxed);
+        if !late || immediate {
+            q.woken = true;
+            if immediate {
                 self.signal();
             } else {
                 // NOTE: on one core, waking Python for every first event makes the two threads
                 // take turns per message; let the other readers push theirs first.
                 self.flush.notify_one();
             }
+        } else if !q.late {
+            q.late = true;
+            self.late.notify_one();
         }
     }
 
@@ -127,11 +158,21 @@ impl Inbound {
             }
         }
         let _restore = Restore(self);
-        loop {
-            self.flush.notified().await;
-            tokio::task::yield_now().await;
-            self.signal();
-        }
+        let soon = async {
+            loop {
+                self.flush.notified().await;
+                tokio::task::yield_now().await;
+                self.signal();
+            }
+        };
+        let late = async {
+            loop {
+                self.late.notified().await;
+                tokio::time::sleep(LAZY_LIFECYCLE).await;
+                self.signal();
+            }
+        };
+        tokio::join!(soon, late);
     }
 
     /// Connect, disconnect and hook requests: always queued.
@@ -206,7 +247,10 @@ impl Inbound {
                     q.data_bytes -= len;
                 }
             }
-            if !q.events.is_empty() {
+            if q.events.is_empty() {
+                q.woken = false;
+                q.late = false;
+            } else {
                 self.signal();
             }
             self.metrics.inbound_queue_depth.store(q.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -263,5 +307,56 @@ mod tests {
         q.push_lifecycle(Event::Disconnect { conn: 1, code: 1000 });
         let r = unsafe { libc::read(q.fd(), (&mut v as *mut u64).cast(), 8) };
         assert_eq!(r, 8);
+    }
+
+    fn signalled(q: &Inbound) -> bool {
+        let mut v: u64 = 0;
+        unsafe { libc::read(q.fd(), (&mut v as *mut u64).cast(), 8) == 8 }
+    }
+
+    fn connect(conn: u64) -> Event {
+        Event::Connect { conn, user: None, claims: None, addr: "127.0.0.1:1".into() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lazy_lifecycle_wakes_python_late_once_or_with_the_next_message() {
+        let q = Arc::new(Inbound::new(64, 1 << 20, Arc::new(Metrics::default())).unwrap());
+        q.set_lazy_lifecycle(true);
+        let flusher = tokio::spawn({
+            let q = q.clone();
+            async move { q.run_flusher().await }
+        });
+        tokio::task::yield_now().await;
+        // Connects and disconnects alone: one late wake-up for all of them.
+        q.push_lifecycle(connect(1));
+        q.push_lifecycle(connect(2));
+        q.push_lifecycle(Event::Disconnect { conn: 1, code: 1000 });
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!signalled(&q), "not at once");
+        tokio::time::sleep(LAZY_LIFECYCLE).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(signalled(&q), "after LAZY_LIFECYCLE");
+        assert_eq!(q.take(64).len(), 3);
+        // A message behind a connect wakes Python at once, and the connect comes first.
+        q.push_lifecycle(connect(3));
+        q.push_data(msg(3)).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(signalled(&q), "a message wakes at once");
+        let got = q.take(64);
+        assert!(matches!(got[0], Event::Connect { conn: 3, .. }) && matches!(got[1], Event::Msg { conn: 3, .. }));
+        // Off: every connect wakes at once, as before.
+        q.set_lazy_lifecycle(false);
+        q.push_lifecycle(connect(4));
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(signalled(&q));
+        flusher.abort();
     }
 }

@@ -21,7 +21,7 @@ use crate::outbound::{Outbound, PushMany};
 use crate::protocol::envelope::{self, Envelope};
 use crate::protocol::frame::{self, HEADER_ROOM};
 use crate::protocol::outgoing::{Mode, OutMsg};
-use crate::protocol::time::{now_ms, rfc3339};
+use crate::protocol::time::{now_ms, rfc3339, write_rfc3339, write_u64};
 use crate::pubsub::fanout::{PubQueue, Target};
 use crate::pubsub::topics::{RecoveryLimits, Topic, Topics};
 use crate::subscriptions::PendingSub;
@@ -67,6 +67,8 @@ pub struct Engine {
     pub bridge: Option<Arc<crate::bridge::Bridge>>,
     /// This engine, for tasks it starts itself (set when its thread starts).
     pub(crate) this: std::sync::OnceLock<(std::sync::Weak<Engine>, tokio::runtime::Handle)>,
+    /// `server_ready`'s payload up to the connection id: the same for every connection.
+    ready_head: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Engine {
@@ -135,6 +137,7 @@ impl Engine {
             mesh,
             bridge,
             this: std::sync::OnceLock::new(),
+            ready_head: std::sync::OnceLock::new(),
         })
     }
 
@@ -281,7 +284,12 @@ impl Engine {
     /// key exchange (errors, acks and `server_hello` must reach a client that has no key yet).
     fn send_system_as(&self, conn: &Conn, msg_type: &str, payload: Value, opcode: u8) {
         let p = serde_json::to_vec(&payload).unwrap_or_default();
-        let msg = self.envelope_msg(conn, envelope::CAT_SYSTEM, msg_type, &p, opcode);
+        self.send_system_json(conn, msg_type, &p, opcode);
+    }
+
+    /// `send_system_as` with the payload already serialized.
+    fn send_system_json(&self, conn: &Conn, msg_type: &str, p: &[u8], opcode: u8) {
+        let msg = self.envelope_msg(conn, envelope::CAT_SYSTEM, msg_type, p, opcode);
         if conn.out.mode() == Mode::AwaitKey {
             // Refused if the exchange completed meanwhile: then it goes sealed like the rest.
             if let Ok(p) = conn.out.push(msg.frame_for(Mode::Json), Some(Mode::AwaitKey)) {
@@ -302,20 +310,31 @@ impl Engine {
     }
 
     /// `server_ready`: the first message after a successful upgrade.
+    /// Written out rather than built as a `Value`: it runs once per connection, and all but
+    /// four fields are the same for every connection.
     pub fn send_ready(&self, conn: &Conn) {
-        let p = json!({
-            "message": "connection established",
-            "details": {
-                "version": self.cfg.server_version,
-                "protocol_version": 2,
-                "features": self.features(),
-                "connection_id": conn.id.to_string(),
-                "server_time": rfc3339(now_ms()),
-                "user_id": conn.user_id,
-                "token_expires_at": self.token_expires_at(conn),
-            }
+        let head = self.ready_head.get_or_init(|| {
+            let mut v = br#"{"message":"connection established","details":{"version":"#.to_vec();
+            let _ = serde_json::to_writer(&mut v, &self.cfg.server_version);
+            v.extend_from_slice(br#","protocol_version":2,"features":"#);
+            let _ = serde_json::to_writer(&mut v, &self.features());
+            v.extend_from_slice(br#","connection_id":""#);
+            v
         });
-        self.send_system(conn, "server_ready", p);
+        let mut p = Vec::with_capacity(head.len() + 128);
+        p.extend_from_slice(head);
+        write_u64(&mut p, conn.id);
+        p.extend_from_slice(br#"","server_time":""#);
+        write_rfc3339(&mut p, now_ms());
+        p.extend_from_slice(br#"","user_id":"#);
+        let _ = serde_json::to_writer(&mut p, &conn.user_id);
+        p.extend_from_slice(br#","token_expires_at":"#);
+        match conn.token_expires_ms.load(Relaxed) {
+            0 => p.extend_from_slice(b"null"),
+            t => write_u64(&mut p, t),
+        }
+        p.extend_from_slice(b"}}");
+        self.send_system_json(conn, "server_ready", &p, self.opcode());
     }
 
     // ---- operations from Python -------------------------------------------------------------

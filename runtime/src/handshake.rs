@@ -22,6 +22,9 @@ use crate::protocol::{deflate, envelope, frame};
 /// A connection that passed the upgrade and the token check.
 pub struct Accepted<S> {
     pub stream: S,
+    /// The `101 Switching Protocols` answer, not written yet: the connection's writer sends it
+    /// in one write with the first frames queued (`server_ready`), one segment instead of two.
+    pub head: Vec<u8>,
     /// Bytes the client sent after its request (its first frames, if it did not wait).
     pub leftover: BytesMut,
     pub user_id: Option<String>,
@@ -281,12 +284,10 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(engine: &Arc<Engine>, mut
     }
     match auth {
         Ok(id) => {
-            if stream.write_all(&head).await.is_err() {
-                return None;
-            }
             Metrics::inc(&m.handshakes_ok);
             let Identity { user_id, claims } = id;
-            Some(Accepted { stream, leftover: buf, user_id, claims, enc: Encodings { deflate: deflate.map(|(p, _)| p), ..encodings(engine, query) } })
+            let enc = Encodings { deflate: deflate.map(|(p, _)| p), ..encodings(engine, query) };
+            Some(Accepted { stream, head, leftover: buf, user_id, claims, enc })
         }
         Err(e) => {
             refused(addr, method, path, 101, &format!("closed 4401: {}", e.message()));

@@ -81,6 +81,8 @@ fn adopt(fd: i32) -> std::io::Result<std::net::TcpListener> {
     if sock.r#type()? != Type::STREAM || sock.local_addr()?.as_socket().is_none() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen_fd is not a TCP socket"));
     }
+    // Set here too (a supervisor's socket may lack it): accepted sockets inherit it.
+    sock.set_tcp_nodelay(true)?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
 }
@@ -99,6 +101,9 @@ impl Listening {
     async fn accept(&self) -> std::io::Result<(Stream, SocketAddr)> {
         match self {
             Self::Tcp(l) => l.accept().await.map(|(s, a)| {
+                // Linux copies TCP_NODELAY from the listening socket (set in `bind_tcp` and
+                // `adopt`) to each accepted one: no setsockopt per connection there.
+                #[cfg(not(target_os = "linux"))]
                 let _ = s.set_nodelay(true);
                 (Stream::Tcp(s), a)
             }),
@@ -180,13 +185,13 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
                 (None, Stream::Tcp(stream)) => {
                     if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
                         let (rd, wr) = a.stream.into_split();
-                        connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                        connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
                     }
                 }
                 (None, Stream::Unix(stream)) => {
                     if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
                         let (rd, wr) = a.stream.into_split();
-                        connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                        connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
                     }
                 }
                 (Some(acceptor), Stream::Tcp(stream)) => {
@@ -218,7 +223,7 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             let left = timeout.saturating_sub(start.elapsed());
             if let Some((a, conn)) = upgrade(engine, tls_stream, addr, left, permit).await {
                 let (rd, wr) = tokio::io::split(a.stream);
-                connection::run(engine.clone(), conn, rd, wr, a.leftover).await;
+                connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
             }
         }
         Ok(Err(e)) => {
@@ -232,7 +237,8 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
-/// The HTTP upgrade under `timeout`; on success the connection is registered and greeted.
+/// The HTTP upgrade under `timeout`; on success the connection is registered and greeted
+/// (`server_ready` queued: the writer sends it in one write with the `101` answer).
 /// The pending-handshake `permit` is released when the upgrade is over, either way.
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     engine: &Arc<Engine>,
@@ -251,7 +257,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    if !crate::limits::users::admit(engine, a.user_id.as_deref(), &mut a.stream).await {
+    if !crate::limits::users::admit(engine, a.user_id.as_deref(), &mut a.stream, &a.head).await {
         return None;
     }
     let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.enc);

@@ -321,7 +321,11 @@ impl Outbound {
     }
 
     /// The writer task: runs until the close frame is written, the peer is gone, or `abort`.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut wr: W, max_batch: usize, metrics: Arc<Metrics>) {
+    ///
+    /// `preface` (the upgrade's `101` answer; may be empty) goes out first, in the same write as
+    /// the first frames queued (`server_ready`), or alone if none are.
+    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut wr: W, preface: Bytes, max_batch: usize, metrics: Arc<Metrics>) {
+        let mut preface = (!preface.is_empty()).then_some(preface);
         let mut batch: Vec<Bytes> = Vec::new();
         // Where runs of small frames are gathered for one write; freed whenever the queue
         // empties, so an idle connection holds none.
@@ -346,6 +350,7 @@ impl Outbound {
                             close = Some(c);
                             false
                         }
+                        None if preface.is_some() => false,
                         None => {
                             s.writer_idle = true;
                             true
@@ -364,14 +369,27 @@ impl Outbound {
                 continue;
             }
             if let Some(c) = close {
+                let c = match preface.take() {
+                    Some(p) => Bytes::from([&p[..], &c[..]].concat()),
+                    None => c,
+                };
                 let _ = wr.write_all(&c).await;
                 let _ = wr.shutdown().await;
                 self.state.lock().done = true;
                 break;
             }
             let bytes: usize = batch.iter().map(|b| b.len()).sum();
-            let ok = write_batch(&mut wr, &batch, &mut scratch, &metrics).await;
-            Metrics::add(&metrics.frames_out, batch.len() as u64);
+            let frames = batch.len();
+            let ok = match preface.take() {
+                Some(p) => {
+                    batch.insert(0, p);
+                    let ok = write_batch(&mut wr, &batch, &mut scratch, &metrics).await;
+                    batch.remove(0);
+                    ok
+                }
+                None => write_batch(&mut wr, &batch, &mut scratch, &metrics).await,
+            };
+            Metrics::add(&metrics.frames_out, frames as u64);
             Metrics::add(&metrics.bytes_out, bytes as u64);
             batch.clear();
             {

@@ -107,6 +107,12 @@ impl Server {
         }
     }
 
+    /// Connects and disconnects may reach Python a little late (at most 2 ms), batched: for an
+    /// application without connect or disconnect hooks. Any other event still wakes it at once.
+    fn set_lazy_lifecycle(&self, lazy: bool) {
+        self.engine.inbound.set_lazy_lifecycle(lazy);
+    }
+
     /// The eventfd that becomes readable when events wait in the drain queue.
     #[getter]
     fn fd(&self) -> i32 {

@@ -41,14 +41,6 @@ impl Engine {
         }
     }
 
-    /// The connection's token deadline for clients (`server_ready`), `null` when there is none.
-    pub fn token_expires_at(&self, conn: &Conn) -> Value {
-        match conn.token_expires_ms.load(Relaxed) {
-            0 => Value::Null,
-            t => Value::from(t),
-        }
-    }
-
     /// Closes the connection when its token has expired; true when it did (sweep).
     pub fn expire_token(&self, c: &Arc<Conn>, now: u64) -> bool {
         let deadline = c.token_expires_ms.load(Relaxed);

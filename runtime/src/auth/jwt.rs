@@ -71,8 +71,8 @@ struct Key {
 /// Verifies tokens against the current key and, during rotation, the previous one.
 pub struct JwtVerifier {
     keys: Vec<Key>,
-    algorithms: Vec<Algorithm>,
-    base: Validation,
+    /// The checks for a token of each enabled algorithm, built once (not per token).
+    validations: Vec<(Algorithm, Validation)>,
     max_token_bytes: usize,
     /// Claims checked after the signature (`JwtConfig::required_claims`).
     required_claims: Vec<String>,
@@ -162,7 +162,15 @@ impl JwtVerifier {
         }
         base.set_required_spec_claims(&required);
         let required_claims = cfg.required_claims.clone();
-        Ok(Self { keys, algorithms, base, max_token_bytes: cfg.max_token_bytes, required_claims })
+        let validations = algorithms
+            .iter()
+            .map(|&alg| {
+                let mut v = base.clone();
+                v.algorithms = vec![alg];
+                (alg, v)
+            })
+            .collect();
+        Ok(Self { keys, validations, max_token_bytes: cfg.max_token_bytes, required_claims })
     }
 
     /// Checks a token and returns its claims.
@@ -175,9 +183,9 @@ impl JwtVerifier {
         }
         // `alg: none` and unknown algorithms fail here: the crate has no such variant.
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, v)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(AuthError::Algorithm);
-        }
+        };
         let mut last = AuthError::UnknownKid;
         for key in &self.keys {
             if let (Some(want), Some(got)) = (&key.kid, &header.kid) {
@@ -193,9 +201,7 @@ impl JwtVerifier {
                 last = AuthError::Algorithm;
                 continue;
             };
-            let mut v = self.base.clone();
-            v.algorithms = vec![header.alg];
-            match decode::<Map<String, Value>>(token, dk, &v) {
+            match decode::<Map<String, Value>>(token, dk, v) {
                 Ok(data) => return self.check_required(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;

@@ -57,14 +57,15 @@ impl UserSlots {
 
 /// The listener's hook after a successful handshake: true if this user may have one more
 /// connection. Otherwise the client gets `TOO_MANY_CONNECTIONS` and close 4429.
-pub async fn admit<S: AsyncRead + AsyncWrite + Unpin>(engine: &Engine, user: Option<&str>, stream: &mut S) -> bool {
+/// `head` is the upgrade's answer, not written yet: a refusal sends it first.
+pub async fn admit<S: AsyncRead + AsyncWrite + Unpin>(engine: &Engine, user: Option<&str>, stream: &mut S, head: &[u8]) -> bool {
     let Some(user) = user else { return true };
     if engine.user_slots.try_acquire(user, engine.cfg.max_connections_per_user) {
         return true;
     }
     Metrics::inc(&engine.metrics.connections_rejected_user);
     log::debug!(target: "wse.access", "user {user:?} refused: closed 4429, over max_connections_per_user");
-    let mut out = Vec::new();
+    let mut out = head.to_vec();
     if engine.cfg.envelopes {
         let msg = format!("at most {} connections per user", engine.cfg.max_connections_per_user);
         out.extend_from_slice(&frame::build(engine.opcode(), &envelope::error("TOO_MANY_CONNECTIONS", &msg, 1)));
