@@ -148,7 +148,8 @@ class Driver:
         rec["reason"] = scrub(rec["reason"])
         rec["elapsed_s"] = round(time.monotonic() - t0, 2)
         counted = [x for x in rec["samples"] if x.get("counted")]
-        med = sorted(x["per_cpu"] for x in counted if x.get("per_cpu"))
+        # The one-at-a-time handshakes are latency samples: their CPU figure is not the rate's.
+        med = sorted(x["per_cpu"] for x in counted if x.get("per_cpu") and not x.get("serial"))
         unclean = sorted({x["why"] for x in rec["samples"] if not x.get("ok") and x.get("why")})
         print(f"  {scenario:18} {rec['server']:14} {rec['status']:7} {len(counted)}/{len(rec['samples'])} counted"
               f"{'  median per server CPU-s ' + report.si(med[len(med) // 2]) if med else ''}"

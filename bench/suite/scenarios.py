@@ -303,6 +303,9 @@ def handshake(lg: Loadgen, server: Server, shape: Shape) -> tuple[list[dict[str,
     per_conn = cold.get("cost") or 1e-4
     count = int(min(60_000, max(shape.handshake_count, shape.target_cpu_s / per_conn)))
     _, warm, steady, n = steady_state(lambda: _handshake_once(lg, server, count, 8), shape)
+    # Re-sized from the warm cost (a warm server spends less per connection than a cold one).
+    per_conn = next((w["cost"] for w in reversed(warm) if w.get("cost")), per_conn)
+    count = int(min(60_000, max(shape.handshake_count, shape.target_cpu_s / per_conn)))
     samples, raw = [], []
     for i, rep in enumerate([cold] + [_handshake_once(lg, server, count, 8) for _ in range(shape.runs)]):
         first = rep.get("first_frame") or {}
