@@ -9,9 +9,11 @@ fragments, control frames and bad UTF-8), all under `strace`, and keeps what the
                                                (`C:`), encrypted (`E:`)
 - the token places of each request          -> corpus/token, and the tokens -> corpus/jwt
 - what a worker read from a mesh peer       -> corpus/mesh_wire
+- each permessage-deflate message (RSV1)    -> corpus/permessage_deflate (compressed payload),
+                                               and its `Sec-WebSocket-Extensions` offers
 
 Run from the repository root in the venv the test command installs (strace and kosoku needed):
-    python fuzz/capture_seeds.py [--keep-trace DIR]
+    python fuzz/capture_seeds.py [--keep-trace DIR] [--no-autobahn] [--suite tests/test_x.py ...]
 then `bash fuzz/run.sh cmin` to reduce each corpus to the inputs that add coverage.
 """
 
@@ -37,6 +39,7 @@ SUITES = [
     "tests/test_smoke.py",
     "tests/test_cluster_presence.py",
     "tests/test_cluster_recovery.py",
+    "tests/test_deflate.py",
 ]
 STRACE = ["strace", "-f", "-qq", "-yy", "-xx", "-s", "262144", "-e", "trace=read,recvfrom", "-e", "signal=none"]
 MAX_SEED = 64 << 10
@@ -84,8 +87,9 @@ def parse_trace(path: Path) -> dict[tuple[bytes, bytes], bytearray]:
     return streams
 
 
-def ws_messages(stream: bytes) -> tuple[int, list[tuple[int, bytes]]]:
-    """Client frames: (bytes of whole frames, reassembled messages as (opcode, payload))."""
+def ws_messages(stream: bytes) -> tuple[int, list[tuple[int, bytes, bool]]]:
+    """Client frames: (bytes of whole frames, reassembled messages as (opcode, payload,
+    compressed: RSV1 on its first frame))."""
     pos, out, partial = 0, [], None
     while True:
         if len(stream) - pos < 2:
@@ -109,11 +113,11 @@ def ws_messages(stream: bytes) -> tuple[int, list[tuple[int, bytes]]]:
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(body))
         op, fin = b0 & 0x0F, b0 & 0x80
         if op in (1, 2):
-            partial = (op, bytearray(payload))
+            partial = (op, bytearray(payload), bool(b0 & 0x40))
         elif op == 0 and partial is not None:
             partial[1].extend(payload)
         if op in (0, 1, 2) and fin and partial is not None:
-            out.append((partial[0], bytes(partial[1])))
+            out.append((partial[0], bytes(partial[1]), partial[2]))
             partial = None
         pos = end
         if op == 8:
@@ -205,9 +209,14 @@ def harvest(streams: dict[tuple[bytes, bytes], bytearray], seeds: Seeds) -> None
             frames = cut_frames(rest, MAX_SEED, first_ws_frame)
             if frames:
                 seeds.add("frame", frames, cap=600)
+            if h.get("sec-websocket-extensions"):
+                seeds.add("permessage_deflate", h["sec-websocket-extensions"].encode(), cap=100)
             _, msgs = ws_messages(rest)
-            for op, m in msgs:
+            for op, m, compressed in msgs:
                 if len(m) > MAX_SEED:
+                    continue
+                if compressed:
+                    seeds.add("permessage_deflate", m)
                     continue
                 prefix = m[:2]
                 if op == 2 and prefix in (b"M:", b"C:", b"E:"):
@@ -218,8 +227,8 @@ def harvest(streams: dict[tuple[bytes, bytes], bytearray], seeds: Seeds) -> None
             seeds.add("mesh_wire", cut_frames(data, MAX_SEED, first_mesh_frame), cap=300)
 
 
-def run_suites(trace: Path) -> None:
-    cmd = [*STRACE, "-o", str(trace), sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUITES]
+def run_suites(trace: Path, suites: list[str]) -> None:
+    cmd = [*STRACE, "-o", str(trace), sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *suites]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=False)
 
@@ -250,6 +259,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep-trace", type=Path, help="keep the strace output here")
     ap.add_argument("--no-autobahn", action="store_true")
+    ap.add_argument("--suite", action="append", help="run this test file only (repeatable; default: every suite above)")
     a = ap.parse_args()
     for tool in ("strace", "kosoku"):
         if not shutil.which(tool):
@@ -257,7 +267,7 @@ def main() -> None:
     work = a.keep_trace or Path(tempfile.mkdtemp(prefix="wse-capture-"))
     work.mkdir(parents=True, exist_ok=True)
     seeds = Seeds()
-    run_suites(work / "suites.trace")
+    run_suites(work / "suites.trace", a.suite or SUITES)
     harvest(parse_trace(work / "suites.trace"), seeds)
     if not a.no_autobahn:
         run_autobahn(work / "autobahn.trace", work / "autobahn")

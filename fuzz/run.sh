@@ -23,8 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Every target; keep in step with Cargo.toml's [[bin]]s.
-# SLOT: add permessage_deflate here once the engine has permessage-deflate (see README.md).
-TARGETS=(frame handshake token jwt envelope_json msgpack zlib encrypted mesh_wire)
+TARGETS=(frame handshake token jwt envelope_json msgpack zlib encrypted mesh_wire permessage_deflate)
 
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN=target/$TRIPLE/release

@@ -90,4 +90,5 @@ def test_cluster_workers_take_the_cli_settings() -> None:
     env = {"WSE_ALLOWED_ORIGINS": f"{APP}\nhttps://b.example", "WSE_PERMESSAGE_DEFLATE": "1"}
     assert config_overrides(env) == {"allowed_origins": (APP, "https://b.example"), "permessage_deflate": True}
     assert config_overrides({"WSE_ALLOWED_ORIGINS": "", "WSE_PERMESSAGE_DEFLATE": "0"}) == {"allowed_origins": (), "permessage_deflate": False}
+    assert config_overrides({"WSE_MAX_CONNECTIONS_PER_IP": "50"}) == {"max_connections_per_ip": 50}
     assert config_overrides({}) == {}

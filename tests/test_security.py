@@ -321,6 +321,68 @@ def test_silent_sockets_from_one_address_leave_others_served(make_server: Any) -
     asyncio.run(main())
 
 
+def test_open_connections_per_address_are_bounded_with_429(make_server: Any) -> None:
+    """``max_connections_per_ip``: upgraded connections and handshakes in progress from one
+    address count together; one more is answered 429 before any upgrade and counted; other
+    addresses (the bystander's) are served; a closed connection gives its place back."""
+    srv = make_server({"max_connections_per_ip": 4, "handshake_timeout_ms": 60_000})
+
+    async def main() -> None:
+        by = Bystander(srv.url)
+        await by.start()
+        source = "127.0.0.2"
+        conns = [(await open_ready(srv.url, local_addr=(source, 0)))[0] for _ in range(3)]
+        silent = await asyncio.to_thread(silent_sockets, srv.port, source, 1)  # a handshake pending
+        extra = await asyncio.to_thread(silent_sockets, srv.port, source, 2)
+        for s in extra:
+            s.sendall(b"GET /wse HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answers = await asyncio.to_thread(lambda: [read_all(s) for s in extra])
+        assert all(a.startswith(b"HTTP/1.1 429 Too Many Requests\r\n") for a in answers), answers
+        for s in extra:
+            s.close()
+        await by.more_rounds(3)
+        # Another address is served; the count is per address.
+        other, _ = await asyncio.wait_for(open_ready(srv.url, local_addr=("127.0.0.3", 0)), 20.0)
+        st = await stats(other)
+        assert st["engine"]["connections_rejected_ip"] == 2, st["engine"]
+        assert st["engine"]["connections_rejected_pending_ip"] == 0
+        # The upgraded ones work, and a place given back is taken again.
+        await conns[0].ping()
+        await conns[0].close()
+        silent[0].close()
+        again = []
+        deadline = time.monotonic() + 30
+        while len(again) < 2:
+            try:
+                ws, _ = await open_ready(srv.url, local_addr=(source, 0))
+                again.append(ws)
+            except InvalidStatus as e:  # refused while the server has not yet seen the close
+                assert e.response.status_code == 429, e.response
+                assert time.monotonic() < deadline, "a closed connection's place was not given back"
+                await asyncio.sleep(0.05)
+        for ws in [*conns[1:], *again, other]:
+            await ws.close()
+        await by.finish()
+
+    asyncio.run(main())
+
+
+def test_cli_sets_the_open_connections_bound_per_address(make_server: Any) -> None:
+    srv = make_server({}, args=["--max-connections-per-ip", "1"])
+
+    async def main() -> None:
+        ws, _ = await open_ready(srv.url, local_addr=("127.0.0.4", 0))
+        try:
+            await open_ready(srv.url, local_addr=("127.0.0.4", 0))
+            raise AssertionError("a second connection from the address was upgraded")
+        except InvalidStatus as e:
+            assert e.response.status_code == 429, e.response
+        await ws.close()
+
+    asyncio.run(main())
+
+
 def test_total_pending_limit_answers_503_and_counts(make_server: Any) -> None:
     srv = make_server({"max_pending_handshakes": 8, "handshake_timeout_ms": 60_000})
 

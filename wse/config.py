@@ -61,6 +61,12 @@ class WSEConfig:
     io_threads: int = 1
     """Tokio threads; 1 runs the engine on a single dedicated thread (best per core)."""
     max_connections: int = 10_000
+    max_connections_per_ip: int = 0
+    """Open connections (handshakes included) from one source address (IPv6: one /64), per
+    worker; past it a new socket is answered HTTP 429 before the upgrade and counted in
+    ``wse_connections_rejected_total{reason="max_connections_per_ip"}``. 0 (the default): no
+    bound, since behind a reverse proxy or a NAT every client has the same address and a load
+    test opens thousands from one host. Not applied over ``uds``."""
     max_pending_handshakes: int = 512
     """Sockets accepted but not yet upgraded; past it a new socket is answered 503."""
     max_pending_handshakes_per_ip: int = 256

@@ -39,6 +39,7 @@ ENGINE_METRICS: list[_Spec] = [
      [("connections_rejected_limit", {"reason": "max_connections"}, 1),
       ("connections_rejected_pending", {"reason": "max_pending_handshakes"}, 1),
       ("connections_rejected_pending_ip", {"reason": "max_pending_handshakes_per_ip"}, 1),
+      ("connections_rejected_ip", {"reason": "max_connections_per_ip"}, 1),
       ("connections_rejected_user", {"reason": "max_connections_per_user"}, 1)]),
     ("wse_handshakes_total", "counter", "Successful WebSocket upgrades.", [("handshakes_ok", {}, 1)]),
     ("wse_handshake_failures_total", "counter", "Failed upgrades, by reason.",

@@ -99,6 +99,9 @@ pub struct Config {
     /// Tokio worker threads; 1 runs a current-thread runtime on one dedicated thread.
     pub io_threads: usize,
     pub max_connections: usize,
+    /// Open connections (handshakes included) from one source address (IPv6: one /64), per
+    /// worker; past it a new socket is answered 429 (0: no bound, the default).
+    pub max_connections_per_ip: usize,
     /// Sockets accepted but not yet upgraded (slowloris bound).
     pub max_pending_handshakes: usize,
     /// Of those, from one source address (IPv6: one /64) at most (0: no bound per address).
@@ -228,6 +231,7 @@ impl Default for Config {
             reuse_port: true,
             io_threads: 1,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             max_pending_handshakes: 512,
             max_pending_handshakes_per_ip: 256,
             handshake_timeout_ms: 5_000,

@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::connection::{self, Conn};
 use crate::engine::Engine;
 use crate::handshake::{self, Accepted};
-use crate::limits::handshakes::{Pending, Refused, Slot};
+use crate::limits::addresses::AddressCounts;
+use crate::limits::handshakes::{Pending, Refused, Slot, RESPONSE_429};
 use crate::metrics::Metrics;
 
 /// A bound listening socket: TCP, or a Unix domain socket (`uds`).
@@ -120,6 +121,14 @@ impl Stream {
             Self::Unix(s) => pending.refuse(s),
         }
     }
+
+    /// Answers `response` (within the same bound) and closes.
+    fn refuse_with(self, pending: &Pending, response: &'static [u8]) {
+        match self {
+            Self::Tcp(s) => pending.refuse_with(s, response),
+            Self::Unix(s) => pending.refuse_with(s, response),
+        }
+    }
 }
 
 /// Accepts until `stop` turns true.
@@ -136,6 +145,10 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
         }
     };
     let pending = Pending::new(engine.cfg.max_pending_handshakes, engine.cfg.max_pending_handshakes_per_ip);
+    // Open connections (handshakes included) per source address; not over a Unix socket,
+    // where every client has the same address (the proxy's).
+    let open_by_ip = AddressCounts::default();
+    let per_ip = engine.cfg.max_connections_per_ip;
     let tls = engine.tls.clone();
     let m = engine.metrics.clone();
     let background = background::spawn(&engine, stop.clone());
@@ -158,6 +171,20 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
             stream.refuse(&pending);
             continue;
         }
+        let counted = if per_ip > 0 && addr != UNIX_PEER {
+            match open_by_ip.take(addr, per_ip) {
+                Some(c) => Some(c),
+                None => {
+                    Metrics::inc(&m.connections_rejected_ip);
+                    log::debug!(target: "wse.access", "{addr} refused: 429 max_connections_per_ip reached");
+                    engine.release_slot();
+                    stream.refuse_with(&pending, RESPONSE_429);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let permit = match pending.admit(addr) {
             Ok(p) => p,
             Err(why) => {
@@ -202,6 +229,7 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
                 }
             }
             engine.release_slot();
+            drop(counted);
         });
     }
     background.finish();

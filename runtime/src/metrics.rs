@@ -22,6 +22,7 @@ counters!(
     connections_rejected_limit,
     connections_rejected_pending,
     connections_rejected_pending_ip,
+    connections_rejected_ip,
     handshakes_ok,
     handshake_timeouts,
     handshake_bad_request,

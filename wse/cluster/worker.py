@@ -91,13 +91,16 @@ class Worker:
 
 
 def config_overrides(env: Any) -> dict[str, Any]:
-    """Settings the CLI changed (``WSE_ALLOWED_ORIGINS``, newline-separated, and
-    ``WSE_PERMESSAGE_DEFLATE``, 1 or 0), to apply over the application's own config."""
+    """Settings the CLI changed (``WSE_ALLOWED_ORIGINS``, newline-separated,
+    ``WSE_PERMESSAGE_DEFLATE``, 1 or 0, and ``WSE_MAX_CONNECTIONS_PER_IP``), to apply over the
+    application's own config."""
     out: dict[str, Any] = {}
     if "WSE_ALLOWED_ORIGINS" in env:
         out["allowed_origins"] = tuple(o for o in env["WSE_ALLOWED_ORIGINS"].split("\n") if o)
     if env.get("WSE_PERMESSAGE_DEFLATE") in ("0", "1"):
         out["permessage_deflate"] = env["WSE_PERMESSAGE_DEFLATE"] == "1"
+    if env.get("WSE_MAX_CONNECTIONS_PER_IP", "").isdigit():
+        out["max_connections_per_ip"] = int(env["WSE_MAX_CONNECTIONS_PER_IP"])
     return out
 
 

@@ -173,6 +173,12 @@ def run(
             "others get 403. Replaces the app's allowed_origins. Clients without Origin stay allowed.",
         ),
     ] = None,
+    max_connections_per_ip: Annotated[
+        Optional[int],
+        typer.Option(envvar="WSE_MAX_CONNECTIONS_PER_IP", min=0,
+                     help="Open connections from one client address (IPv6: a /64) per worker; more get HTTP 429. "
+                     "0: no bound (the default: behind a proxy every client has its address)."),
+    ] = None,
     permessage_deflate: Annotated[
         Optional[bool],
         typer.Option(envvar="WSE_PERMESSAGE_DEFLATE", help="Turn permessage-deflate (RFC 7692) on or off (default: the app's config)."),
@@ -215,6 +221,8 @@ def run(
         changes["allowed_origins"] = tuple(allowed_origin)
     if permessage_deflate is not None:
         changes["permessage_deflate"] = permessage_deflate
+    if max_connections_per_ip is not None:
+        changes["max_connections_per_ip"] = max_connections_per_ip
     if redis:
         changes["redis_url"] = redis
     if changes:
@@ -238,6 +246,8 @@ def run(
             env["WSE_ALLOWED_ORIGINS"] = "\n".join(allowed_origin)
         if permessage_deflate is not None:
             env["WSE_PERMESSAGE_DEFLATE"] = "1" if permessage_deflate else "0"
+        if max_connections_per_ip is not None:
+            env["WSE_MAX_CONNECTIONS_PER_IP"] = str(max_connections_per_ip)
         cfg = ClusterConfig(
             target=target,
             workers=None if workers == "auto" else int(workers),

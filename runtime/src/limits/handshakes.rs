@@ -3,14 +3,14 @@
 //! either bound is answered `503 Service Unavailable` and closed; the refusals themselves are
 //! bounded too (past that, a refused socket is simply dropped).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::addresses::{AddressCounts, Counted};
 
 /// Refusals being written at once, at most; each lives for up to `LINGER`.
 const MAX_REFUSALS: usize = 1024;
@@ -19,21 +19,9 @@ const MAX_REFUSALS: usize = 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const RESPONSE_503: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
-
-/// Which address a pending handshake is counted under: IPv4 as is, IPv6 by its /64 (one host
-/// usually holds a whole /64).
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+/// `max_connections_per_ip`: this client holds too many connections (the server is not full).
+pub const RESPONSE_429: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
 
 /// Why a socket was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,32 +35,14 @@ pub enum Refused {
 pub struct Pending {
     total: Arc<Semaphore>,
     per_ip: usize,
-    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    by_ip: AddressCounts,
     refusals: Arc<Semaphore>,
 }
 
 /// A pending handshake's slots; dropping it frees them.
 pub struct Slot {
     _total: OwnedSemaphorePermit,
-    ip: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some((ip, map)) = self.ip.take() {
-            release(&map, ip);
-        }
-    }
-}
-
-fn release(map: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
-    let mut m = map.lock();
-    if let Some(n) = m.get_mut(&ip) {
-        *n -= 1;
-        if *n == 0 {
-            m.remove(&ip);
-        }
-    }
+    _ip: Option<Counted>,
 }
 
 impl Pending {
@@ -81,42 +51,30 @@ impl Pending {
         Self {
             total: Arc::new(Semaphore::new(total)),
             per_ip,
-            by_ip: Arc::new(Mutex::new(HashMap::new())),
+            by_ip: AddressCounts::default(),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         }
     }
 
     /// Takes a slot for a handshake from `addr`, or says which bound refused it.
     pub fn admit(&self, addr: SocketAddr) -> Result<Slot, Refused> {
-        let ip = if self.per_ip > 0 {
-            let k = key(addr.ip());
-            let mut m = self.by_ip.lock();
-            let n = m.entry(k).or_insert(0);
-            if *n >= self.per_ip {
-                return Err(Refused::PerAddress);
-            }
-            *n += 1;
-            Some((k, self.by_ip.clone()))
-        } else {
-            None
-        };
-        match self.total.clone().try_acquire_owned() {
-            Ok(total) => Ok(Slot { _total: total, ip }),
-            Err(_) => {
-                if let Some((k, map)) = ip {
-                    release(&map, k);
-                }
-                Err(Refused::Total)
-            }
-        }
+        let ip = if self.per_ip > 0 { Some(self.by_ip.take(addr, self.per_ip).ok_or(Refused::PerAddress)?) } else { None };
+        // Refused in total: the address's count is given back as `ip` drops.
+        let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
+        Ok(Slot { _total: total, _ip: ip })
     }
 
-    /// Answers `503` and closes, in its own task; without a free refusal slot, just closes.
-    pub fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, mut stream: S) {
+    /// Answers `503` and closes (see `refuse_with`).
+    pub fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, stream: S) {
+        self.refuse_with(stream, RESPONSE_503)
+    }
+
+    /// Answers `response` and closes, in its own task; without a free refusal slot, just closes.
+    pub fn refuse_with<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, mut stream: S, response: &'static [u8]) {
         let Ok(permit) = self.refusals.clone().try_acquire_owned() else { return };
         tokio::spawn(async move {
             let _permit = permit;
-            if stream.write_all(RESPONSE_503).await.is_err() {
+            if stream.write_all(response).await.is_err() {
                 return;
             }
             let _ = stream.shutdown().await;
@@ -135,7 +93,7 @@ impl Pending {
     /// Addresses with a handshake pending now (for tests).
     #[cfg(test)]
     fn addresses(&self) -> usize {
-        self.by_ip.lock().len()
+        self.by_ip.addresses()
     }
 }
 
@@ -159,16 +117,6 @@ mod tests {
         assert_eq!(p.addresses(), 2);
         drop(a1);
         assert!(p.admit(addr("10.0.0.1:4")).is_ok());
-    }
-
-    #[test]
-    fn ipv6_counts_by_64_and_mapped_v4_as_v4() {
-        let p = Pending::new(100, 1);
-        let _a = p.admit(addr("[2001:db8:1:2::1]:1")).unwrap();
-        assert_eq!(p.admit(addr("[2001:db8:1:2::99]:1")).err(), Some(Refused::PerAddress));
-        assert!(p.admit(addr("[2001:db8:1:3::1]:1")).is_ok());
-        let _v4 = p.admit(addr("192.0.2.1:1")).unwrap();
-        assert_eq!(p.admit(addr("[::ffff:192.0.2.1]:1")).err(), Some(Refused::PerAddress));
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn run(mesh: Arc<Mesh>, engine: Arc<Engine>, listener: StdUnixListener
             }
             _ = tick.tick() => {
                 engine.check_synced(&mesh);
+                engine.check_cuts(&mesh);
                 for name in candidates(&mesh) {
                     if mesh.is_linked(&name) || !dialing.lock().insert(name.clone()) {
                         continue;
@@ -146,13 +147,23 @@ async fn link(mesh: Arc<Mesh>, engine: Arc<Engine>, s: UnixStream) {
             _ = peer.cut.notified() => break,
         }
     }
+    // A link cut while the peer's process lives: the peer keeps the topics it stamps and gets
+    // what was handed to it again on the re-link. Marked before the peer leaves the live list,
+    // so no publication meanwhile takes its topics over.
+    let cut = mesh.seq.as_ref().is_some_and(|seq| {
+        let alive = super::handoff::alive(&peer.name);
+        if alive {
+            seq.handoffs.cut(&peer);
+        }
+        alive
+    });
     mesh.remove_peer(&peer);
     engine.presence_link_closed(&peer);
     writer.abort();
     if let Some(s) = state {
         s.abort();
     }
-    engine.peer_gone(&mesh, &peer);
+    engine.peer_gone(&mesh, &peer, cut);
 }
 
 fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
@@ -177,6 +188,7 @@ fn apply(mesh: &Mesh, engine: &Engine, peer: &Peer, f: Frame, len: usize) {
         }
         Frame::Synced => {
             peer.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            engine.synced_from(mesh, peer);
             engine.check_synced(mesh);
         }
         Frame::Presence(p) => engine.presence_from_peer(peer, p),

@@ -7,6 +7,7 @@
 //! Discovery: every worker listens on `<dir>/mesh-<slot>-<pid>.sock` and scans `dir`; of two
 //! workers, the one whose socket name sorts first dials the other.
 
+mod handoff;
 mod link;
 mod peer;
 mod replica;
@@ -191,6 +192,10 @@ impl Mesh {
             wire::interest(&mut f, t, true);
         }
         p.push_control(&f);
+        if let Some(seq) = &self.seq {
+            // Hand-offs go to it from now on; those it has not stamped (a cut link's) go again.
+            seq.handoffs.linked(&p);
+        }
         st.peers.insert(p.name.clone(), p.clone());
         self.live.write().push(p);
         true

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::peer::Peer;
-use super::sequencer::{rank, Sequencer};
+use super::handoff;
+use super::sequencer::{rank, Handoff, Sequencer};
 use super::wire::{self, Stamp};
 use super::Mesh;
 use crate::engine::Engine;
@@ -33,25 +34,37 @@ impl Engine {
             return self.topics.subscriber_count(topic);
         }
         let t = self.topics.get_or_create(topic);
-        match self.owner_of(m, &t, topic) {
-            None => self.publish_to(&t, topic, category, msg_type, payload, 0),
-            Some(owner) => {
-                if seq.hand_to(&owner, topic, category, msg_type, payload) {
-                    m.stats.sent(owner.slot, payload.len());
+        if let Some((owner, slot)) = self.owner_of(m, seq, &t, topic) {
+            match seq.hand_to(&owner, topic, category, msg_type, payload) {
+                Handoff::Sent | Handoff::Kept => {
+                    if let Some(slot) = slot {
+                        m.stats.sent(slot, payload.len());
+                    }
+                    Metrics::inc(&self.metrics.publishes);
+                    return t.subscriber_count();
                 }
-                Metrics::inc(&self.metrics.publishes);
-                t.subscriber_count()
+                // The owner's link closed meanwhile (and it is not waited for): stamped here.
+                Handoff::Refused => {}
             }
         }
+        self.publish_to(&t, topic, category, msg_type, payload, 0)
     }
 
-    /// The peer that stamps `topic`, or `None` for this worker.
-    fn owner_of(&self, m: &Mesh, t: &Topic, topic: &str) -> Option<Arc<Peer>> {
+    /// The worker that stamps `topic` (its socket name, and its slot while linked), or `None`
+    /// for this one. An owner whose link is cut while it lives stays the owner.
+    fn owner_of(&self, m: &Mesh, seq: &Sequencer, t: &Topic, topic: &str) -> Option<(Arc<str>, Option<u32>)> {
         let owner = t.owner();
-        m.with_live(|live| match owner {
-            Owner::Me => None,
-            Owner::Peer(name) if live.iter().any(|p| p.name == name) => live.iter().find(|p| p.name == name).cloned(),
-            _ => Sequencer::elect(topic, m.cfg.slot, live).cloned(),
+        m.with_live(|live| {
+            let elect = || Sequencer::elect(topic, m.cfg.slot, live).map(|p| (p.name.clone(), Some(p.slot)));
+            match owner {
+                Owner::Me => None,
+                Owner::Peer(name) => match live.iter().find(|p| p.name == name) {
+                    Some(p) => Some((p.name.clone(), Some(p.slot))),
+                    None if seq.handoffs.is_cut(&name) => Some((name, None)),
+                    None => elect(),
+                },
+                Owner::Unknown => elect(),
+            }
         })
     }
 
@@ -79,7 +92,8 @@ impl Engine {
         let (op, zip) = (self.opcode(), self.cfg.zip());
         let mut help = false;
         let linked = |p: &str| m.is_linked(p);
-        let mirrored = Mirrored { epoch: st.epoch, offset: st.offset, from: name, outranks_me: outranks, linked: &linked };
+        let from_synced = from.synced.load(Relaxed);
+        let mirrored = Mirrored { epoch: st.epoch, offset: st.offset, from: name, outranks_me: outranks, linked: &linked, from_synced };
         let took = t.next_mirrored(
             mirrored,
             self.topics.ring_total(),
@@ -102,7 +116,13 @@ impl Engine {
     }
 
     /// A peer handed this worker a publication to stamp.
+    /// One sent again after a cut link re-opened is stamped only if it was not before.
     pub(crate) fn stamp_for(&self, id: u64, topic: &str, category: &str, msg_type: &str, payload: &[u8]) {
+        if let Some(seq) = self.mesh.as_ref().and_then(|m| m.seq.as_ref()) {
+            if !seq.stamped.first_time(id) {
+                return;
+            }
+        }
         let t = self.topics.get_or_create(topic);
         self.publish_to(&t, topic, category, msg_type, payload, id);
     }
@@ -117,7 +137,28 @@ impl Engine {
         let msgs: Vec<Arc<OutMsg>> =
             entries.into_iter().map(|(st, b)| Arc::new(OutMsg::new(framed(&b), op, zip, st.offset, st.at_ms))).collect();
         let lim = *lim;
-        self.topics.get_or_create(topic).merge(epoch, pushed, owner.then_some(&from.name), msgs, &lim, self.topics.ring_total());
+        let t = self.topics.get_or_create(topic);
+        let mut help = false;
+        t.merge(epoch, pushed, owner.then_some(&from.name), msgs, &lim, self.topics.ring_total(), &mut |msg| {
+            help |= self.pubq.push(Target::Topic(t.clone()), msg);
+        });
+        if help {
+            self.pubq.run_batch(&self.topics, &self.metrics);
+        }
+    }
+
+    /// A peer sent its whole state: a gap before its live publications that its rings did not
+    /// fill is let through (subscribers see the jump in offsets).
+    pub(crate) fn synced_from(&self, m: &Mesh, from: &Peer) {
+        if m.seq.is_none() {
+            return;
+        }
+        for (_, t) in self.topics.all() {
+            t.flush_held_from(&from.name, &mut |msg| {
+                self.pubq.push(Target::Topic(t.clone()), msg);
+            });
+        }
+        self.pubq.wake();
     }
 
     /// Sends a new peer every ring, then `SYNCED`. Publications stamped before the peer was
@@ -170,9 +211,10 @@ impl Engine {
         }
     }
 
-    /// A peer went away: its gates no longer hold anything back, and what was handed to it
-    /// and not stamped goes to the topics' next owners.
-    pub(crate) fn peer_gone(&self, m: &Mesh, peer: &Peer) {
+    /// A peer's link closed: its gates no longer hold anything back. If the peer died (`cut`
+    /// false), what was handed to it and not stamped goes to the topics' next owners; if only
+    /// the link was cut, that waits for the re-link (`handoff.rs`).
+    pub(crate) fn peer_gone(&self, m: &Mesh, peer: &Peer, cut: bool) {
         if let Some(seq) = &m.seq {
             // Its last publications are all applied now: what waited for them goes.
             for (_, t) in self.topics.all() {
@@ -180,11 +222,22 @@ impl Engine {
                     self.pubq.push(Target::Topic(t.clone()), msg);
                 });
             }
-            for h in seq.orphaned(&peer.name) {
-                self.publish(&h.topic, &h.category, &h.msg_type, &h.payload);
+            if !cut {
+                for h in seq.orphaned(&peer.name) {
+                    self.publish(&h.topic, &h.category, &h.msg_type, &h.payload);
+                }
             }
         }
         self.pubq.wake();
+    }
+
+    /// Cut links whose peer died or did not come back in time: their hand-offs go to the
+    /// topics' next owners (called every mesh scan).
+    pub(crate) fn check_cuts(&self, m: &Mesh) {
+        let Some(seq) = &m.seq else { return };
+        for h in seq.expired_cuts(handoff::alive) {
+            self.publish(&h.topic, &h.category, &h.msg_type, &h.payload);
+        }
     }
 }
 

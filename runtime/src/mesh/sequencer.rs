@@ -4,7 +4,8 @@
 //!
 //! - A publication made on another worker goes to the owner (`SEQUENCE`), which stamps it and
 //!   sends it, stamped, to every peer (`STAMPED`); the worker that made it keeps it until it
-//!   sees it stamped, and hands it to the next owner if the owner dies first.
+//!   sees it stamped, and hands it to the next owner if the owner dies first; if only the
+//!   link was cut, it sends it again on the re-link (handoff.rs).
 //! - The owner delivers a publication to its own clients only after the mesh has written it to
 //!   every peer (a gate in the publish queue): if the owner dies, what its clients saw is
 //!   already in the survivors' socket buffers.
@@ -14,7 +15,6 @@
 //! - A worker joining the mesh gets every peer's rings (`SNAPSHOT`, then `SYNCED`) and accepts
 //!   clients once every peer has sent it theirs, or after a grace period.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,27 +23,22 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rand_core::{OsRng, RngCore};
 
+pub use super::handoff::Handed;
+pub use super::handoff::Handoff;
+use super::handoff::{Handoffs, Stamped};
 use super::peer::Peer;
 use super::wire::{self, Stamp};
 
 /// How long a worker joining the mesh waits for every peer's state before it serves anyway.
 pub const SYNC_GRACE: Duration = Duration::from_secs(3);
 
-/// A publication handed to an owner, kept until it comes back stamped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handed {
-    pub id: u64,
-    pub topic: String,
-    pub category: String,
-    pub msg_type: String,
-    pub payload: Bytes,
-}
-
 pub struct Sequencer {
     /// The last gate given out; held while a stamped frame is queued on every peer.
     gate: Mutex<u64>,
     /// Per owner (peer name), what was handed to it and not yet seen stamped.
-    handed: Mutex<HashMap<Arc<str>, VecDeque<Handed>>>,
+    pub handoffs: Handoffs,
+    /// As an owner: the hand-offs stamped, so one sent again after a cut is stamped once.
+    pub stamped: Stamped,
     /// Publication ids: a random tag for this process in the high 24 bits, a counter below.
     next_id: AtomicU64,
     /// Publications made before the worker was synced, to publish once it is.
@@ -87,7 +82,8 @@ impl Sequencer {
         let tag = (OsRng.next_u32() as u64 & 0xff_ffff).max(1);
         Self {
             gate: Mutex::new(0),
-            handed: Mutex::default(),
+            handoffs: Handoffs::default(),
+            stamped: Stamped::default(),
             next_id: AtomicU64::new(tag << 40),
             early: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -140,22 +136,16 @@ impl Sequencer {
         *g
     }
 
-    /// Hands a publication to its owner; it is kept until the owner's stamped copy comes back.
-    pub fn hand_to(&self, owner: &Peer, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> bool {
+    /// Hands a publication to its owner (by socket name): sent on its link, or kept for its
+    /// re-link while the link is cut; either way kept until its stamped copy comes back.
+    pub fn hand_to(&self, owner: &Arc<str>, topic: &str, category: &str, msg_type: &str, payload: &[u8]) -> Handoff {
         let id = self.next_id.fetch_add(1, Relaxed);
-        let Some(f) = wire::sequence(id, topic, category, msg_type, payload) else { return false };
-        let mut h = self.handed.lock();
-        h.entry(owner.name.clone()).or_default().push_back(Handed {
-            id,
-            topic: topic.into(),
-            category: category.into(),
-            msg_type: msg_type.into(),
-            payload: Bytes::copy_from_slice(payload),
-        });
-        // Queued under the same lock, so a dying owner's list is complete when it is taken.
-        owner.push_control(&f);
-        self.stats.handed_to_owner.fetch_add(1, Relaxed);
-        true
+        let h = Handed { id, topic: topic.into(), category: category.into(), msg_type: msg_type.into(), payload: Bytes::copy_from_slice(payload) };
+        let r = self.handoffs.hand(owner, h);
+        if r != Handoff::Refused {
+            self.stats.handed_to_owner.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     /// `owner` stamped publication `origin`: this worker's hand-offs up to it are done.
@@ -163,17 +153,19 @@ impl Sequencer {
         if origin == 0 || origin >> 40 != self.next_id.load(Relaxed) >> 40 {
             return;
         }
-        let mut h = self.handed.lock();
-        if let Some(q) = h.get_mut(owner) {
-            while q.front().is_some_and(|x| x.id <= origin) {
-                q.pop_front();
-            }
-        }
+        self.handoffs.came_back(owner, origin);
     }
 
     /// The peer is gone: what it was given and did not stamp, in order, for the next owner.
     pub fn orphaned(&self, owner: &str) -> Vec<Handed> {
-        let v: Vec<Handed> = self.handed.lock().remove(owner).map(Vec::from).unwrap_or_default();
+        let v = self.handoffs.orphaned(owner);
+        self.stats.rehanded.fetch_add(v.len() as u64, Relaxed);
+        v
+    }
+
+    /// Cut owners given up (dead, or not back within the grace): their hand-offs, in order.
+    pub fn expired_cuts(&self, alive: impl Fn(&str) -> bool) -> Vec<Handed> {
+        let v = self.handoffs.expire_cuts(alive);
         self.stats.rehanded.fetch_add(v.len() as u64, Relaxed);
         v
     }
@@ -225,10 +217,11 @@ mod tests {
     fn hand_offs_are_kept_until_stamped_and_given_back_if_the_owner_dies() {
         let s = Sequencer::new();
         let owner = peer(1);
+        s.handoffs.linked(&owner);
         for i in 0..3 {
-            assert!(s.hand_to(&owner, "t", "U", "m", &[b'0' + i]));
+            assert_eq!(s.hand_to(&owner.name, "t", "U", "m", &[b'0' + i]), Handoff::Sent);
         }
-        let ids: Vec<u64> = s.handed.lock()[&*owner.name].iter().map(|h| h.id).collect();
+        let ids: Vec<u64> = s.handoffs.ids(&owner.name);
         s.came_back(&owner.name, ids[0]);
         // Another process's ids (another tag) are not ours.
         s.came_back(&owner.name, ids[2] ^ (1 << 50));

@@ -13,7 +13,9 @@ impl Topic {
     /// it is the next one, and ignores one already taken. Another epoch starts the ring over.
     /// One that comes after a gap from a new owner while the previous owner's link is still
     /// open is held: the previous owner's last publications may still be on that link (with
-    /// three workers or more), and they go first.
+    /// three workers or more), and they go first. One that comes after a gap on a link whose
+    /// state (its ring) has not arrived yet is held too: the gap is a cut link's, and that ring
+    /// fills it (`merge`).
     pub fn next_mirrored(&self, m: Mirrored<'_>, total: &AtomicUsize, build: impl FnOnce() -> Arc<OutMsg>, emit: &mut dyn FnMut(Arc<OutMsg>)) -> Took {
         let mut s = self.state.lock();
         if m.epoch != s.epoch && s.owner == Owner::Me && !m.outranks_me {
@@ -29,12 +31,12 @@ impl Topic {
                 // The gap is not filling: what waited goes, in order, before this one.
                 release_held(&mut s, emit, true);
             }
-            if let Owner::Peer(prev) = &s.owner {
-                if **prev != **m.from && (m.linked)(prev) {
-                    let msg = build();
-                    s.held.push((m.offset, m.from.clone(), msg));
-                    return Took::Held;
-                }
+            let waits_for_ring = !m.from_synced;
+            let prev_linked = matches!(&s.owner, Owner::Peer(prev) if **prev != **m.from && (m.linked)(prev));
+            if waits_for_ring || prev_linked {
+                let msg = build();
+                s.held.push((m.offset, m.from.clone(), msg));
+                return Took::Held;
             }
         }
         s.seq = m.offset;
@@ -52,17 +54,42 @@ impl Topic {
         }
     }
 
+    /// `from` sent its whole state: a gap before what it sent live that its ring did not fill
+    /// will not fill. What waited goes, and subscribers see the jump in offsets (a client
+    /// reports it as a gap, and recovering from the last offset it has answers
+    /// `recovered: false`).
+    pub fn flush_held_from(&self, from: &str, emit: &mut dyn FnMut(Arc<OutMsg>)) {
+        let mut s = self.state.lock();
+        if s.held.iter().any(|(_, f, _)| **f == *from) {
+            release_held(&mut s, emit, true);
+        }
+    }
+
     /// The topic's ring for a peer: `f(epoch, pushed, stamped here, entries)` under the lock.
     pub fn snapshot<R>(&self, f: impl FnOnce(u32, u64, bool, &mut dyn Iterator<Item = &Arc<OutMsg>>) -> R) -> R {
         let s = self.state.lock();
         f(s.epoch, s.pushed, s.owner == Owner::Me, &mut s.ring.iter().map(|(m, _)| m))
     }
 
-    /// Takes part of a peer's ring (a worker joining the mesh): with no history of its own, or
-    /// the same epoch, it keeps what it lacks; another epoch replaces its own only if that is
-    /// newer. `owner` names the peer when the peer stamps the topic.
-    pub fn merge(&self, epoch: u32, pushed: u64, owner: Option<&Arc<str>>, entries: Vec<Arc<OutMsg>>, lim: &RecoveryLimits, total: &AtomicUsize) {
+    /// Takes part of a peer's ring (a worker joining the mesh, or a link re-opened after a
+    /// cut): with no history of its own, or the same epoch, it keeps what it lacks; another
+    /// epoch replaces its own only if that is newer. `owner` names the peer when the peer stamps
+    /// the topic. Entries newer than anything this worker took go to `emit` (its subscribers,
+    /// then the ring, in order) when the topic has subscribers or publications on their way:
+    /// that is what a cut link lost; held publications that now follow go after them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn merge(
+        &self,
+        epoch: u32,
+        pushed: u64,
+        owner: Option<&Arc<str>>,
+        entries: Vec<Arc<OutMsg>>,
+        lim: &RecoveryLimits,
+        total: &AtomicUsize,
+        emit: &mut dyn FnMut(Arc<OutMsg>),
+    ) {
         let mut s = self.state.lock();
+        let live = s.count() > 0 || s.seq != s.pushed || !s.held.is_empty();
         let mine_newest = s.ring.back().map_or(0, |(m, _)| m.at_ms);
         let theirs_newest = entries.last().map_or(0, |m| m.at_ms);
         let fresh = s.seq == 0 && s.ring.is_empty();
@@ -72,6 +99,7 @@ impl Topic {
             }
             let before = entries.first().map_or(pushed, |m| m.offset.saturating_sub(1));
             s.reset(epoch, before, total);
+            s.held.clear();
         }
         // Older entries than the ring's first (or, with the ring empty, than the next to be
         // pushed: mirrored publications may still be on their way to it) go in front; newer
@@ -82,6 +110,9 @@ impl Topic {
             let n = m.size();
             if front.is_some_and(|f| m.offset < f) {
                 older.push((m, n));
+            } else if m.offset > s.pushed && m.offset > s.seq && live {
+                s.seq = m.offset;
+                emit(m);
             } else if m.offset > s.pushed && m.offset > s.seq {
                 s.pushed = m.offset;
                 s.seq = m.offset;
@@ -100,8 +131,11 @@ impl Topic {
                 }
             }
         }
+        if !s.held.is_empty() {
+            release_held(&mut s, emit, false);
+        }
         // A peer whose ring has expired still knows where the offsets stand.
-        if s.ring.is_empty() && s.seq < pushed {
+        if !live && s.ring.is_empty() && s.seq < pushed {
             s.seq = pushed;
             s.pushed = pushed;
         }
@@ -126,6 +160,8 @@ pub struct Mirrored<'a> {
     pub from: &'a Arc<str>,
     pub outranks_me: bool,
     pub linked: &'a dyn Fn(&str) -> bool,
+    /// `from` has sent its whole state on this link (`SYNCED`).
+    pub from_synced: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]

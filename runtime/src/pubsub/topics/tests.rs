@@ -15,7 +15,7 @@ fn offsets(t: &Topic) -> Vec<u64> {
 }
 
 fn mirrored<'a>(epoch: u32, offset: u64, from: &'a Arc<str>, outranks_me: bool, linked: &'a dyn Fn(&str) -> bool) -> Mirrored<'a> {
-    Mirrored { epoch, offset, from, outranks_me, linked }
+    Mirrored { epoch, offset, from, outranks_me, linked, from_synced: true }
 }
 
 const NONE_LINKED: &dyn Fn(&str) -> bool = &|_| false;
@@ -36,7 +36,7 @@ fn a_mirror_follows_its_owner_and_a_joining_worker_takes_the_history_behind_live
     }
     let took = t.next_mirrored(mirrored(77, 6, &owner, false, NONE_LINKED), &total, || msg(6, 6), &mut |_| panic!("a repeat"));
     assert_eq!(took, Took::Ignored);
-    t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total);
+    t.merge(77, 6, Some(&owner), (1..=6).map(|o| msg(o, o)).collect(), &LIM, &total, &mut |_| {});
     assert_eq!(offsets(&t), vec![1, 2, 3, 4]);
     t.push(&queued, Some((&LIM, &total)), &[], &|_, _| crate::gate::Decision::Allow, &mut Vec::new());
     assert_eq!(offsets(&t), vec![1, 2, 3, 4, 5, 6]);
@@ -54,13 +54,13 @@ fn another_epoch_replaces_an_older_history_only() {
     let total = AtomicUsize::new(0);
     let t = Topic::new(Arc::from("t"));
     let peer: Arc<str> = Arc::from("p");
-    t.merge(5, 3, None, (1..=3).map(|o| msg(o, 100 + o)).collect(), &LIM, &total);
+    t.merge(5, 3, None, (1..=3).map(|o| msg(o, 100 + o)).collect(), &LIM, &total, &mut |_| {});
     assert_eq!(offsets(&t), vec![1, 2, 3]);
     // Older than what it has: kept out.
-    t.merge(6, 9, None, vec![msg(9, 50)], &LIM, &total);
+    t.merge(6, 9, None, vec![msg(9, 50)], &LIM, &total, &mut |_| {});
     assert_eq!(offsets(&t), vec![1, 2, 3]);
     // Newer: taken, the old epoch's entries go (and their bytes with them).
-    t.merge(6, 9, Some(&peer), vec![msg(8, 200), msg(9, 201)], &LIM, &total);
+    t.merge(6, 9, Some(&peer), vec![msg(8, 200), msg(9, 201)], &LIM, &total, &mut |_| {});
     assert_eq!(offsets(&t), vec![8, 9]);
     assert_eq!(total.load(Relaxed), msg(8, 0).size() + msg(9, 0).size());
     // This worker owns it: a split-brain stamp from a peer that loses the election is refused.
@@ -102,4 +102,36 @@ fn a_new_owners_publication_waits_for_the_old_owners_last_while_its_link_is_open
     // From the owner it already follows, a gap is not waited for.
     let took = t.next_mirrored(mirrored(9, 12, &new, false, linked), &total, || msg(12, 12), &mut |m| out.push(m.offset));
     assert_eq!((took, out.last()), (Took::Taken, Some(&12)));
+}
+
+#[test]
+fn after_a_cut_link_the_owners_ring_fills_the_gap_before_what_came_live() {
+    let total = AtomicUsize::new(0);
+    let t = Topic::new(Arc::from("t"));
+    let owner: Arc<str> = Arc::from("mesh-0-9.sock");
+    let mut out: Vec<u64> = vec![];
+    let on = |o: u64, synced: bool| Mirrored { epoch: 3, offset: o, from: &owner, outranks_me: true, linked: NONE_LINKED, from_synced: synced };
+    for o in 1..=3 {
+        assert_eq!(t.next_mirrored(on(o, true), &total, || msg(o, o), &mut |m| out.push(m.offset)), Took::Taken);
+    }
+    // The link is cut; 4..=6 are stamped meanwhile. On the re-link, 7 and 8 come live before
+    // the owner's ring: held, since the new link has not sent its state yet.
+    for o in [7, 8] {
+        assert_eq!(t.next_mirrored(on(o, false), &total, || msg(o, o), &mut |m| out.push(m.offset)), Took::Held);
+    }
+    assert_eq!(out, vec![1, 2, 3]);
+    // The ring fills the gap: what was missed, then what was held, once each and in order.
+    t.merge(3, 8, Some(&owner), (2..=8).map(|o| msg(o, o)).collect(), &LIM, &total, &mut |m| out.push(m.offset));
+    assert_eq!(out, (1..=8).collect::<Vec<_>>());
+    t.flush_held_from(&owner, &mut |m| out.push(m.offset));
+    assert_eq!(out.len(), 8);
+    // A ring that no longer reaches back: what it has goes, with the jump in offsets that
+    // clients report as a gap, and what was held goes once the owner has sent its whole state.
+    assert_eq!(t.next_mirrored(on(20, false), &total, || msg(20, 20), &mut |m| out.push(m.offset)), Took::Held);
+    t.merge(3, 20, Some(&owner), vec![msg(15, 15), msg(16, 16)], &LIM, &total, &mut |m| out.push(m.offset));
+    assert_eq!(&out[8..], &[15, 16]);
+    t.flush_held_from(&owner, &mut |m| out.push(m.offset));
+    assert_eq!(&out[8..], &[15, 16, 20]);
+    // From a synced link, a gap is not waited for.
+    assert_eq!(t.next_mirrored(on(22, true), &total, || msg(22, 22), &mut |m| out.push(m.offset)), Took::Taken);
 }
