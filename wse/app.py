@@ -29,17 +29,30 @@ _EV_PRESENCE = _runtime.EV_PRESENCE
 _CHANGES: tuple[Literal["join", "leave", "update"], ...] = ("join", "leave", "update")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
-    """A client connection, as Python sees it after the engine accepted it."""
+    """A client connection, as Python sees it after the engine accepted it.
+
+    Slotted (no per-instance ``__dict__``): an idle connection should cost little memory, so the
+    application's own per-connection data goes in ``state``, not in new attributes."""
 
     id: int
     user_id: str | None
     remote_addr: str
     _claims_raw: bytes | None = field(default=None, repr=False)
     _claims: dict[str, Any] | None = field(default=None, repr=False)
-    state: dict[str, Any] = field(default_factory=dict, repr=False)
-    """Free for the application's own per-connection data."""
+    _state: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Free for the application's own per-connection data (the dict is made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     @property
     def claims(self) -> dict[str, Any]:

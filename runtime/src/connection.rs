@@ -2,13 +2,15 @@
 //! frames, answers control frames, hands system messages to the engine and the rest to Python.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::auth::acl::TopicAcl;
 use crate::deliver::CryptoState;
@@ -75,10 +77,51 @@ enum End {
     ServerClose,
 }
 
-const READ_CHUNK: usize = 4096;
+/// What one read may take from the socket: the size of each runtime thread's scratch buffer.
+const READ_SCRATCH: usize = 64 << 10;
+
+thread_local! {
+    /// Where sockets are read into, one per runtime thread: a connection keeps only the bytes
+    /// of a frame not yet complete (usually none), never a read buffer of its own.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_SCRATCH].into_boxed_slice());
+}
+
+/// Waits until the socket has data, reads what it has through this thread's scratch buffer
+/// and appends it to `buf` (0 at the end of the stream). Nothing is held across the wait.
+async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..]);
+            match Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if buf.capacity() == 0 {
+                        // Exactly what came: messages sliced from it are held by Python only
+                        // as long as it needs them.
+                        *buf = BytesMut::from(got);
+                    } else {
+                        buf.extend_from_slice(got);
+                    }
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
 
 /// Runs a connection until it ends, then unregisters it and tells Python.
-pub async fn run<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, mut rd: R, wr: W, mut buf: BytesMut, head: Vec<u8>)
+///
+/// NOTE: this future lives as long as the connection, inside its task, and a future is as
+/// large as its largest state: what only a busy or closing connection needs (waiting for room
+/// in the inbound queue, the close handshake's linger) is boxed, each box made in a statement
+/// of its own (a temporary moved into `Box::pin(..)` within the awaiting statement would still
+/// take its room in this future), so an idle connection's task holds little more than its
+/// handles and the frame decoder.
+pub async fn run<R, W>(engine: &Arc<Engine>, conn: Arc<Conn>, mut rd: R, wr: W, buf: BytesMut, head: Vec<u8>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -89,16 +132,33 @@ where
         engine.cfg.max_frames_per_write,
         engine.metrics.clone(),
     ));
+    let end = read_until_end(engine, &conn, &mut rd, buf).await;
+    let finishing = Box::pin(finish(engine, conn, rd, writer, end));
+    finishing.await
+}
+
+/// Reads and dispatches frames until the connection ends, and says how it ended.
+async fn read_until_end<R: AsyncRead + Unpin>(engine: &Arc<Engine>, conn: &Arc<Conn>, rd: &mut R, mut buf: BytesMut) -> End {
     let mut decoder = Decoder::new(engine.cfg.max_message_bytes).with_deflate(conn.deflate.as_ref().map(deflate::Inflater::new));
     let m = &engine.metrics;
-    let end = 'outer: loop {
+    'outer: loop {
         // Parse everything buffered first: the handshake may have read the first frames.
         loop {
             match decoder.next(&mut buf) {
                 Ok(Some(ev)) => match ev {
-                    FrameEvent::Text(d) => on_message(&engine, &conn, d, true).await,
-                    FrameEvent::Binary(d) => on_message(&engine, &conn, d, false).await,
-                    FrameEvent::Ping(p) => on_ping(&engine, &conn, &p),
+                    FrameEvent::Text(d) => {
+                        if let Some(ev) = on_message(engine, conn, d, true) {
+                            let waiting = Box::pin(engine.inbound.push_data(ev));
+                            waiting.await
+                        }
+                    }
+                    FrameEvent::Binary(d) => {
+                        if let Some(ev) = on_message(engine, conn, d, false) {
+                            let waiting = Box::pin(engine.inbound.push_data(ev));
+                            waiting.await
+                        }
+                    }
+                    FrameEvent::Ping(p) => on_ping(engine, conn, &p),
                     FrameEvent::Pong => {}
                     FrameEvent::Close(code) => {
                         conn.out.close(code.unwrap_or(1000), "");
@@ -121,22 +181,25 @@ where
         if conn.out.is_closing() {
             break End::ServerClose;
         }
-        if buf.capacity() - buf.len() < 512 {
-            if buf.is_empty() {
-                // Start afresh rather than grow: an idle connection keeps one small buffer.
-                buf = BytesMut::with_capacity(READ_CHUNK);
-            } else {
-                buf.reserve(READ_CHUNK);
-            }
+        if buf.is_empty() {
+            // Every frame read so far is parsed: what is left of the buffer belongs to the
+            // messages sliced from it, and an idle connection keeps no buffer at all.
+            buf = BytesMut::new();
         }
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = read_some(rd, &mut buf) => match r {
                 Ok(0) | Err(_) => break End::Abrupt,
                 Ok(_) => conn.last_rx_ms.store(now_ms(), Relaxed),
             },
             _ = conn.out.closing() => break End::ServerClose,
         }
-    };
+    }
+}
+
+/// After the reader stopped: unregisters the connection, lets the close frame go out and
+/// gives the peer a moment to answer it, then tells Python.
+async fn finish<R: AsyncRead + Unpin>(engine: &Engine, conn: Arc<Conn>, mut rd: R, writer: tokio::task::JoinHandle<()>, end: End) {
+    let m = &engine.metrics;
     let code = match end {
         End::PeerClose(c) => c,
         End::Violation(c) => c,
@@ -182,10 +245,11 @@ fn on_ping(engine: &Engine, conn: &Arc<Conn>, payload: &[u8]) {
     }
 }
 
-async fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) {
-    if let Some(ev) = inbound_event(engine, conn, data, text) {
-        engine.inbound.push_data(ev).await
-    }
+/// Queues one message's event for Python; when the queue is full, hands the event back, for
+/// the caller to wait for room (boxed there, so the reader's state stays small).
+fn on_message(engine: &Arc<Engine>, conn: &Arc<Conn>, data: Bytes, text: bool) -> Option<Event> {
+    let ev = inbound_event(engine, conn, data, text)?;
+    engine.inbound.try_push_data(ev).err()
 }
 
 /// What one inbound message becomes, whatever carried it: answered here (system messages,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -203,29 +204,36 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
         };
         let engine = engine.clone();
         let tls = tls.clone();
-        // NOTE: the task lives as long as the connection, and a task's size is that of its
-        // largest state: the handshake (headers, request) and the TLS path are boxed so an idle
-        // plain connection carries only its reader's state.
+        // The handshake runs in a task of its own, and the connection in another (`live`): a
+        // task lives as long as its future, and a future is as large as its largest state, so
+        // what only the handshake needs (the request, the TLS handshake, boxed besides) is gone
+        // once the connection is up, and an idle connection's task carries its reader alone.
         tokio::spawn(async move {
             let timeout = engine.cfg.handshake_timeout();
             match (tls, stream) {
                 (None, Stream::Tcp(stream)) => {
-                    if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
-                        let (rd, wr) = a.stream.into_split();
-                        connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
+                    let upgrading = Box::pin(upgrade(&engine, stream, addr, timeout, permit));
+                    if let Some((stream, leftover, head, conn)) = upgrading.await {
+                        let (rd, wr) = stream.into_split();
+                        tokio::spawn(live(engine, conn, rd, wr, leftover, head));
+                        return;
                     }
                 }
                 (None, Stream::Unix(stream)) => {
-                    if let Some((a, conn)) = Box::pin(upgrade(&engine, stream, addr, timeout, permit)).await {
-                        let (rd, wr) = a.stream.into_split();
-                        connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
+                    let upgrading = Box::pin(upgrade(&engine, stream, addr, timeout, permit));
+                    if let Some((stream, leftover, head, conn)) = upgrading.await {
+                        let (rd, wr) = stream.into_split();
+                        tokio::spawn(live(engine, conn, rd, wr, leftover, head));
+                        return;
                     }
                 }
                 (Some(acceptor), Stream::Tcp(stream)) => {
-                    Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await
+                    let serving = Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit));
+                    serving.await
                 }
                 (Some(acceptor), Stream::Unix(stream)) => {
-                    Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit)).await
+                    let serving = Box::pin(serve_tls(&engine, acceptor, stream, addr, timeout, permit));
+                    serving.await
                 }
             }
             engine.release_slot();
@@ -233,6 +241,20 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
         });
     }
     background.finish();
+}
+
+/// An upgraded connection, until it ends; then its slot under `max_connections` is free.
+/// (Boxes made in a statement of their own, here and below: a temporary moved into
+/// `Box::pin(..)` within the awaiting statement would still take its room in the future.)
+fn live<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, rd: R, wr: W, leftover: BytesMut, head: Vec<u8>) -> impl std::future::Future<Output = ()> + Send
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        connection::run(&engine, conn, rd, wr, leftover, head).await;
+        engine.release_slot();
+    }
 }
 
 /// A TLS connection: the TLS handshake (sharing the upgrade's timeout), the upgrade, then the
@@ -249,9 +271,9 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
             let left = timeout.saturating_sub(start.elapsed());
-            if let Some((a, conn)) = upgrade(engine, tls_stream, addr, left, permit).await {
-                let (rd, wr) = tokio::io::split(a.stream);
-                connection::run(engine.clone(), conn, rd, wr, a.leftover, a.head).await;
+            if let Some((stream, leftover, head, conn)) = upgrade(engine, tls_stream, addr, left, permit).await {
+                let (rd, wr) = tokio::io::split(stream);
+                connection::run(engine, conn, rd, wr, leftover, head).await;
             }
         }
         Ok(Err(e)) => {
@@ -266,7 +288,9 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// The HTTP upgrade under `timeout`; on success the connection is registered and greeted
-/// (`server_ready` queued: the writer sends it in one write with the `101` answer).
+/// (`server_ready` queued: the writer sends it in one write with the `101` answer), and what
+/// it goes on with is returned: the stream, the bytes read past the request, the `101` head,
+/// the handle.
 /// The pending-handshake `permit` is released when the upgrade is over, either way.
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     engine: &Arc<Engine>,
@@ -274,7 +298,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     addr: SocketAddr,
     timeout: Duration,
     permit: Slot,
-) -> Option<(Accepted<S>, Arc<Conn>)> {
+) -> Option<(S, BytesMut, Vec<u8>, Arc<Conn>)> {
     let upgraded = tokio::time::timeout(timeout, handshake::accept(engine, stream, addr)).await;
     drop(permit);
     let mut a = match upgraded {
@@ -288,9 +312,10 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     if !crate::limits::users::admit(engine, a.user_id.as_deref(), &mut a.stream, &a.head).await {
         return None;
     }
-    let conn = engine.register(a.user_id.clone(), a.claims.clone(), addr.to_string(), a.enc);
+    let Accepted { stream, leftover, head, user_id, claims, enc } = a;
+    let conn = engine.register(user_id, claims, addr.to_string(), enc);
     if engine.cfg.envelopes {
         engine.send_ready(&conn);
     }
-    Some((a, conn))
+    Some((stream, leftover, head, conn))
 }

@@ -380,15 +380,15 @@ impl Outbound {
             }
             let bytes: usize = batch.iter().map(|b| b.len()).sum();
             let frames = batch.len();
-            let ok = match preface.take() {
-                Some(p) => {
-                    batch.insert(0, p);
-                    let ok = write_batch(&mut wr, &batch, &mut scratch, &metrics).await;
-                    batch.remove(0);
-                    ok
-                }
-                None => write_batch(&mut wr, &batch, &mut scratch, &metrics).await,
-            };
+            if let Some(p) = preface.take() {
+                batch.insert(0, p);
+            }
+            // Boxed: the writer's task lives as long as the connection, and a future is as
+            // large as its largest state; an idle writer needs none of this one's. (In a
+            // statement of its own: a temporary moved into `Box::pin(..)` within the awaiting
+            // statement would still take its room in this future.)
+            let writing = Box::pin(write_batch(&mut wr, &batch, &mut scratch, &metrics));
+            let ok = writing.await;
             Metrics::add(&metrics.frames_out, frames as u64);
             Metrics::add(&metrics.bytes_out, bytes as u64);
             batch.clear();
