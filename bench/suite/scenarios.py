@@ -358,8 +358,17 @@ def idle(lg: Loadgen, server: Server, n: int) -> dict[str, Any]:
                 break
         if not event:
             raise RuntimeError("the generator did not open its connections")
+        # Steady state: the server may still be handing the last connects to Python; read until
+        # two readings half a second apart agree within 16 KiB (at most 10 s).
         time.sleep(1.0)
         rss = rss_kib(server.pids())
+        for _ in range(20):
+            time.sleep(0.5)
+            again = rss_kib(server.pids())
+            if abs(again - rss) <= 16:
+                rss = again
+                break
+            rss = again
     finally:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -369,13 +378,16 @@ def idle(lg: Loadgen, server: Server, n: int) -> dict[str, Any]:
             p.kill()
             p.communicate()
     opened = int(event.get("connections", 0))
+    ready = int(event.get("ready", opened))
     why = []
     if opened != n or event.get("failed"):
         why.append(f"only {opened:,} of {n:,} connections opened ({event.get('failed', 0)} failed)")
+    if ready != opened:
+        why.append(f"first frame (server_ready) on only {ready:,} of {opened:,} connections")
     per_conn = (rss - base) * 1024 / opened if opened else None
     return {"rate": per_conn, "per_cpu": None, "gen_share": None, "lower_bound": False, "ok": not why,
             "why": "; ".join(why), "counted": not why, "note": "", "opened": opened, "rss_kib": rss,
-            "base_kib": base, "open_s": event.get("open_s")}
+            "base_kib": base, "open_s": event.get("open_s"), "ready": ready}
 
 
 def median_frame_bytes(samples: list[dict[str, Any]]) -> int:

@@ -1,7 +1,9 @@
 //! Idle: open N connections, hold them (answering pings and keepalive), close them.
 //!
-//! When all are open it prints one JSON line `{"event":"all_open",...}` on stdout, so that a
-//! harness can read the server's RSS then; `{"event":"closing"}` before it closes them. The hold
+//! When all are open, and each has had its first frame from the server (`server_ready`) or
+//! `--first-frame-timeout-ms` passed, it prints one JSON line `{"event":"all_open",...}` on
+//! stdout (`ready`: how many had their first frame), so that a harness can read the server's
+//! RSS then, with every connection past its upgrade; `{"event":"closing"}` before it closes them. The hold
 //! ends after `--hold-s` or on SIGINT/SIGTERM.
 
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -23,6 +25,10 @@ pub struct Args {
     pub connections: usize,
     #[arg(long, default_value_t = 10.0)]
     pub hold_s: f64,
+    /// How long, after the last upgrade, to wait until every connection has had its first
+    /// frame from the server (0: do not wait).
+    #[arg(long, default_value_t = 10_000)]
+    pub first_frame_timeout_ms: u64,
 }
 
 pub async fn run(a: Args) -> Result<Value, String> {
@@ -31,6 +37,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     let sem = Arc::new(Semaphore::new(a.common.connect_concurrency.max(1)));
     let closed = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let cpu0 = report::self_cpu();
     let mut opening = Vec::with_capacity(n);
@@ -50,13 +57,18 @@ pub async fn run(a: Args) -> Result<Value, String> {
             Ok(o) => {
                 let (conn, mut reader) = (o.conn, o.reader);
                 conns.push(conn.clone());
-                let (closed, frames) = (closed.clone(), frames.clone());
+                let (closed, frames, ready) = (closed.clone(), frames.clone(), ready.clone());
                 readers.push(tokio::spawn(async move {
                     let mut msgs: Vec<Vec<u8>> = Vec::new();
+                    let mut first = true;
                     loop {
                         let r = conn
                             .read_some(&mut reader, |_, d, _| msgs.push(d.to_vec()))
                             .await;
+                        if first && !msgs.is_empty() {
+                            first = false;
+                            ready.fetch_add(1, Release);
+                        }
                         frames.fetch_add(msgs.len() as u64, Relaxed);
                         for m in msgs.drain(..) {
                             conn::answer_keepalive(&conn, &m).await;
@@ -77,10 +89,14 @@ pub async fn run(a: Args) -> Result<Value, String> {
         }
     }
     let open_s = t0.elapsed().as_secs_f64();
+    let ready_by = Instant::now() + Duration::from_millis(a.first_frame_timeout_ms);
+    while a.first_frame_timeout_ms > 0 && (ready.load(Acquire) as usize) < conns.len() && Instant::now() < ready_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let cpu_open = report::self_cpu() - cpu0;
     report::event(&json!({
         "event": "all_open", "connections": conns.len(), "failed": failed,
-        "open_s": report::round3(open_s), "pid": std::process::id(),
+        "ready": ready.load(Acquire), "open_s": report::round3(open_s), "pid": std::process::id(),
     }));
     eprintln!(
         "idle: {} open ({} failed) in {:.2}s; holding {}s",
@@ -116,6 +132,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     o.insert("connections".into(), json!(n));
     o.insert("opened".into(), json!(conns.len()));
     o.insert("failed".into(), json!(failed));
+    o.insert("ready".into(), json!(ready.load(Acquire)));
     o.insert("connect_errors".into(), json!(errors));
     o.insert("open_s".into(), json!(report::round3(open_s)));
     o.insert(
