@@ -246,6 +246,9 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
 /// An upgraded connection, until it ends; then its slot under `max_connections` is free.
 /// (Boxes made in a statement of their own, here and below: a temporary moved into
 /// `Box::pin(..)` within the awaiting statement would still take its room in the future.)
+/// Not an `async fn`: its arguments would be stored twice in the future (as arguments, then
+/// moved into locals), for the connection's whole life.
+#[allow(clippy::manual_async_fn)]
 fn live<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, rd: R, wr: W, leftover: BytesMut, head: Vec<u8>) -> impl std::future::Future<Output = ()> + Send
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -318,4 +321,31 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         engine.send_ready(&conn);
     }
     Some((stream, leftover, head, conn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection's task is its `live` future (plus tokio's header): it must not carry
+    /// the handshake's state, nor the cold states boxed in `connection::run` (a `Box::pin(..)`
+    /// of a temporary inside the awaiting statement would bring them back). The idle benchmark
+    /// measures the real memory; this guards the size of the future, whatever the machine.
+    #[test]
+    fn an_idle_connection_task_is_small() {
+        let engine = Arc::new(Engine::new(Config::default()).unwrap());
+        let conn = engine.register(None, None, "127.0.0.1:1".into(), Default::default());
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        let (rd, wr) = UnixStream::from_std(a).unwrap().into_split();
+        let out = conn.out.clone();
+        let task = live(engine.clone(), conn, rd, wr, BytesMut::new(), Vec::new());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 768, "the connection's future is {size} bytes");
+        let writer = out.run_writer(tokio::io::sink(), bytes::Bytes::new(), 64, engine.metrics.clone());
+        let size = std::mem::size_of_val(&writer);
+        assert!(size <= 416, "the writer's future is {size} bytes");
+    }
 }
