@@ -215,7 +215,7 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
                     let upgrading = Box::pin(upgrade(&engine, stream, addr, timeout, permit));
                     if let Some((stream, leftover, head, conn)) = upgrading.await {
                         let (rd, wr) = stream.into_split();
-                        tokio::spawn(live(engine, conn, rd, wr, leftover, head));
+                        tokio::spawn(live(engine, conn, rd, wr, leftover, head, counted));
                         return;
                     }
                 }
@@ -223,7 +223,7 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
                     let upgrading = Box::pin(upgrade(&engine, stream, addr, timeout, permit));
                     if let Some((stream, leftover, head, conn)) = upgrading.await {
                         let (rd, wr) = stream.into_split();
-                        tokio::spawn(live(engine, conn, rd, wr, leftover, head));
+                        tokio::spawn(live(engine, conn, rd, wr, leftover, head, counted));
                         return;
                     }
                 }
@@ -243,20 +243,23 @@ pub async fn serve(engine: Arc<Engine>, listener: Bound, mut stop: watch::Receiv
     background.finish();
 }
 
-/// An upgraded connection, until it ends; then its slot under `max_connections` is free.
+/// An upgraded connection, until it ends; then its slot under `max_connections` is free, and
+/// its count under `max_connections_per_ip` (`counted`, dropped last).
 /// (Boxes made in a statement of their own, here and below: a temporary moved into
 /// `Box::pin(..)` within the awaiting statement would still take its room in the future.)
 /// Not an `async fn`: its arguments would be stored twice in the future (as arguments, then
 /// moved into locals), for the connection's whole life.
 #[allow(clippy::manual_async_fn)]
-fn live<R, W>(engine: Arc<Engine>, conn: Arc<Conn>, rd: R, wr: W, leftover: BytesMut, head: Vec<u8>) -> impl std::future::Future<Output = ()> + Send
+fn live<R, W, C>(engine: Arc<Engine>, conn: Arc<Conn>, rd: R, wr: W, leftover: BytesMut, head: Vec<u8>, counted: C) -> impl std::future::Future<Output = ()> + Send
 where
+    C: Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     async move {
         connection::run(&engine, conn, rd, wr, leftover, head).await;
         engine.release_slot();
+        drop(counted);
     }
 }
 
@@ -341,7 +344,7 @@ mod tests {
         let _g = rt.enter();
         let (rd, wr) = UnixStream::from_std(a).unwrap().into_split();
         let out = conn.out.clone();
-        let task = live(engine.clone(), conn, rd, wr, BytesMut::new(), Vec::new());
+        let task = live(engine.clone(), conn, rd, wr, BytesMut::new(), Vec::new(), ());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 768, "the connection's future is {size} bytes");
         let writer = out.run_writer(tokio::io::sink(), bytes::Bytes::new(), 64, engine.metrics.clone());
