@@ -42,10 +42,13 @@ def vitest(engine: OurServer, react: str, *args: str) -> tuple[int, str]:
         "WSE_TEST_TOKEN_A": sign_token(SECRET, "react-a"),
         "WSE_TEST_TOKEN_B": sign_token(SECRET, "react-b"),
         "WSE_EXPECT_REACT": react,
+        # Plain text: with CI=true vitest colours its summary, which the counts below read.
+        "NO_COLOR": "1",
     }
+    env.pop("FORCE_COLOR", None)
     proc = subprocess.run(["npx", "vitest", "run", "--reporter=verbose", *args], cwd=TS, env=env,
                           capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, out[-6000:]
     assert f"React {react}." in out and "skipped" not in out, out[-3000:]
     m = re.search(r"Tests\s+(\d+) passed", out)
