@@ -464,7 +464,6 @@ def _rss_kib(pid: int) -> int:
 # ---- topics ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 item 5: the refusal echoes the topic, past the outbound budget")
 def test_megabyte_topic_name_is_refused(srv: ServerProc) -> None:
     def attack() -> dict[str, Any]:
         r = ready(srv)

@@ -265,6 +265,11 @@ impl Engine {
         for t in list {
             match t.as_str() {
                 Some(s) if !s.is_empty() && s.len() <= MAX_TOPIC_LEN => valid.push(s.to_string()),
+                Some(s) if s.len() > MAX_TOPIC_LEN => failed.push((
+                    // Named by its first bytes only: the ack stays bounded whatever was sent.
+                    format!("{}...", &s[..floor_boundary(s, MAX_TOPIC_LEN)]),
+                    format!("invalid topic: {} bytes, at most {MAX_TOPIC_LEN}", s.len()),
+                )),
                 _ => failed.push((t.as_str().unwrap_or("").to_string(), "invalid topic".into())),
             }
         }
@@ -341,4 +346,12 @@ impl Engine {
         }
         out
     }
+}
+
+/// The largest char boundary of `s` at or below `i`.
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
