@@ -19,6 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef-0123456789"
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 20) -> int:
+    """SIGTERM (a graceful stop), then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class ServerProc:
     """A running ``wse run`` subprocess."""
 
@@ -57,13 +69,7 @@ class ServerProc:
         return self.stderr.read()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import IO, Any
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, terminate
 from tests.test_tls import cert  # noqa: F401  (the fixture)
 
 WSE = [sys.executable, "-m", "wse_cli.main"]
@@ -53,13 +52,7 @@ class Serving:
         return line.split()[2]
 
     def stop_and_stderr(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         assert self.proc.stderr is not None and self.proc.stdout is not None
         err = self.proc.stderr.read()
         self.proc.stderr.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -12,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, terminate
 
 
 class UvicornProc:
@@ -49,14 +48,7 @@ class UvicornProc:
 
     def stop(self) -> int:
         """SIGTERM (uvicorn's graceful shutdown); returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc)
 
     def close(self) -> None:
         self.stop()
