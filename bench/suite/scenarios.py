@@ -218,6 +218,15 @@ def _inbound_once(lg: Loadgen, server: Server, shape: Shape, conns: int, paced: 
     return rep
 
 
+def _mark_unsteady(s: dict[str, Any], cold: bool, steady: bool, n: int) -> None:
+    """A run-based scenario's sample: the first (cold) run and a run of a server that never
+    settled are shown but not counted."""
+    if cold:
+        s.update(counted=False, note="cold")
+    elif s["ok"] and not steady:
+        s.update(counted=False, note=f"never steady in {n} warm-up runs: not counted")
+
+
 def inbound(lg: Loadgen, server: Server, shape: Shape, conns: int, paced: bool) -> tuple[list[dict[str, Any]], list[Any]]:
     """Messages the server's Python handler counted, per second and per server CPU-second.
     ``paced``: one frame per write (TCP_NODELAY: one message per segment) from ``conns`` clients
@@ -236,10 +245,7 @@ def inbound(lg: Loadgen, server: Server, shape: Shape, conns: int, paced: bool) 
             why += window_faults(rep, shape)
         s = _sample(rep.get("processed_per_s", 0.0), rep.get("per_server_cpu_s"), rep, why, cold=i == 0,
                     processed=rep.get("processed"), sent=rep.get("sent"), offered=rep.get("offered_rate"))
-        if i == 0:
-            s.update(counted=False, note="cold")
-        elif s["ok"] and not steady:
-            s.update(counted=False, note=f"never steady in {n} warm-up runs: not counted")
+        _mark_unsteady(s, i == 0, steady, n)
         samples.append(s)
         raw.append({k: rep.get(k) for k in ("ok", "connected", "sent", "processed", "stalled", "window_s")})
     raw.append({"steady": steady, "warmup_runs": n})
@@ -314,10 +320,7 @@ def handshake(lg: Loadgen, server: Server, shape: Shape) -> tuple[list[dict[str,
             why += window_faults(rep, shape)
         s = _sample(rep.get("connections_per_s", 0.0), rep.get("per_server_cpu_s"), rep, why, cold=i == 0,
                     p50_us=first.get("p50_us"), p99_us=first.get("p99_us"), connections=rep.get("count"))
-        if i == 0:
-            s.update(counted=False, note="cold")
-        elif s["ok"] and not steady:
-            s.update(counted=False, note=f"never steady in {n} warm-up runs: not counted")
+        _mark_unsteady(s, i == 0, steady, n)
         samples.append(s)
         raw.append({k: rep.get(k) for k in ("ok", "count", "succeeded", "failed", "failures", "first_frame_types",
                                              "server_cpu_s")})
