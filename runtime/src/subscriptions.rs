@@ -268,7 +268,7 @@ impl Engine {
                 Some(s) if s.len() > MAX_TOPIC_LEN => failed.push((
                     // Named by its first bytes only: the ack stays bounded whatever was sent.
                     format!("{}...", &s[..floor_boundary(s, MAX_TOPIC_LEN)]),
-                    format!("invalid topic: {} bytes, at most {MAX_TOPIC_LEN}", s.len()),
+                    "invalid topic".into(),
                 )),
                 _ => failed.push((t.as_str().unwrap_or("").to_string(), "invalid topic".into())),
             }
