@@ -20,6 +20,9 @@
 //!   9..=15.
 #![no_main]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use bytes::BytesMut;
 use flate2::{Compress, Compression, FlushCompress};
 use libfuzzer_sys::fuzz_target;
@@ -36,8 +39,21 @@ fn params(client_no_context: bool) -> Params {
 
 /// What a client sends for each message: raw deflate flushed with a sync flush, the trailing
 /// `00 00 ff ff` removed. With context takeover one compressor deflates the whole sequence.
+/// Compressors are kept per (window, level) and reset before use: setting one up costs more than
+/// the rest of a run, and a reset one deflates exactly as a new one does.
 fn client_deflate(msgs: &[&[u8]], bits: u8, level: u32, takeover: bool) -> Vec<Vec<u8>> {
-    let mut z = Compress::new_with_window_bits(Compression::new(level), false, bits);
+    thread_local! {
+        static CACHE: RefCell<HashMap<(u8, u32), Compress>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let z = c.entry((bits, level)).or_insert_with(|| Compress::new_with_window_bits(Compression::new(level), false, bits));
+        z.reset();
+        deflate_each(z, msgs, takeover)
+    })
+}
+
+fn deflate_each(z: &mut Compress, msgs: &[&[u8]], takeover: bool) -> Vec<Vec<u8>> {
     msgs.iter()
         .map(|m| {
             if !takeover {
