@@ -83,7 +83,7 @@ def find_loadgen(flag: str | None) -> list[str]:
         if not candidate.exists():
             continue
         help_text = subprocess.run([str(candidate), "fanout", "--help"], capture_output=True, text=True).stdout
-        if "--max-warmup" in help_text:
+        if "--check-every" in help_text:
             return [str(candidate)]
         print(f"{candidate} is older than this suite", flush=True)
     sys.exit("no load generator: build it with `cargo build --release -p wse-loadgen` "
@@ -271,6 +271,7 @@ def main() -> None:
     ap.add_argument("--ref-python", help='command of a Python >= 3.12 with wse-server 2.5.1, e.g. "python3.13"')
     ap.add_argument("--loadgen", help="the generator's command (default: target/release/wse-loadgen)")
     ap.add_argument("--no-report", action="store_true", help="write the results file only")
+    ap.add_argument("--fanout-subs", help="comma-separated subscriber counts instead of the mode's (e.g. 1000)")
     ap.add_argument("--note", default="", help="a sentence for the report about this run (e.g. the machine was shared)")
     ap.add_argument("--flame", action=argparse.BooleanOptionalAction, default=None,
                     help="flame graphs of wse per scenario (perf record -g), into the doc's img/ "
@@ -286,6 +287,8 @@ def main() -> None:
         print(f"wrote {args.doc} and its img/ from {path}")
         return
     shape = scenarios.SMOKE if args.smoke else (scenarios.QUICK if args.mode == "quick" else scenarios.FULL)
+    if args.fanout_subs:
+        shape = dataclasses.replace(shape, fanout_subs=tuple(int(x) for x in args.fanout_subs.split(",")))
     servers = [s for s in args.servers.split(",") if s]
     unknown = [s for s in servers if s not in ALL]
     if unknown:

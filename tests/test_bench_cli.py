@@ -59,6 +59,29 @@ def test_fanout_checks_every_delivery(make_server: Any) -> None:
     assert 0 < s["generator_cpu_share"]
 
 
+def test_fanout_counts_unchecked_subscribers_by_bytes(make_server: Any) -> None:
+    """--check-every 3: subscribers 0, 3, 6, 9 check every delivery, the other 8 count bytes
+    (MSG_TRUNC) and are complete only with exactly a checked one's bytes; a round that delivers
+    nothing leaves them short, and their deliveries count as missing."""
+    srv = make_server(target=BENCH_APP, env=bench_env())
+    code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "12", "--messages", "60",
+                               "--rounds", "2", "--check-every", "3", "--server-pid", str(srv.pid))
+    assert code == 0, out
+    assert rep is not None and rep["ok"] is True
+    for r in rep["rounds"]:
+        assert r["checked_subscribers"] == 4 and r["byte_counted_subscribers"] == 8
+        assert r["byte_counted_complete"] == 8 and r["byte_counted_short"] == 0 and r["byte_counted_extra"] == 0
+        assert r["round_bytes_per_subscriber"] > 60 * 20  # 60 frames of well over 20 bytes each
+        assert r["deliveries"] == 12 * 60 and r["distinct"] == 4 * 60 and r["missing"] == 0
+    code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "12", "--messages", "10",
+                               "--check-every", "3", "--publish-msg", '{"t":"no.such.type","p":{}}',
+                               "--timeout-s", "1")
+    assert code == 1, out
+    assert rep is not None and rep["ok"] is False
+    r = rep["rounds"][0]
+    assert r["missing"] == 120 and r["byte_counted_short"] == 8 and r["byte_counted_complete"] == 0
+
+
 def test_fanout_warms_until_steady_and_reports_cold_apart(make_server: Any) -> None:
     srv = make_server(target=BENCH_APP, env=bench_env())
     code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "10", "--messages", "20",

@@ -271,8 +271,15 @@ def markdown(results: dict[str, Any]) -> str:
     bytes_col = [("frame payload bytes", "frame_bytes", si), ("publish-to-delivery p99", "p99_us", us)]
     for subs in sh["fanout_subs"]:
         p += [f"### Fan-out: {subs:,} subscribers on one topic, frames as each server sends them", "",
-              f"`{m['command']}`, scenario `fanout`. One publish request per round; the server's application "
-              f"publishes about 60-byte JSON payloads to the topic. {sh['fanout_rounds']} measured rounds per "
+              f"`{m['command']}`, scenario `fanout`. One publish request per round (in requests of at most "
+              f"{sh.get('burst_messages', 20000):,} messages, each once the subscribers hold the earlier ones); "
+              "the server's application publishes about 60-byte JSON payloads to the topic. "
+              f"Every {sh.get('check_every', 1)}th subscriber (and the publisher) reads and sequence-checks every "
+              "delivery; the others read with `recv(MSG_TRUNC)` (the kernel discards the bytes, nothing is copied "
+              "or parsed) and count as complete only with exactly the bytes a checked subscriber read in that "
+              "round (every server sends a publication's frame unchanged to each subscriber of the topic), which "
+              "keeps the generator well under its core. "
+              f"{sh['fanout_rounds']} measured rounds per "
               f"server start, {sh['fanout_starts']} start(s). wse's frames carry its whole v2 envelope; the "
               "peers send the smallest envelope the check needs (`c`, `t`, `seq`, `tp`, `p`). The floor writes "
               "wse's frame size, pre-built, to the same sockets and does nothing else; it outruns any reader, so "

@@ -46,6 +46,7 @@ pub enum Status {
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 256 * 1024]);
+    static DISCARD: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 1 << 20]);
 }
 
 /// Timings of one connection's setup.
@@ -251,6 +252,60 @@ impl Conn {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Read once (waiting for data) without copying it: `recv(MSG_TRUNC)` on a TCP socket
+    /// discards what it reads in the kernel and returns how much that was. For subscribers that
+    /// are counted by bytes (the fan-out's unchecked ones): frames are neither parsed nor answered.
+    /// Returns the bytes read (first, those the reader holds from the set-up) and when;
+    /// `None` at the end of the stream.
+    pub async fn read_discard(&self, r: &mut Reader) -> io::Result<Option<(u64, Instant)>> {
+        use std::os::fd::AsRawFd;
+        if !r.pending.is_empty() {
+            // Already in bytes_in: read before, while the upgrade or the setup parsed frames.
+            let n = r.pending.len() as u64;
+            r.pending.clear();
+            return Ok(Some((n, Instant::now())));
+        }
+        const ASK: usize = 1 << 20;
+        loop {
+            let mut g = self.sock.fd.readable().await?;
+            let fd = g.get_inner().as_raw_fd();
+            // The buffer is never written (MSG_TRUNC), but it is a real one of ASK bytes.
+            let n = DISCARD.with(|b| {
+                let mut b = b.borrow_mut();
+                // SAFETY: fd is this connection's open socket; the buffer is valid for ASK bytes.
+                unsafe {
+                    libc::recv(
+                        fd,
+                        b.as_mut_ptr().cast(),
+                        ASK,
+                        libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                    )
+                }
+            });
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => {
+                        g.clear_ready();
+                        continue;
+                    }
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::ConnectionReset => return Ok(None),
+                    _ => return Err(e),
+                }
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let n = n as usize;
+            if n < ASK {
+                g.clear_ready();
+            }
+            r.bytes_in += n as u64;
+            return Ok(Some((n as u64, Instant::now())));
         }
     }
 

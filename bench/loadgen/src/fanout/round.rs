@@ -58,6 +58,16 @@ pub async fn round(
             }
         }
     };
+    // The checked subscribers are tallied below as before; the byte-counted ones apart.
+    let (checked, counted): (Vec<usize>, Vec<usize>) =
+        live.iter().partition(|&&i| shared.checked(i));
+    let live = &checked[..];
+    let base: Vec<u64> = checked
+        .iter()
+        .chain(&counted)
+        .map(|&i| shared.bytes[i].load(Acquire))
+        .collect();
+    let (cbase, bbase) = base.split_at(checked.len());
     shared.complete.store(0, SeqCst);
     shared.live.store(live.len(), SeqCst);
     shared.hist.lock().expect("hist").reset();
@@ -69,31 +79,36 @@ pub async fn round(
     let deadline = t0 + Duration::from_secs_f64(a.timeout_s);
     let idle = Duration::from_secs_f64(a.idle_timeout_s);
     let (mut timed_out, mut stalled) = (false, false);
-    let mut sent = publisher.send_text(&request(0, burst.min(m))).await;
-    let mut next = burst.min(m);
-    let mut bursts = 1u64;
-    while next < m && sent.is_ok() && !timed_out && !stalled {
-        // Every live subscriber (still open) holds the first `next` messages?
-        let held = live.iter().all(|&i| {
+    // Every live subscriber (still open) holds the first `n` messages?
+    let held = |n: u64| {
+        live.iter().all(|&i| {
             let s = shared.slots[i].lock().expect("slot");
-            s.closed.is_some() || (s.round == r && s.check.distinct >= next)
-        });
-        if held {
-            let count = burst.min(m - next);
-            sent = publisher.send_text(&request(next, count)).await;
-            next += count;
-            bursts += 1;
-            continue;
+            s.closed.is_some() || (s.round == r && s.check.distinct >= n)
+        })
+    };
+    let (sent, bursts) = {
+        let mut sent = publisher.send_text(&request(0, burst.min(m))).await;
+        let mut next = burst.min(m);
+        let mut bursts = 1u64;
+        while next < m && sent.is_ok() && !timed_out && !stalled {
+            if held(next) {
+                let count = burst.min(m - next);
+                sent = publisher.send_text(&request(next, count)).await;
+                next += count;
+                bursts += 1;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let now = Instant::now();
+            let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
+            if now >= deadline {
+                timed_out = true;
+            } else if last > t0 && now.duration_since(last) > idle {
+                stalled = true;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let now = Instant::now();
-        let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
-        if now >= deadline {
-            timed_out = true;
-        } else if last > t0 && now.duration_since(last) > idle {
-            stalled = true;
-        }
-    }
+        (sent, bursts)
+    };
     while !timed_out && !stalled {
         let _ = tokio::time::timeout(Duration::from_millis(50), shared.done.notified()).await;
         if shared.complete.load(Acquire) >= live.len() || sent.is_err() {
@@ -113,8 +128,64 @@ pub async fn round(
             break;
         }
     }
+    // The round's bytes per subscriber, from the checked ones that completed (the publisher
+    // aside: it also gets the server's replies); every such count must agree.
+    let mut per_sub: Vec<u64> = checked
+        .iter()
+        .zip(cbase)
+        .filter(|(&i, _)| i != shared.publisher)
+        .filter(|(&i, _)| {
+            let s = shared.slots[i].lock().expect("slot");
+            s.round == r && s.check.complete()
+        })
+        .map(|(&i, b)| shared.bytes[i].load(Acquire) - b)
+        .collect();
+    per_sub.sort_unstable();
+    per_sub.dedup();
+    let round_bytes = per_sub.last().copied().unwrap_or(0);
+    let byte_counts_disagree = !counted.is_empty() && per_sub.len() > 1;
+    let got = |k: usize| shared.bytes[counted[k]].load(Acquire) - bbase[k];
+    let closed_sub = |i: usize| shared.slots[i].lock().expect("slot").closed.is_some();
+    while !counted.is_empty() && round_bytes > 0 && !timed_out && !stalled {
+        if (0..counted.len()).all(|k| got(k) >= round_bytes || closed_sub(counted[k])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = Instant::now();
+        let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
+        if now >= deadline {
+            timed_out = true;
+        } else if last > t0 && now.duration_since(last) > idle {
+            stalled = true;
+        }
+    }
     let w = window.end();
     tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
+    let (mut b_complete, mut b_short, mut b_extra, mut b_closed, mut b_deliveries) =
+        (0usize, 0usize, 0usize, 0usize, 0u64);
+    let mut b_last = t0;
+    for (k, &i) in counted.iter().enumerate() {
+        let g = got(k);
+        if closed_sub(i) {
+            b_closed += 1;
+        }
+        if round_bytes > 0 && g == round_bytes {
+            b_complete += 1;
+            b_deliveries += m;
+        } else if round_bytes > 0 && g > round_bytes {
+            b_extra += 1;
+            b_deliveries += m;
+        } else {
+            b_short += 1;
+            b_deliveries += (g as u128 * m as u128)
+                .checked_div(round_bytes as u128)
+                .unwrap_or(0) as u64;
+        }
+        let at = shared.base + Duration::from_nanos(shared.read_ns[i].load(Acquire));
+        if g > 0 && at > b_last {
+            b_last = at;
+        }
+    }
 
     let mut tot = SlotStats::default();
     let mut subs_err = Vec::new();
@@ -165,11 +236,19 @@ pub async fn round(
             }));
         }
     }
-    let expected = m * live.len() as u64;
-    let missing = expected.saturating_sub(tot.check.distinct);
+    let expected = m * (live.len() + counted.len()) as u64;
+    let missing = (m * live.len() as u64).saturating_sub(tot.check.distinct)
+        + (m * counted.len() as u64).saturating_sub(b_deliveries);
+    let last_at = last_at.max(b_last);
     let wall = last_at.saturating_duration_since(t0).as_secs_f64();
     let t = &tot.check;
+    let deliveries = t.received + b_deliveries;
     let ok = sent.is_ok()
+        && b_short == 0
+        && b_extra == 0
+        && b_closed == 0
+        && !byte_counts_disagree
+        && (counted.is_empty() || round_bytes > 0)
         && !timed_out
         && !stalled
         && missing == 0
@@ -180,18 +259,22 @@ pub async fn round(
         && verify_failed == 0
         && closed == 0
         && tot.masked == 0;
-    let win = w.json(t.received);
+    let win = w.json(deliveries);
     let saturated = w.saturated();
     let mut v = json!({
         "round": r, "warmup": warmup, "ok": ok, "messages": m, "publish_requests": bursts,
-        "expected": expected, "deliveries": t.received, "distinct": t.distinct, "missing": missing,
+        "expected": expected, "deliveries": deliveries, "distinct": t.distinct, "missing": missing,
+        "checked_subscribers": live.len(), "byte_counted_subscribers": counted.len(),
+        "byte_counted_complete": b_complete, "byte_counted_short": b_short, "byte_counted_extra": b_extra,
+        "byte_counted_closed": b_closed, "round_bytes_per_subscriber": round_bytes,
+        "checked_byte_counts_disagree": byte_counts_disagree,
         "duplicates": t.duplicates, "gaps": t.gaps, "gap_missing": t.gap_missing, "reordered": t.reordered,
         "out_of_range": t.out_of_range, "verified_in_full": tot.verified, "verify_failed": verify_failed,
         "first_verify_failure": first_bad, "other_frames": tot.other,
         "masked_server_frames": tot.masked,
         "complete_subscribers": complete, "closed_subscribers": closed,
         "timed_out": timed_out, "stalled": stalled, "publish_error": sent.err().map(|e| e.to_string()),
-        "wall_s": report::round6(wall), "deliveries_per_s": rate(t.received, wall),
+        "wall_s": report::round6(wall), "deliveries_per_s": rate(deliveries, wall),
         "lower_bound": saturated,
         "avg_frame_payload_bytes": tot.verified_bytes.checked_div(tot.verified).unwrap_or(0),
         "latency_from_publish": hist_json(&shared.hist.lock().expect("hist")),
@@ -203,9 +286,9 @@ pub async fn round(
     }
     eprintln!(
         "round {r}: {} deliveries in {:.3}s = {:.2}M/s, generator cpu {:.0}%{}",
-        t.received,
+        deliveries,
         wall,
-        rate(t.received, wall) / 1e6,
+        rate(deliveries, wall) / 1e6,
         w.share() * 100.0,
         if ok { "" } else { " (NOT ok)" }
     );

@@ -47,6 +47,48 @@ pub struct Shared {
     pub finder: SeqFinder,
     pub verify_every: u64,
     pub publisher: usize,
+    /// Every K-th subscriber (and the publisher) reads and checks every delivery; the others are
+    /// counted by bytes (`byte_counter`). 1: every subscriber checked.
+    pub check_every: usize,
+    /// Bytes each subscriber has read since it connected (upgrade and acks included).
+    pub bytes: Vec<AtomicU64>,
+    /// When each byte-counted subscriber last read, in ns since `base`.
+    pub read_ns: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// Whether subscriber `i` checks every delivery (else it is counted by bytes).
+    pub fn checked(&self, i: usize) -> bool {
+        i == self.publisher || i % self.check_every.max(1) == 0
+    }
+}
+
+/// A subscriber counted by bytes: reads with `recv(MSG_TRUNC)` (the kernel discards the bytes,
+/// nothing is copied or parsed) and publishes how many it has read. A round holds it complete
+/// when it has read exactly the bytes a checked subscriber read in that round: every server
+/// sends each publication's frame unchanged to every subscriber of the topic, so equal counts
+/// mean the same deliveries (order and content are checked on the checked subscribers only).
+pub async fn byte_counter(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>, idx: usize) {
+    // What the set-up read (upgrade, first frame, ack) precedes every round.
+    shared.bytes[idx].store(reader.bytes_in, Release);
+    loop {
+        match conn.read_discard(&mut reader).await {
+            Ok(Some((_, at))) => {
+                let ns = at.saturating_duration_since(shared.base).as_nanos() as u64;
+                shared.bytes[idx].store(reader.bytes_in, Release);
+                shared.read_ns[idx].store(ns, Release);
+                shared.last_ns.fetch_max(ns, Relaxed);
+            }
+            end => {
+                let why = match end {
+                    Err(e) => format!("read error: {e}"),
+                    _ => "closed (end of stream)".to_string(),
+                };
+                shared.slots[idx].lock().expect("slot").closed = Some(why);
+                return;
+            }
+        }
+    }
 }
 
 pub struct SetupCfg {
@@ -81,7 +123,9 @@ pub async fn setup(
     let mut key: Key = None;
     if cfg.encrypt {
         let hello = encodings::client_hello();
-        conn.send_text(&hello.message).await.map_err(|e| format!("client_hello: {e}"))?;
+        conn.send_text(&hello.message)
+            .await
+            .map_err(|e| format!("client_hello: {e}"))?;
         let deadline = Instant::now() + cfg.ack_timeout;
         let p = 'found: loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -112,7 +156,9 @@ pub async fn setup(
             let mut acked = false;
             for m in &msgs {
                 let mut buf = Vec::new();
-                let Some(m) = encodings::plain(key.as_ref(), m, &mut buf) else { continue };
+                let Some(m) = encodings::plain(key.as_ref(), m, &mut buf) else {
+                    continue;
+                };
                 let Some(v) = serde_json::from_slice::<Value>(m).ok().or_else(|| {
                     m.strip_prefix(b"M:")
                         .and_then(|b| rmp_serde::from_slice(b).ok())
@@ -143,7 +189,14 @@ pub async fn setup(
 }
 
 /// A subscriber's read loop, for the rest of the run.
-pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>, idx: usize, key: Key) {
+pub async fn subscriber(
+    conn: Arc<Conn>,
+    mut reader: Reader,
+    shared: Arc<Shared>,
+    idx: usize,
+    key: Key,
+) {
+    shared.bytes[idx].store(reader.bytes_in, Release);
     let mut plain_buf: Vec<u8> = Vec::new();
     let mut st = SlotStats::default();
     let mut t0 = shared.base;
@@ -236,6 +289,7 @@ pub async fn subscriber(conn: Arc<Conn>, mut reader: Reader, shared: Arc<Shared>
                 st.closed = Some(format!("closed ({code})"));
             }
         }
+        shared.bytes[idx].store(reader.bytes_in, Release);
         *shared.slots[idx].lock().expect("slot") = st.clone_light();
         if completed && shared.complete.fetch_add(1, AcqRel) + 1 >= shared.live.load(Acquire) {
             shared.done.notify_one();
