@@ -1,5 +1,5 @@
 /**
- * The TypeScript client's side of bench/ts_client.py: one client receives a stream from
+ * The TypeScript client's side of bench/ts_client.py (at commit 912dcac): one client receives a stream from
  * bench/peers/wse_app.py and times it (the same protocol as bench/client_throughput_client.py).
  */
 import { connect, VERSION, type ClientOptions, type WSEEvent } from "../src/index.js";

@@ -3,7 +3,7 @@
 //
 //   node bench/zlib-decode.mjs [--dist DIR] [--count 20000] [--size 2000]
 //
-// Frames are what bench/peers/wse_app.py sends for bench/ts_client.py's zlib format (an event
+// Frames are what bench/peers/wse_app.py sends for bench/ts_client.py's zlib format (at commit 912dcac) (an event
 // `{"s": n, "d": "xxx..."}` of about `size` bytes, zlib-compressed, after "C:"). Paths:
 // `decodeFrame` as the client calls it (node:zlib when the codec has it, else
 // DecompressionStream), and `inflateStream` (DecompressionStream, the browsers' path) when the
