@@ -4,6 +4,7 @@
     python bench/run.py full           # longer windows, 3 server starts per fan-out shape, 5 runs
     python bench/run.py quick --smoke  # tiny counts: checks the harness, figures mean nothing
     python bench/run.py report bench/results/quick.json   # rewrite the report from a results file
+    python bench/run.py soak [--duration S] # mixed load for 20 minutes, nothing lost, nothing leaked
 
 Every server (wse, the published wse-server 2.5.1, python websockets + uvloop, picows, uvicorn +
 FastAPI, granian, socketify, Bun, Centrifugo, and the floor: a minimal Rust writer) is started
@@ -262,8 +263,12 @@ class Driver:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["soak"]:  # its own options (bench/suite/soak.py)
+        from suite import soak
+
+        sys.exit(soak.main(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["quick", "full", "report"])
+    ap.add_argument("mode", choices=["quick", "full", "report", "soak"])
     ap.add_argument("results_file", nargs="?", help="report: the results file to render")
     ap.add_argument("--smoke", action="store_true", help="tiny counts (checks the harness; not a measurement)")
     ap.add_argument("--servers", default=",".join(ALL), help=f"comma-separated, from {','.join(ALL)}")

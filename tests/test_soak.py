@@ -1,6 +1,6 @@
-"""Two minutes of the soak (bench/soak.py): mixed load with nothing lost, flat RSS, no descriptor leak.
+"""Two minutes of the soak (`bench/run.py soak`, bench/suite/soak.py): mixed load with nothing lost, flat RSS, no descriptor leak.
 
-The 20-minute run is a benchmark (`python bench/soak.py`, figures in docs/SECURITY.md); this
+The 20-minute run is a benchmark (`python bench/run.py soak`, figures in docs/SECURITY.md); this
 is the same program, shorter, so a leak or a loss that shows in two minutes fails the tests."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_two_minutes_of_mixed_load_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     r = subprocess.run(
-        [sys.executable, "bench/soak.py", "--duration", "120", "--sample-s", "3", "--out", str(out), "--plot", str(tmp_path / "soak.png")],
+        [sys.executable, "bench/run.py", "soak", "--duration", "120", "--sample-s", "3", "--out", str(out), "--plot", str(tmp_path / "soak.png")],
         cwd=ROOT, capture_output=True, text=True, timeout=540,
     )
     assert out.exists(), r.stdout + r.stderr

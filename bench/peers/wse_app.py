@@ -7,6 +7,10 @@ those of ``common.py`` (the peers' protocol): the engine itself sends ``server_r
 ``subscription_update`` and adds the v2 envelope (``c``, ``t``, ``id``, ``ts``, ``seq``, ``tp``,
 ``v``) to every publication, so its frames are larger than the peers' minimal ``{c,t,seq,tp,p}``.
 JWT (HS256, verified in Rust during the upgrade) is on when ``WSE_BENCH_JWT_SECRET`` is set.
+
+``WSE_BENCH_SOAK=1`` (the soak, ``bench/run.py soak``) serves it with a production server's
+defaults instead (rate limits, idle timeouts and keepalive on) and zlib from 256 bytes, keys
+rotated every 30 s and presence on; ``bench.feed`` ``{topic, s, size}`` publishes one tick.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 from wse import Connection, JWTConfig, Message, WSEApp, WSEConfig
 
 _secret = os.environ.get("WSE_BENCH_JWT_SECRET")
-app = WSEApp(WSEConfig(
+_jwt = JWTConfig(secret=_secret) if _secret else None
+app = WSEApp(WSEConfig(port=0, jwt=_jwt, compression_threshold=256, key_rotation_ms=30_000, presence=True)
+             if os.environ.get("WSE_BENCH_SOAK") == "1" else WSEConfig(
     port=0,
     max_connections=19_000,
     backlog=4096,
@@ -26,7 +32,7 @@ app = WSEApp(WSEConfig(
     # No limit on what clients send, like every peer (the reference limits only what it sends):
     # the default token bucket (10,000/s per connection) would refuse part of the inbound load.
     rate_limit_capacity=0,
-    jwt=JWTConfig(secret=_secret) if _secret else None,
+    jwt=_jwt,
 ))
 received = 0
 
@@ -45,6 +51,12 @@ def bench_publish(conn: Connection, msg: Message) -> None:
     for s in range(start, start + count):
         publish(topic, {"s": s, "d": d}, type="tick")
     app.send(conn, {"published": count}, type="bench.done")
+
+
+@app.on("bench.feed")
+def bench_feed(conn: Connection, msg: Message) -> None:
+    p: dict[str, Any] = msg.payload
+    app.publish(str(p["topic"]), {"s": int(p["s"]), "d": pad_for(int(p.get("size", 60)))}, type="tick")
 
 
 @app.on("bench.users")

@@ -149,6 +149,7 @@ class Server:
     ref_python: list[str] | None = None
     loadgen: list[str] | None = None  # the floor's command
     workers: int = 0  # wse only: ``wse run --workers N`` (0: a single process, no supervisor)
+    soak: bool = False  # wse only: the soak's production-like settings (bench/peers/wse_app.py)
     proc: subprocess.Popen[str] | None = None
     pid: int = 0
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
@@ -168,6 +169,7 @@ class Server:
                 env["WSE_BENCH_JWT_SECRET"] = JWT_SECRET
             else:
                 env.pop("WSE_BENCH_JWT_SECRET", None)
+            env["WSE_BENCH_SOAK"] = "1" if self.soak else ""
             workers = ["--workers", str(self.workers)] if self.workers else []
             return [sys.executable, "-m", "wse_cli.main", "run", "wse_app:app", "--port", port, *workers,
                     "--log-level", "warning"], env

@@ -1,9 +1,11 @@
 """Soak: mixed load on one server for a long time, with memory, descriptors and loss watched.
 
-    python bench/soak.py                          # 20 minutes, the committed run
-    python bench/soak.py --duration 120           # what the test command runs
+    python bench/run.py soak                      # 20 minutes, the committed run
+    python bench/run.py soak --duration 120       # what the test command runs
 
-One ``wse run`` server (``bench/soak_app.py``, JWT on, recovery off) takes, at once:
+One ``wse run`` server (the suite's, ``bench/peers/wse_app.py``, with ``WSE_BENCH_SOAK=1``: the
+defaults of a production server, JWT on, zlib from 256 bytes, re-keying every 30 s, presence on,
+recovery off; pinned to core 0) takes, at once:
 - a feed: one client publishes through the server's handler, 200 publications/s;
 - steady subscribers for the whole run, each checking that the feed arrives complete and in
   order: plain JSON (``websockets``), zlib (``?compression=true``), msgpack and E2E-encrypted
@@ -28,7 +30,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,37 +39,17 @@ import jwt as pyjwt
 import orjson
 from websockets.asyncio.client import connect as ws_connect
 
-ROOT = Path(__file__).resolve().parent.parent
+from .servers import JWT_SECRET, ROOT, Server, free_port, rss_kib
+
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 from wse_client import connect  # noqa: E402
 
-SECRET = "soak-secret-0123456789abcdef-0123456789"
 FEED = "soak.feed"
+FEED_SIZE = 460  # over the server's compression threshold: zlib clients get ``C:`` frames
 
 
 def token(user: str) -> str:
-    return pyjwt.encode({"sub": user, "exp": int(time.time()) + 24 * 3600}, SECRET, algorithm="HS256")
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    # bench/ itself is not put on the path: its encodings.py would shadow the standard library's.
-    env = dict(os.environ, WSE_SOAK_JWT_SECRET=SECRET,
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "wse_cli.main", "run", "bench.soak_app:app", "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("wse: serving "):
-        proc.kill()
-        raise SystemExit(f"soak: the server did not start: {line!r}")
-    return proc, line.split()[-1]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return pyjwt.encode({"sub": user, "exp": int(time.time()) + 24 * 3600}, JWT_SECRET, algorithm="HS256")
 
 
 def fds(pid: int) -> int:
@@ -114,7 +95,7 @@ class Soak:
         async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token('feeder')}"}) as ws:
             await ws.recv()  # server_ready
             while not self.feed_stop.is_set():
-                await ws.send(orjson.dumps({"t": "feed", "p": {"n": self.fed}}))
+                await ws.send(orjson.dumps({"t": "bench.feed", "p": {"topic": FEED, "s": self.fed, "size": FEED_SIZE}}))
                 self.fed += 1
                 await asyncio.sleep(1 / self.args.feed_rate)
             await ws.send(orjson.dumps({"t": "echo", "p": "end"}))
@@ -132,7 +113,7 @@ class Soak:
             async for raw in ws:
                 m = orjson.loads(raw)
                 if m.get("t") == "tick":
-                    f.add(m["p"]["n"])
+                    f.add(m["p"]["s"])
 
     async def client_subscriber(self, kind: str, i: int, ready: asyncio.Event) -> None:
         f = Feed(kind)
@@ -144,7 +125,7 @@ class Soak:
             ready.set()
             async for event in client:
                 if event.type == "tick":
-                    f.add(event.payload["n"])
+                    f.add(event.payload["s"])
 
     async def churner(self, i: int) -> None:
         rnd = random.Random(i)
@@ -188,7 +169,7 @@ class Soak:
 
     async def sampler(self, t0: float) -> None:
         while not self.stop.is_set():
-            self.samples.append({"t": round(time.monotonic() - t0, 2), "rss_kib": rss_kib(self.pid), "fds": fds(self.pid),
+            self.samples.append({"t": round(time.monotonic() - t0, 2), "rss_kib": rss_kib([self.pid]), "fds": fds(self.pid),
                                  "fed": self.fed, "churn_cycles": self.churn_cycles, "inbound_sent": self.sent_inbound})
             try:
                 await asyncio.wait_for(self.stop.wait(), self.args.sample_s)
@@ -198,10 +179,10 @@ class Soak:
     async def server_stats(self) -> dict[str, Any]:
         async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token('stats')}"}) as ws:
             await ws.recv()
-            await ws.send(orjson.dumps({"t": "stats"}))
+            await ws.send(orjson.dumps({"t": "bench.stats"}))
             while True:
                 m = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-                if m.get("t") == "stats":
+                if m.get("t") == "bench.stats":
                     return dict(m["p"])
 
     async def run(self) -> dict[str, Any]:
@@ -262,7 +243,7 @@ class Soak:
         limit_mib = max(self.args.rss_slack_mib, warm / 1024 * 0.10)
         checks = {
             "every publication reached every steady subscriber, in order": not incomplete and not gaps,
-            "the handler counted every inbound message": stats["inbound"] == self.sent_inbound,
+            "the handler counted every inbound message": stats["received"] == self.sent_inbound,
             "descriptors back to the start once the clients left": fds_end <= fds_start,
             f"RSS flat once warm (last quarter within {limit_mib:.0f} MiB of the second)": growth_mib <= limit_mib,
             "no client task failed": not self.errors,
@@ -277,7 +258,7 @@ class Soak:
             "churn_cycles": self.churn_cycles,
             "topic_subscriptions_churned": self.topic_churn,
             "inbound_sent": self.sent_inbound,
-            "inbound_counted": stats["inbound"],
+            "inbound_counted": stats["received"],
             "fds_start": fds_start,
             "fds_end": fds_end,
             "rss_warm_mib": round(warm / 1024, 1),
@@ -314,8 +295,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run.py soak", description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=1200, help="seconds of load (default 20 minutes)")
     ap.add_argument("--subscribers", type=int, default=3, help="steady subscribers of each kind")
     ap.add_argument("--churners", type=int, default=4)
@@ -326,14 +307,14 @@ def main() -> int:
     ap.add_argument("--rss-slack-mib", type=float, default=8)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     ap.add_argument("--plot", type=Path, default=None, help="PNG of RSS and descriptors over time")
-    args = ap.parse_args()
-    proc, url = start_server()
+    args = ap.parse_args(argv)
+    server = Server("wse", free_port(7100), jwt=True, soak=True)
+    server.start()
     try:
-        result = asyncio.run(Soak(url, proc.pid, args).run())
+        result = asyncio.run(Soak(f"ws://127.0.0.1:{server.port}/wse", server.pid, args).run())
     finally:
-        proc.terminate()
-        proc.wait(30)
-    result["command"] = "python bench/soak.py " + " ".join(sys.argv[1:])
+        server.stop()
+    result["command"] = "python bench/run.py soak " + " ".join(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     if args.plot:
@@ -341,7 +322,3 @@ def main() -> int:
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=1))
     return 0 if result["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
