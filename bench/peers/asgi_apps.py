@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Auth, Hub, parse, server_ready  # noqa: E402
+from common import Auth, Hub, server_ready  # noqa: E402
 
 auth = Auth(os.environ.get("BENCH_JWT_SECRET") or None)
 
@@ -46,29 +46,20 @@ async def user_sends(hub: Hub, p: Any) -> int:
 
 async def dispatch(hub: Hub, key: Any, send: Any, data: bytes | str) -> None:
     """One inbound message; ``key`` is the connection's send function (its identity in the hub)."""
-    m = parse(data)
-    if m is None:
-        return
-    t, p = m
-    if t == "count":
-        hub.received += 1
-    elif t == "echo":
-        await send(hub.echo(p))
-    elif t == "subscription_update":
-        await send(hub.subscribe(key, p))
+    t, p, reply = hub.handle(key, data)
+    if reply:
+        await send(reply)
     elif t == "bench.publish":
         await send(hub.done(await publish(hub, p)))
     elif t == "bench.users":
         await send(hub.done(await user_sends(hub, p)))
-    elif t == "bench.stats":
-        await send(hub.stats())
 
 
 # --- FastAPI --------------------------------------------------------------------------------
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # noqa: E402
 
 fastapi_app = FastAPI()
-fastapi_hub = Hub(lambda c, d: None)
+fastapi_hub = Hub()
 
 
 @fastapi_app.websocket("/wse")
@@ -98,7 +89,7 @@ async def wse_endpoint(ws: WebSocket) -> None:
 
 
 # --- plain ASGI (granian) -------------------------------------------------------------------
-raw_hub = Hub(lambda c, d: None)
+raw_hub = Hub()
 
 
 async def raw_app(scope: dict[str, Any], receive: Any, send_event: Any) -> None:

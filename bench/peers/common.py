@@ -134,16 +134,32 @@ def server_ready(user: str) -> bytes:
 
 
 class Hub:
-    """Topic subscriptions and the scenario handlers, over any transport.
+    """Topic subscriptions and the scenario handlers, over any transport; connections are any
+    hashable object the transport uses. ``track=False``: the transport keeps the subscriptions
+    itself (uWS's pub/sub), the hub only acknowledges them."""
 
-    ``send(conn, data)`` sends one text frame to a connection; connections are any hashable
-    object the transport uses.
-    """
-
-    def __init__(self, send: Callable[[Any, bytes], Any]) -> None:
-        self.send = send
+    def __init__(self, track: bool = True) -> None:
+        self.track = track
         self.topics: dict[str, dict[Any, None]] = {}
         self.received = 0
+
+    def handle(self, conn: Any, data: bytes | str) -> tuple[str, Any, bytes | None]:
+        """One inbound message: (type, payload, the reply to send or None). ``count``, ``echo``,
+        ``subscription_update`` and ``bench.stats`` are done here; the publishing ones
+        (``bench.publish``, ``bench.users``) are the transport's."""
+        m = parse(data)
+        if m is None:
+            return "", None, None
+        t, p = m
+        if t == "count":
+            self.received += 1
+        elif t == "echo":
+            return t, p, self.echo(p)
+        elif t == "subscription_update":
+            return t, p, self.subscribe(conn, p)
+        elif t == "bench.stats":
+            return t, p, self.stats()
+        return t, p, None
 
     def drop(self, conn: Any) -> None:
         for subs in self.topics.values():
@@ -152,7 +168,7 @@ class Hub:
     def subscribe(self, conn: Any, p: dict[str, Any]) -> bytes:
         topics = [str(t) for t in p.get("topics", [])]
         action = p.get("action", "subscribe")
-        for t in topics:
+        for t in topics if self.track else ():
             if action == "unsubscribe":
                 self.topics.get(t, {}).pop(conn, None)
             else:

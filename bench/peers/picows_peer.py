@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uvloop  # noqa: E402
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server  # noqa: E402
 
-from common import Auth, Hub, announce, parse, peer_args, server_ready, stop_on_signals  # noqa: E402
+from common import Auth, Hub, announce, peer_args, server_ready, stop_on_signals  # noqa: E402
 
 TEXT = WSMsgType.TEXT
 
@@ -27,7 +27,7 @@ TEXT = WSMsgType.TEXT
 async def main() -> None:
     args = peer_args(__doc__ or "")
     auth = Auth(args.jwt_secret)
-    hub = Hub(lambda c, d: c.send(TEXT, d))
+    hub = Hub()
     loop = asyncio.get_running_loop()
 
     async def publish(requester: WSTransport, p: Any) -> None:
@@ -76,22 +76,13 @@ async def main() -> None:
                 if not frame.fin:
                     return
                 data, self.frag = bytes(self.frag), None
-            m = parse(data)
-            if m is None:
-                return
-            t, p = m
-            if t == "count":
-                hub.received += 1
-            elif t == "echo":
-                transport.send(TEXT, hub.echo(p))
-            elif t == "subscription_update":
-                transport.send(TEXT, hub.subscribe(transport, p))
+            t, p, reply = hub.handle(transport, data)
+            if reply:
+                transport.send(TEXT, reply)
             elif t == "bench.publish":
                 loop.create_task(publish(transport, p))
             elif t == "bench.users":
                 loop.create_task(user_sends(transport, p))
-            elif t == "bench.stats":
-                transport.send(TEXT, hub.stats())
 
     def factory(request: WSUpgradeRequest) -> Any:
         headers = [(k, v) for k, v in request.headers.items()]

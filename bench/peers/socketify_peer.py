@@ -9,7 +9,6 @@ message once per topic). Back-pressure limit raised so that no message is droppe
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from socketify import App, AppListenOptions, CompressOptions, OpCode  # noqa: E402
 
-from common import Auth, Hub, announce, parse, peer_args, server_ready  # noqa: E402
-
-
-# BENCH_DEFLATE=1 (bench/deflate_fanout.py): permessage-deflate, publications compressed.
-DEFLATE = os.environ.get("BENCH_DEFLATE") == "1"
+from common import Auth, Hub, announce, peer_args, server_ready  # noqa: E402
 
 
 def main() -> None:
     args = peer_args(__doc__ or "")
     auth = Auth(args.jwt_secret)
-    hub = Hub(lambda c, d: None)
+    hub = Hub(track=False)
     app = App()
 
     def upgrade(res: Any, req: Any, ctx: Any) -> None:
@@ -45,39 +40,25 @@ def main() -> None:
         ws.send(server_ready(ws.get_user_data() or ""), OpCode.TEXT)
 
     def on_message(ws: Any, data: Any, opcode: Any) -> None:
-        m = parse(data)
-        if m is None:
-            return
-        t, p = m
-        if t == "count":
-            hub.received += 1
-        elif t == "echo":
-            ws.send(hub.echo(p), OpCode.TEXT)
-        elif t == "subscription_update":
-            topics = [str(x) for x in p.get("topics", [])]
-            for topic in topics:
-                if p.get("action") == "unsubscribe":
-                    ws.unsubscribe(topic)
-                else:
-                    ws.subscribe(topic)
-            ws.send(hub.ack(p.get("action", "subscribe"), topics), OpCode.TEXT)
+        t, p, reply = hub.handle(ws, data)
+        if t == "subscription_update":  # uWS's own pub/sub
+            for topic in (str(x) for x in p.get("topics", [])):
+                (ws.unsubscribe if p.get("action") == "unsubscribe" else ws.subscribe)(topic)
+        if reply:
+            ws.send(reply, OpCode.TEXT)
         elif t == "bench.publish":
             topic, frames = hub.frames(p)
             for f in frames:
-                app.publish(topic, f, OpCode.TEXT, DEFLATE)
+                app.publish(topic, f, OpCode.TEXT)
             ws.send(hub.done(len(frames)), OpCode.TEXT)
         elif t == "bench.users":
             n = 0
             for n, (topic, f) in enumerate(hub.user_sends(p), 1):
-                app.publish(topic, f, OpCode.TEXT, DEFLATE)
+                app.publish(topic, f, OpCode.TEXT)
             ws.send(hub.done(n), OpCode.TEXT)
-        elif t == "bench.stats":
-            ws.send(hub.stats(), OpCode.TEXT)
 
     app.ws("/*", {
-        # BENCH_DEFLATE=1 (bench/deflate_fanout.py): uWS's shared compressor (no context takeover,
-        # one compression per publication).
-        "compression": CompressOptions.SHARED_COMPRESSOR if DEFLATE else CompressOptions.DISABLED,
+        "compression": CompressOptions.DISABLED,
         "max_payload_length": 1 << 20,
         "idle_timeout": 0,
         "max_backpressure": 1 << 30,

@@ -10,7 +10,6 @@ per message, written to every subscriber without waiting), yielding to the loop 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uvloop  # noqa: E402
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
 
-from common import Auth, Hub, announce, parse, peer_args, server_ready, stop_on_signals  # noqa: E402
-
-
-# BENCH_DEFLATE=1 (bench/deflate_fanout.py): permessage-deflate as websockets does it by default
-# (context takeover, so each connection compresses each message with its own compressor).
-DEFLATE = "deflate" if os.environ.get("BENCH_DEFLATE") == "1" else None
+from common import Auth, Hub, announce, peer_args, server_ready, stop_on_signals  # noqa: E402
 
 
 async def main() -> None:
     args = peer_args(__doc__ or "")
     auth = Auth(args.jwt_secret)
-    hub = Hub(lambda c, d: None)
+    hub = Hub()
     users: dict[ServerConnection, str] = {}
 
     def process_request(conn: ServerConnection, request: Any) -> Any:
@@ -45,16 +39,9 @@ async def main() -> None:
         await ws.send(server_ready(users.pop(ws, "")), text=True)
         try:
             async for data in ws:
-                m = parse(data)
-                if m is None:
-                    continue
-                t, p = m
-                if t == "count":
-                    hub.received += 1
-                elif t == "echo":
-                    await ws.send(hub.echo(p), text=True)
-                elif t == "subscription_update":
-                    await ws.send(hub.subscribe(ws, p), text=True)
+                t, p, reply = hub.handle(ws, data)
+                if reply:
+                    await ws.send(reply, text=True)
                 elif t == "bench.publish":
                     topic, frames = hub.frames(p)
                     for i, f in enumerate(frames):
@@ -69,8 +56,6 @@ async def main() -> None:
                         if n % 64 == 0:
                             await asyncio.sleep(0)
                     await ws.send(hub.done(n), text=True)
-                elif t == "bench.stats":
-                    await ws.send(hub.stats(), text=True)
         except Exception:
             pass
         finally:
@@ -79,7 +64,7 @@ async def main() -> None:
     stop = asyncio.get_running_loop().create_future()
     stop_on_signals(lambda: stop.done() or stop.get_loop().call_soon_threadsafe(stop.set_result, None))
     async with serve(handler, args.host, args.port, process_request=process_request, backlog=4096,
-                     max_queue=None, ping_interval=None, compression=DEFLATE):
+                     max_queue=None, ping_interval=None, compression=None):
         announce("websockets", args.host, args.port)
         await stop
 
