@@ -119,6 +119,10 @@ class Driver:
         self.descs.setdefault(name, s.describe())
         return s
 
+    def skip(self, name: str, scenario: str, reason: str) -> None:
+        self.records.append({"server": name, "scenario": scenario, "status": "skipped", "reason": reason,
+                             "samples": [], "raw": []})
+
     def record(self, name: str, scenario: str, fn: Any, jwt: bool = False, starts: int = 1, workers: int = 0,
                label: str | None = None) -> dict[str, Any]:
         """``starts`` fresh servers, each given to ``fn`` (returns samples, raw)."""
@@ -209,12 +213,10 @@ class Driver:
             for subs in sh.fanout_subs:
                 fb = frame_bytes(subs)
                 for name in order(servers):
-                    if not fb:
-                        self.records.append({"server": name, "scenario": f"fanout_same_{subs}", "status": "skipped",
-                                             "reason": "no wse frame size (run the fanout scenario with wse)",
-                                             "samples": [], "raw": []})
-                        continue
-                    self.record(name, f"fanout_same_{subs}", fan(subs, fb), starts=sh.fanout_starts)
+                    if fb:
+                        self.record(name, f"fanout_same_{subs}", fan(subs, fb), starts=sh.fanout_starts)
+                    else:
+                        self.skip(name, f"fanout_same_{subs}", "no wse frame size (run the fanout scenario with wse)")
         if "topics" in which:
             n = sh.topics_conns
             for name in order([x for x in servers if x not in FANOUT_ONLY]):
@@ -248,12 +250,11 @@ class Driver:
             limit = scenarios.fd_limit()
             for n in sh.idle_conns:
                 for name in order([x for x in servers if x not in FANOUT_ONLY]):
-                    if n + 1000 > limit:
-                        self.records.append({"server": name, "scenario": f"idle_{n}", "status": "skipped", "samples": [],
-                                             "raw": [], "reason": f"{n:,} connections exceed the open-files limit "
-                                             f"({limit:,} per process) of one server process and of one generator"})
-                        continue
-                    self.record(name, f"idle_{n}", lambda s, n=n: ([scenarios.idle(lg, s, n)], []), starts=sh.runs)
+                    if n + 1000 <= limit:
+                        self.record(name, f"idle_{n}", lambda s, n=n: ([scenarios.idle(lg, s, n)], []), starts=sh.runs)
+                    else:
+                        self.skip(name, f"idle_{n}", f"{n:,} connections exceed the open-files limit ({limit:,} per "
+                                  "process) of one server process and of one generator")
         if "cluster" in which and "wse" in servers:
             subs = sh.cluster_subs
             for w in sh.cluster_workers:

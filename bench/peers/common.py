@@ -55,8 +55,11 @@ def tick(topic: str, s: int, size: int, frame_bytes: int = 0) -> bytes:
     return make("x" * max(0, frame_bytes - len(make(""))))
 
 
-def peer_args(description: str) -> argparse.Namespace:
+def peer_args(description: str, servers: tuple[str, ...] = ()) -> argparse.Namespace:
+    """The peers' options (``servers``: a file that serves several, the one to run first)."""
     ap = argparse.ArgumentParser(description=description)
+    if servers:
+        ap.add_argument("server", choices=servers)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--jwt-secret", default=None, help="verify an HS256 token on every connection")

@@ -196,6 +196,8 @@ class Server:
             if not self.loadgen:
                 raise Skip("no load generator for the floor", permanent=True)
             return [*self.loadgen, "floor", "--port", port], env
+        if self.name in ("fastapi", "granian"):
+            return [sys.executable, str(PEERS / "asgi_peer.py"), self.name, "--port", port, *jwt], env
         return [sys.executable, str(PEERS / f"{self.name}_peer.py"), "--port", port, *jwt], env
 
     def start(self, timeout: float = 30.0) -> None:

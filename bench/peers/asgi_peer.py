@@ -1,10 +1,15 @@
-"""The ASGI peers' applications: FastAPI (served by uvicorn) and a plain ASGI app (served by granian).
+"""Peers: FastAPI's WebSocket endpoint served by uvicorn, and a plain ASGI app served by granian.
 
-Both speak the benchmark protocol of ``common.py``. Every connection has its own task (the
+    python bench/peers/asgi_peer.py fastapi --port PORT [--jwt-secret S]
+    python bench/peers/asgi_peer.py granian --port PORT [--jwt-secret S]
+
+Both apps speak the benchmark protocol of ``common.py``. Every connection has its own task (the
 ASGI model), so a publication is sent by awaiting ``send`` for each subscriber in turn; JWT is
 checked from the connection's headers before ``accept`` (a bad token: close 1008).
 Configuration comes from the environment (``BENCH_JWT_SECRET``), as ASGI servers import apps
-by name.
+by name. uvicorn (uvloop, httptools, websockets-sansio) runs ``fastapi_app`` in this process;
+granian runs ``raw_app`` in one worker process (its supervisor forks it: the harness counts the
+CPU of the whole process tree) with one runtime thread and uvloop.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from common import Auth, Hub, server_ready  # noqa: E402
+from common import Auth, Hub, announce_when_listening, peer_args, server_ready  # noqa: E402
 
 auth = Auth(os.environ.get("BENCH_JWT_SECRET") or None)
 
@@ -130,3 +136,28 @@ async def raw_app(scope: dict[str, Any], receive: Any, send_event: Any) -> None:
         pass
     finally:
         raw_hub.drop(send)
+
+
+def main() -> None:
+    global auth
+    args = peer_args(__doc__ or "", servers=("fastapi", "granian"))
+    if args.jwt_secret:
+        os.environ["BENCH_JWT_SECRET"] = args.jwt_secret
+        auth = Auth(args.jwt_secret)
+    announce_when_listening(args.server, args.host, args.port)
+    if args.server == "fastapi":
+        import uvicorn
+
+        uvicorn.Server(uvicorn.Config(fastapi_app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                                      ws="websockets-sansio", log_level="warning", backlog=4096,
+                                      ws_ping_interval=None, lifespan="off", access_log=False)).run()
+    else:
+        from granian import Granian
+
+        os.environ["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        Granian("asgi_peer:raw_app", address=args.host, port=args.port, interface="asgi", workers=1,
+                runtime_threads=1, loop="uvloop", websockets=True, log_enabled=False, backlog=4096).serve()
+
+
+if __name__ == "__main__":
+    main()
