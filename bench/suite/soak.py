@@ -52,6 +52,19 @@ def token(user: str) -> str:
     return pyjwt.encode({"sub": user, "exp": int(time.time()) + 24 * 3600}, JWT_SECRET, algorithm="HS256")
 
 
+def raw_client(url: str, user: str, **kw: Any) -> Any:
+    """A plain ``websockets`` connection with a token (the first frame it gets is ``server_ready``)."""
+    return ws_connect(url, additional_headers={"Authorization": f"Bearer {token(user)}"}, **kw)
+
+
+async def ask(ws: Any, t: str, p: Any = None) -> Any:
+    """Send ``t`` and wait for the answer of that type (for ``echo``: every earlier message handled)."""
+    await ws.send(orjson.dumps({"t": t, "p": p}))
+    while (m := orjson.loads(await asyncio.wait_for(ws.recv(), 30))).get("t") != t:
+        pass
+    return m.get("p")
+
+
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -92,21 +105,18 @@ class Soak:
         self.errors: list[str] = []
 
     async def feeder(self) -> None:
-        async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token('feeder')}"}) as ws:
+        async with raw_client(self.url, "feeder") as ws:
             await ws.recv()  # server_ready
             while not self.feed_stop.is_set():
                 await ws.send(orjson.dumps({"t": "bench.feed", "p": {"topic": FEED, "s": self.fed, "size": FEED_SIZE}}))
                 self.fed += 1
                 await asyncio.sleep(1 / self.args.feed_rate)
-            await ws.send(orjson.dumps({"t": "echo", "p": "end"}))
-            while orjson.loads(await asyncio.wait_for(ws.recv(), 30)).get("t") != "echo":
-                pass
+            await ask(ws, "echo", "end")
 
     async def plain_subscriber(self, i: int, ready: asyncio.Event) -> None:
         f = Feed("plain")
         self.feeds.append(f)
-        async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token(f'plain{i}')}"},
-                              max_size=None) as ws:
+        async with raw_client(self.url, f"plain{i}", max_size=None) as ws:
             await ws.recv()  # server_ready
             await ws.send(orjson.dumps({"c": "WSE", "t": "subscription_update", "p": {"action": "subscribe", "topics": [FEED]}}))
             ready.set()
@@ -154,7 +164,7 @@ class Soak:
                 await asyncio.sleep(0.01)  # pacing
 
     async def sender(self, i: int) -> None:
-        async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token(f'sender{i}')}"}) as ws:
+        async with raw_client(self.url, f"sender{i}") as ws:
             await ws.recv()  # server_ready
             msg = orjson.dumps({"t": "count", "p": {"i": i}})
             while not self.stop.is_set():
@@ -163,9 +173,7 @@ class Soak:
                 self.sent_inbound += 10
                 await asyncio.sleep(10 / self.args.inbound_rate)
             # One round trip: the handler has seen everything this connection sent before it.
-            await ws.send(orjson.dumps({"t": "echo", "p": i}))
-            while orjson.loads(await asyncio.wait_for(ws.recv(), 30)).get("t") != "echo":
-                pass
+            await ask(ws, "echo", i)
 
     async def sampler(self, t0: float) -> None:
         while not self.stop.is_set():
@@ -177,13 +185,8 @@ class Soak:
                 pass
 
     async def server_stats(self) -> dict[str, Any]:
-        async with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {token('stats')}"}) as ws:
-            await ws.recv()
-            await ws.send(orjson.dumps({"t": "bench.stats"}))
-            while True:
-                m = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-                if m.get("t") == "bench.stats":
-                    return dict(m["p"])
+        async with raw_client(self.url, "stats") as ws:
+            return dict(await ask(ws, "bench.stats"))
 
     async def run(self) -> dict[str, Any]:
         a = self.args
