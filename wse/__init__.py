@@ -1,6 +1,7 @@
 """WSE: a WebSocket engine for Python whose transport runs in Rust."""
 
-from .app import Connection, Message, PresenceCount, PresenceEvent, PresenceMember, WSEApp
+from .app import WSEApp
+from .model import Connection, Message, PresenceCount, PresenceEvent, PresenceMember
 from .breaker import BreakerStatus
 from .config import JWTConfig, WSEConfig
 

@@ -1,4 +1,5 @@
-"""Router mode: a WSE endpoint inside another server's ASGI application.
+"""Router mode: a WSE endpoint inside another server's ASGI application (``WSEApp.attach``,
+``detach``; ``serve_websocket`` carries each connection).
 
 The ASGI server (uvicorn, ...) owns the socket and the WebSocket framing; the engine does
 everything else on its usual code paths: the Origin and token checks, the connect and
@@ -13,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _runtime
-from .app import WSEApp
+from . import _logs, _runtime
+
+if TYPE_CHECKING:
+    from .app import WSEApp
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -31,6 +34,57 @@ _TAKE_BATCH = 64
 _DENIALS = {403: b"origin not allowed\n", 503: b"too many connections\n"}
 
 
+class Router:
+    """An attached application's external connections: each one's writer wake-up, and the tasks
+    carrying them."""
+
+    def __init__(self) -> None:
+        self.wake: dict[int, asyncio.Event] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def ready(self, server: _runtime.Server) -> None:
+        """Wakes the writers of the external connections that have messages to send."""
+        wake = self.wake
+        for cid in server.ext_ready():
+            ev = wake.get(cid)
+            if ev is not None:
+                ev.set()
+
+
+def attach(app: WSEApp) -> None:
+    """``WSEApp.attach``: the engine started in the running event loop without a listener."""
+    if app._server is not None:
+        raise RuntimeError("the application is already running")
+    loop = asyncio.get_running_loop()
+    _logs.start()
+    server = _runtime.Server(app.config.engine_json(subscribe_hook=app._dispatch.authorize is not None))
+    server.start(listen=False)
+    app._loop = loop
+    app._server = server
+    router = app._router = Router()
+    loop.add_reader(server.fd, app._dispatch.drain)
+    loop.add_reader(server.ext_fd, router.ready, server)
+
+
+async def detach(app: WSEApp, timeout: float) -> None:
+    """``WSEApp.detach``: close the external connections (1001), wait for them (at most
+    ``timeout`` seconds), and stop the engine ``attach`` started."""
+    server, loop, router = app._server, app._loop, app._router
+    if server is None or loop is None or router is None:
+        return
+    for cid in list(router.wake):
+        server.disconnect(cid, 1001, "server shutting down")
+    if router.tasks:
+        await asyncio.wait(set(router.tasks), timeout=timeout)
+    loop.remove_reader(server.fd)
+    loop.remove_reader(server.ext_fd)
+    server.stop()
+    app._dispatch.drain_all()
+    await app._dispatch.finish()
+    app._server = None
+    app._router = None
+
+
 async def serve_websocket(app: WSEApp, scope: Scope, receive: Receive, send: Send) -> None:
     """Carries one WebSocket connection (an ASGI ``websocket`` scope) for ``app``.
 
@@ -39,6 +93,9 @@ async def serve_websocket(app: WSEApp, scope: Scope, receive: Receive, send: Sen
     if scope.get("type") != "websocket":
         raise ValueError("serve_websocket handles ASGI websocket scopes only")
     server = app.server
+    router = app._router
+    if router is None:
+        raise RuntimeError("serve_websocket needs an attached application (WSEApp.attach())")
     first = await receive()
     if first["type"] != "websocket.connect":
         return
@@ -67,10 +124,10 @@ async def serve_websocket(app: WSEApp, scope: Scope, receive: Receive, send: Sen
         await send({"type": "websocket.close", "code": status, "reason": reason})
         return
     wake = asyncio.Event()
-    app._ext_wake[cid] = wake
+    router.wake[cid] = wake
     task = asyncio.current_task()
     if task is not None:
-        app._ext_tasks.add(task)
+        router.tasks.add(task)
     code = 1006
     reader: asyncio.Task[int] | None = None
     writer: asyncio.Task[int] | None = None
@@ -94,9 +151,9 @@ async def serve_websocket(app: WSEApp, scope: Scope, receive: Receive, send: Sen
         pending = [t for t in (reader, writer) if t is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        app._ext_wake.pop(cid, None)
+        router.wake.pop(cid, None)
         if task is not None:
-            app._ext_tasks.discard(task)
+            router.tasks.discard(task)
         server.ext_end(cid, code)
 
 
@@ -121,7 +178,7 @@ async def _read(app: WSEApp, server: _runtime.Server, cid: int, receive: Receive
         r = server.ext_feed(cid, data, text)
         while r == _FED_BUSY:
             # The drain queue is full: stop reading this client until the application drains.
-            await app._drained()
+            await app._dispatch.drained()
             r = server.ext_retry(cid)
         if r == _FED_CLOSED:
             closing = True
