@@ -88,6 +88,9 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a compressed message's first frame (permessage-deflate; the caller refuses it
+    /// when the extension was not agreed).
+    pub rsv1: bool,
     pub opcode: u8,
     /// Offset of the payload from the frame's start.
     pub header_len: usize,
@@ -106,7 +109,7 @@ impl Frame {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// Reserved bits set (no extension was negotiated) or an unknown opcode.
+    /// RSV2 or RSV3 set (no extension uses them) or an unknown opcode.
     Protocol(&'static str),
     /// Declared length beyond the caller's limit.
     TooBig(u64),
@@ -120,7 +123,7 @@ pub fn parse(buf: &[u8], max_payload: u64) -> Result<Option<Frame>, ParseError> 
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(ParseError::Protocol("reserved bits set"));
     }
     let opcode = b0 & 0x0F;
@@ -170,6 +173,7 @@ pub fn parse(buf: &[u8], max_payload: u64) -> Result<Option<Frame>, ParseError> 
     }
     Ok(Some(Frame {
         fin,
+        rsv1: b0 & 0x40 != 0,
         opcode,
         header_len: hl,
         payload_len: len,
@@ -269,9 +273,10 @@ mod tests {
             Err(ParseError::TooBig(256))
         );
         assert!(matches!(
-            parse(&[0xC1, 0x00], 100),
+            parse(&[0xA1, 0x00], 100),
             Err(ParseError::Protocol(_))
         ));
+        assert!(parse(&[0xC1, 0x00], 100).unwrap().unwrap().rsv1);
         assert!(matches!(
             parse(&[0x83, 0x00], 100),
             Err(ParseError::Protocol(_))

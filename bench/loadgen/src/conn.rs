@@ -15,6 +15,7 @@ use sha1::Digest;
 use std::io::Read;
 
 use crate::codec::{self, Rng};
+use crate::deflate::{self, Inflate};
 pub use crate::net::Target;
 use crate::net::{tcp_connect, Sock};
 
@@ -30,8 +31,12 @@ pub struct Conn {
 #[derive(Default)]
 pub struct Reader {
     pending: Vec<u8>,
+    /// Opcode (with 0x40 when compressed) and the bytes so far.
     frag: Option<(u8, Vec<u8>)>,
     pub max_payload: u64,
+    /// permessage-deflate, when the server agreed to it, and its `Sec-WebSocket-Extensions`.
+    pub inflate: Option<Inflate>,
+    pub extensions: Option<String>,
     /// Frames that broke the rules (masked server frames): counted, not fatal.
     pub protocol_violations: u64,
     pub bytes_in: u64,
@@ -83,6 +88,9 @@ pub async fn open(target: &Target, idx: usize, rng_seed: u64) -> Result<Opened, 
     if let Some(o) = &target.origin {
         req.push_str(&format!("Origin: {o}\r\n"));
     }
+    if target.deflate {
+        req.push_str(&format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER));
+    }
     req.push_str("\r\n");
     sock.write_all(req.as_bytes())
         .await
@@ -117,16 +125,29 @@ pub async fn open(target: &Target, idx: usize, rng_seed: u64) -> Result<Opened, 
         return Err(format!("upgrade refused: {status}"));
     }
     let expect = accept_key(&key);
-    let accept = lines
+    let headers: Vec<(&str, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-accept"))
-        .map(|(_, v)| v.trim().to_string());
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let header = |name: &str| {
+        let mut v = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        v.next().map(|(_, v)| v.to_string())
+    };
+    let accept = header("sec-websocket-accept");
     if accept.as_deref() != Some(expect.as_str()) {
         return Err(format!("bad Sec-WebSocket-Accept: {accept:?}"));
     }
+    let extensions = header("sec-websocket-extensions");
+    let inflate = match &extensions {
+        Some(e) if target.deflate => Inflate::from_answer(e)?,
+        Some(e) => return Err(format!("extension not offered: {e}")),
+        None => None,
+    };
     let reader = Reader {
         pending: buf[head_end..].to_vec(),
         max_payload: target.max_payload,
+        inflate,
+        extensions,
         ..Default::default()
     };
     let conn = Arc::new(Conn {
@@ -190,7 +211,8 @@ impl Conn {
     }
 
     /// Read once (waiting for data), and call `f(opcode, payload, at)` for every complete data
-    /// message in what was read; `at` is when the read returned. Pings are answered, a close
+    /// message in what was read; `at` is when the read returned. A compressed message comes
+    /// inflated, with 0x40 (RSV1) added to its opcode. Pings are answered, a close
     /// frame is answered and ends the connection.
     pub async fn read_some<F>(&self, r: &mut Reader, mut f: F) -> io::Result<(Status, Instant)>
     where
@@ -398,23 +420,35 @@ fn process<F: FnMut(u8, &[u8], Instant)>(
             r.protocol_violations += 1;
             codec::apply_mask(payload, k);
         }
+        let z = if frame.rsv1 { 0x40 } else { 0 };
+        if z != 0 && (r.inflate.is_none() || !matches!(frame.opcode, 1 | 2)) {
+            out.error =
+                Some("RSV1 set: permessage-deflate was not agreed, or not a data frame".into());
+            return out;
+        }
         match frame.opcode {
             codec::OP_TEXT | codec::OP_BINARY if frame.fin && r.frag.is_none() => {
-                f(frame.opcode, payload, now)
+                if let Err(e) = message(r, frame.opcode | z, payload, now, f) {
+                    out.error = Some(e);
+                    return out;
+                }
             }
             codec::OP_TEXT | codec::OP_BINARY => {
                 if r.frag.is_some() {
                     out.error = Some("new message inside a fragmented one".into());
                     return out;
                 }
-                r.frag = Some((frame.opcode, payload.to_vec()));
+                r.frag = Some((frame.opcode | z, payload.to_vec()));
             }
             codec::OP_CONT => match r.frag.as_mut() {
                 Some((_, v)) => {
                     v.extend_from_slice(payload);
                     if frame.fin {
                         let (op, v) = r.frag.take().unwrap_or_default();
-                        f(op, &v, now);
+                        if let Err(e) = message(r, op, &v, now, f) {
+                            out.error = Some(e);
+                            return out;
+                        }
                     }
                 }
                 None => {
@@ -433,6 +467,22 @@ fn process<F: FnMut(u8, &[u8], Instant)>(
     }
     r.pending.extend_from_slice(&buf[at..]);
     out
+}
+
+/// One data message to `f`, inflated first when its opcode carries 0x40.
+#[inline]
+fn message<F: FnMut(u8, &[u8], Instant)>(
+    r: &mut Reader,
+    op: u8,
+    payload: &[u8],
+    now: Instant,
+    f: &mut F,
+) -> Result<(), String> {
+    match (op & 0x40 != 0, r.inflate.as_mut()) {
+        (true, Some(i)) => f(op, i.message(payload, r.max_payload as usize)?, now),
+        _ => f(op, payload, now),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

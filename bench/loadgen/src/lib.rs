@@ -11,6 +11,7 @@
 mod auth;
 mod codec;
 mod conn;
+mod deflate;
 mod encodings;
 mod fanout;
 mod floor;

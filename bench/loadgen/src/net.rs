@@ -22,6 +22,8 @@ pub struct Target {
     pub token_cookie: bool,
     pub origin: Option<String>,
     pub max_payload: u64,
+    /// Offer permessage-deflate in the upgrade (and inflate what comes compressed).
+    pub deflate: bool,
 }
 
 impl Target {
@@ -62,6 +64,7 @@ impl Target {
             token_cookie: true,
             origin: None,
             max_payload: 64 << 20,
+            deflate: false,
         })
     }
 

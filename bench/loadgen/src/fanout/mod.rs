@@ -10,7 +10,7 @@
 mod round;
 mod subscriber;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,13 +127,21 @@ pub struct Args {
     /// inflated: ask for them with `?compression=true` in the URL.
     #[arg(long)]
     pub encrypt: bool,
+    /// Offer permessage-deflate (`client_max_window_bits`, as browsers do) and inflate every
+    /// compressed delivery before its check; every subscriber is then checked (each one's
+    /// compressed bytes differ under context takeover). The report says whether it was agreed
+    /// and the wire bytes per delivery.
+    #[arg(long)]
+    pub permessage_deflate: bool,
     /// Subscribers listed individually in `errors` at most.
     #[arg(long, default_value_t = 50)]
     pub max_error_subs: usize,
 }
 
 pub async fn run(a: Args) -> Result<Value, String> {
-    let target = Arc::new(a.common.target()?);
+    let mut target = a.common.target()?;
+    target.deflate = a.permessage_deflate;
+    let target = Arc::new(target);
     let n = a.subscribers.max(1);
     let shared = Arc::new(Shared {
         round: AtomicU64::new(0),
@@ -153,6 +161,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         // Too few subscribers for a checked one besides the publisher: check them all.
         check_every: if n >= 2 * a.check_every.max(1)
             && !a.encrypt
+            && !a.permessage_deflate
             && a.topic_per_subscriber.is_none()
         {
             a.check_every.max(1)
@@ -161,6 +170,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         },
         bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
         read_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        deflate_agreed: AtomicUsize::new(0),
     });
     let (topic, prefix) = (a.topic.clone(), a.topic_per_subscriber.clone());
     let subscribe = Box::new(move |i: usize| {
@@ -198,6 +208,9 @@ pub async fn run(a: Args) -> Result<Value, String> {
             match setup(&target, i, wait_ready, &cfg).await {
                 Ok((conn, reader, _, key)) => {
                     drop(permit);
+                    shared
+                        .deflate_agreed
+                        .fetch_add(reader.inflate.is_some() as usize, Relaxed);
                     let _ = tx.send((i, Ok(conn.clone())));
                     if shared.checked(i) {
                         subscriber(conn, reader, shared, i, key).await;
@@ -215,11 +228,18 @@ pub async fn run(a: Args) -> Result<Value, String> {
     let mut conns: Vec<Option<Arc<Conn>>> = vec![None; n];
     let mut errors: Vec<String> = Vec::new();
     let mut failures = 0usize;
+    let mut deflate: Value;
     {
         let (target, shared, cfg) = (target.clone(), shared.clone(), cfg.clone());
         let first = setup(&target, 0, ready != Ready::Skip, &cfg).await;
         match first {
             Ok((conn, reader, got_first, key)) => {
+                shared
+                    .deflate_agreed
+                    .fetch_add(reader.inflate.is_some() as usize, Relaxed);
+                deflate = json!({"offered": a.permessage_deflate, "answer": reader.extensions,
+                    "server_no_context_takeover": reader.inflate.as_ref().map(|i| i.no_context),
+                    "server_max_window_bits": reader.inflate.as_ref().map(|i| i.window_bits)});
                 if ready == Ready::Auto {
                     ready = if got_first { Ready::Wait } else { Ready::Skip };
                 }
@@ -352,6 +372,8 @@ pub async fn run(a: Args) -> Result<Value, String> {
     let o = out.as_object_mut().expect("object");
     o.insert("ok".into(), json!(ok));
     o.insert("subscribers".into(), json!(n));
+    deflate["agreed"] = json!(shared.deflate_agreed.load(Relaxed));
+    o.insert("permessage_deflate".into(), deflate);
     o.insert("connected".into(), json!(live.len()));
     o.insert("connect_failures".into(), json!(failures));
     o.insert("connect_errors".into(), json!(errors));

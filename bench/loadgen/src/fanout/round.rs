@@ -191,7 +191,10 @@ pub async fn round(
     let mut subs_err = Vec::new();
     let (mut complete, mut closed, mut last_at) = (0usize, 0usize, t0);
     let (mut verify_failed, mut first_bad) = (0u64, None);
-    for &i in live {
+    // Bytes on the wire per delivery, frames whole (compressed when they came so), from the
+    // checked subscribers besides the publisher (which also gets the server's replies).
+    let (mut wire, mut wire_n) = (0u64, 0u64);
+    for (k, &i) in live.iter().enumerate() {
         let s = shared.slots[i].lock().expect("slot").clone();
         let fresh = s.round == r;
         let c = if fresh {
@@ -219,6 +222,11 @@ pub async fn round(
         tot.check.out_of_range += c.out_of_range;
         tot.verified += s.verified;
         tot.verified_bytes += s.verified_bytes;
+        tot.compressed += s.compressed * fresh as u64;
+        if i != shared.publisher && fresh {
+            wire += shared.bytes[i].load(Acquire) - cbase[k];
+            wire_n += c.received;
+        }
         tot.other += s.other;
         tot.masked += s.masked;
         verify_failed += s.verify_failed;
@@ -277,6 +285,7 @@ pub async fn round(
         "wall_s": report::round6(wall), "deliveries_per_s": rate(deliveries, wall),
         "lower_bound": saturated,
         "avg_frame_payload_bytes": tot.verified_bytes.checked_div(tot.verified).unwrap_or(0),
+        "wire_bytes_per_delivery": wire.checked_div(wire_n), "compressed_deliveries": tot.compressed,
         "latency_from_publish": hist_json(&shared.hist.lock().expect("hist")),
         "server_messages": shared.inbox.lock().expect("inbox").clone(),
         "errors": subs_err,

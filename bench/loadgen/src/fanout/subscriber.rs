@@ -22,6 +22,8 @@ pub struct SlotStats {
     pub verified: u64,
     pub verified_bytes: u64,
     pub verify_failed: u64,
+    /// Deliveries that came compressed (permessage-deflate).
+    pub compressed: u64,
     pub first_bad: Option<String>,
     pub other: u64,
     /// Masked frames from the server (a protocol violation), over the whole run.
@@ -54,6 +56,8 @@ pub struct Shared {
     pub bytes: Vec<AtomicU64>,
     /// When each byte-counted subscriber last read, in ns since `base`.
     pub read_ns: Vec<AtomicU64>,
+    /// Connections whose server agreed to permessage-deflate.
+    pub deflate_agreed: AtomicUsize,
 }
 
 impl Shared {
@@ -207,7 +211,7 @@ pub async fn subscriber(
         let mut batch = 0u64;
         let mut completed = false;
         let res = conn
-            .read_some(&mut reader, |_, raw, at| {
+            .read_some(&mut reader, |op, raw, at| {
                 // E: and C: frames are opened first: their cost is part of what is measured.
                 let Some(data) = encodings::plain(key.as_ref(), raw, &mut plain_buf) else {
                     fail(&mut st, "undecodable E:/C: frame".into(), raw);
@@ -230,6 +234,7 @@ pub async fn subscriber(
                     others.push(data.to_vec());
                     return;
                 };
+                st.compressed += (op & 0x40 != 0) as u64;
                 let in_order = st.check.on(s);
                 batch += 1;
                 let c = &st.check;
