@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import flame, report, scenarios  # noqa: E402
 from suite.servers import ALL, ROOT, Server, Skip, free_port, reference_python  # noqa: E402
 
-SCENARIOS = ["fanout", "fanout_same", "topics", "e2e", "inbound", "latency", "handshake", "idle", "cluster"]
+SCENARIOS = ["fanout", "fanout_same", "topics", "e2e", "fanout_deflate", "inbound", "latency", "handshake", "idle",
+             "cluster"]
 
 
 def machine() -> str:
@@ -98,6 +99,7 @@ def scrub(text: str) -> str:
 
 FANOUT_ONLY = {"floor"}  # the floor does fan-out and nothing else
 NO_INBOUND_COUNT = {"centrifugo"}
+DEFLATE = ["wse", "websockets", "socketify", "centrifugo"]  # the servers with permessage-deflate
 
 
 class Driver:
@@ -112,9 +114,10 @@ class Driver:
         self.records: list[dict[str, Any]] = []
         self.flames: dict[str, str] = {}
 
-    def server(self, name: str, jwt: bool = False, workers: int = 0) -> Server:
+    def server(self, name: str, jwt: bool = False, workers: int = 0, deflate: bool = False) -> Server:
         self.port = free_port(self.port + 1)
-        s = Server(name, self.port, jwt=jwt, ref_python=self.ref, loadgen=self.lg.argv0, workers=workers)
+        s = Server(name, self.port, jwt=jwt, ref_python=self.ref, loadgen=self.lg.argv0, workers=workers,
+                   deflate=deflate)
         s.start()
         self.descs.setdefault(name, s.describe())
         return s
@@ -124,7 +127,7 @@ class Driver:
                              "samples": [], "raw": []})
 
     def record(self, name: str, scenario: str, fn: Any, jwt: bool = False, starts: int = 1, workers: int = 0,
-               label: str | None = None) -> dict[str, Any]:
+               label: str | None = None, deflate: bool = False) -> dict[str, Any]:
         """``starts`` fresh servers, each given to ``fn`` (returns samples, raw)."""
         rec: dict[str, Any] = {"server": label or name, "scenario": scenario, "status": "ok", "reason": "",
                                "samples": [], "raw": []}
@@ -134,7 +137,7 @@ class Driver:
         else:
             for _ in range(starts):
                 try:
-                    s = self.server(name, jwt, workers)
+                    s = self.server(name, jwt, workers, deflate)
                 except Skip as e:
                     if e.permanent:  # not installed: the later scenarios need not try
                         self.skipped[name] = str(e)
@@ -226,6 +229,16 @@ class Driver:
             subs = 1000 if 1000 in sh.fanout_subs else sh.fanout_subs[-1]
             self.record("wse", f"e2e_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, encrypt=True),
                         starts=sh.fanout_starts)
+        if "fanout_deflate" in which:
+            # permessage-deflate on (each server's own way), at one size, beside wse's plaintext
+            # of the same size (this run's, else one more run).
+            subs = 1000 if 1000 in sh.fanout_subs else sh.fanout_subs[-1]
+            for name in order([x for x in servers if x in DEFLATE]):
+                self.record(name, f"fanout_deflate_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, deflate=True),
+                            starts=sh.fanout_starts, deflate=True)
+            if "wse" in servers and not any(r["scenario"] == f"fanout_{subs}" and r["server"] == "wse"
+                                            for r in self.records):
+                self.record("wse", f"fanout_{subs}", fan(subs, 0), starts=sh.fanout_starts)
         if "inbound" in which:
             shapes = [("inbound_pipelined", sh.inbound_pipe_conns, False)]
             shapes += [(f"inbound_seg_{c}", c, True) for c in sh.inbound_seg_conns]

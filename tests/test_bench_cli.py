@@ -82,6 +82,35 @@ def test_fanout_counts_unchecked_subscribers_by_bytes(make_server: Any) -> None:
     assert r["missing"] == 120 and r["byte_counted_short"] == 8 and r["byte_counted_complete"] == 0
 
 
+def test_fanout_with_permessage_deflate(make_server: Any) -> None:
+    """--permessage-deflate: the generator offers the extension as browsers do, the server (with
+    it on) agrees without context takeover, every delivery comes compressed and is inflated and
+    sequence-checked on every subscriber (--check-every is overridden), and the wire bytes per
+    delivery are a fraction of the plaintext frame's for a compressible 1,000-byte payload. The
+    same server sends plaintext to a generator that does not offer it."""
+    srv = make_server(target=BENCH_APP, env=bench_env({"WSE_BENCH_DEFLATE": "1"}))
+    run = ["fanout", "--url", srv.url, "--subscribers", "12", "--messages", "40", "--size", "1000",
+           "--rounds", "2", "--check-every", "3", "--server-pid", str(srv.pid)]
+    code, rep, out = wse_bench(*run, "--permessage-deflate")
+    assert code == 0, out
+    assert rep is not None and rep["ok"] is True
+    z = rep["permessage_deflate"]
+    assert z["offered"] is True and z["agreed"] == 12
+    assert z["server_no_context_takeover"] is True and "permessage-deflate" in z["answer"]
+    for r in rep["rounds"]:
+        assert r["checked_subscribers"] == 12 and r["byte_counted_subscribers"] == 0
+        assert r["deliveries"] == r["distinct"] == 12 * 40 and r["missing"] == 0
+        assert r["compressed_deliveries"] == 12 * 40
+        assert r["avg_frame_payload_bytes"] > 1000  # inflated: the whole envelope and its padding
+        assert 0 < r["wire_bytes_per_delivery"] < r["avg_frame_payload_bytes"] // 4
+    code, plain, out = wse_bench(*run)
+    assert code == 0, out
+    assert plain is not None and plain["ok"] is True and plain["permessage_deflate"]["agreed"] == 0
+    r = plain["rounds"][-1]
+    assert r["compressed_deliveries"] == 0
+    assert r["wire_bytes_per_delivery"] > r["avg_frame_payload_bytes"] > 1000
+
+
 def test_fanout_warms_until_steady_and_reports_cold_apart(make_server: Any) -> None:
     srv = make_server(target=BENCH_APP, env=bench_env())
     code, rep, out = wse_bench("fanout", "--url", srv.url, "--subscribers", "10", "--messages", "20",

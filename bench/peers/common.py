@@ -63,6 +63,7 @@ def peer_args(description: str, servers: tuple[str, ...] = ()) -> argparse.Names
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--jwt-secret", default=None, help="verify an HS256 token on every connection")
+    ap.add_argument("--deflate", action="store_true", help="permessage-deflate on (the fanout_deflate scenario)")
     return ap.parse_args()
 
 

@@ -1,10 +1,12 @@
 """Peer: ``socketify`` (Python bindings of uWebSockets), with uWS's own topic pub/sub.
 
-    python bench/peers/socketify_peer.py --port PORT [--jwt-secret S]
+    python bench/peers/socketify_peer.py --port PORT [--jwt-secret S] [--deflate]
 
 The benchmark protocol is in ``common.py``. JWT is checked in the upgrade handler (a bad token
 gets HTTP 401). Subscriptions use ``ws.subscribe`` and publications ``app.publish`` (uWS frames a
 message once per topic). Back-pressure limit raised so that no message is dropped.
+``--deflate``: permessage-deflate with uWS's ``SHARED_COMPRESSOR`` (no context takeover, one
+compression per publication) and ``publish(..., compress=True)``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     auth = Auth(args.jwt_secret)
     hub = Hub(track=False)
     app = App()
+    z = bool(args.deflate)
 
     def upgrade(res: Any, req: Any, ctx: Any) -> None:
         headers: list[tuple[str, str]] = []
@@ -49,16 +52,16 @@ def main() -> None:
         elif t == "bench.publish":
             topic, frames = hub.frames(p)
             for f in frames:
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, z)
             ws.send(hub.done(len(frames)), OpCode.TEXT)
         elif t == "bench.users":
             n = 0
             for n, (topic, f) in enumerate(hub.user_sends(p), 1):
-                app.publish(topic, f, OpCode.TEXT)
+                app.publish(topic, f, OpCode.TEXT, z)
             ws.send(hub.done(n), OpCode.TEXT)
 
     app.ws("/*", {
-        "compression": CompressOptions.DISABLED,
+        "compression": CompressOptions.SHARED_COMPRESSOR if z else CompressOptions.DISABLED,
         "max_payload_length": 1 << 20,
         "idle_timeout": 0,
         "max_backpressure": 1 << 30,

@@ -1,10 +1,12 @@
 """Peer: python ``websockets`` (asyncio implementation) on uvloop, ``broadcast()`` for fan-out.
 
-    python bench/peers/websockets_peer.py --port PORT [--jwt-secret S]
+    python bench/peers/websockets_peer.py --port PORT [--jwt-secret S] [--deflate]
 
 The benchmark protocol is in ``common.py``. JWT is checked in ``process_request`` (a bad token gets
 HTTP 401 before the upgrade). Publications go out with ``websockets.broadcast`` (one frame built
 per message, written to every subscriber without waiting), yielding to the loop every 64.
+``--deflate``: permessage-deflate as websockets does it by default (context takeover: one
+compressor per connection, so ``broadcast`` compresses each message once per subscriber).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ async def main() -> None:
     stop = asyncio.get_running_loop().create_future()
     stop_on_signals(lambda: stop.done() or stop.get_loop().call_soon_threadsafe(stop.set_result, None))
     async with serve(handler, args.host, args.port, process_request=process_request, backlog=4096,
-                     max_queue=None, ping_interval=None, compression=None):
+                     max_queue=None, ping_interval=None, compression="deflate" if args.deflate else None):
         announce("websockets", args.host, args.port)
         await stop
 

@@ -6,7 +6,8 @@
 those of ``common.py`` (the peers' protocol): the engine itself sends ``server_ready``, acks
 ``subscription_update`` and adds the v2 envelope (``c``, ``t``, ``id``, ``ts``, ``seq``, ``tp``,
 ``v``) to every publication, so its frames are larger than the peers' minimal ``{c,t,seq,tp,p}``.
-JWT (HS256, verified in Rust during the upgrade) is on when ``WSE_BENCH_JWT_SECRET`` is set.
+JWT (HS256, verified in Rust during the upgrade) is on when ``WSE_BENCH_JWT_SECRET`` is set,
+permessage-deflate (the engine's defaults) when ``WSE_BENCH_DEFLATE=1``.
 
 ``WSE_BENCH_SOAK=1`` (the soak, ``bench/run.py soak``) serves it with a production server's
 defaults instead (rate limits, idle timeouts and keepalive on) and zlib from 256 bytes, keys
@@ -33,6 +34,7 @@ app = WSEApp(WSEConfig(port=0, jwt=_jwt, compression_threshold=256, key_rotation
     # the default token bucket (10,000/s per connection) would refuse part of the inbound load.
     rate_limit_capacity=0,
     jwt=_jwt,
+    permessage_deflate=os.environ.get("WSE_BENCH_DEFLATE") == "1",
 ))
 received = 0
 

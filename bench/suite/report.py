@@ -303,6 +303,26 @@ def markdown(results: dict[str, Any]) -> str:
               "Scenario `e2e`: every subscriber does WSE's key exchange (ECDH P-256) and the generator opens "
               "every `E:` delivery (AES-GCM-256); beside it, plaintext fan-out of the same size from this run.", "",
               *rate_table(results, sc, "deliveries", ["wse"]), ""]
+    for sc in sorted({s for s, _ in idx if s.startswith("fanout_deflate_")}):
+        # wse's plaintext fan-out of the same size from this run, as one more row of the table.
+        recs = [r for r in results["records"] if r["scenario"] == sc]
+        plain = idx.get((sc.replace("fanout_deflate_", "fanout_"), "wse"))
+        names = [r["server"] for r in recs]
+        if plain:
+            recs.append({**plain, "scenario": sc, "server": "wse, permessage-deflate off"})
+            names.insert(1 if "wse" in names else 0, "wse, permessage-deflate off")
+        deflate_cols = [("wire bytes per delivery", "wire_bytes", si),
+                        ("deliveries compressed", "compressed", lambda v: f"{v:.0%}")]
+        p += [f"### Fan-out with permessage-deflate: {sc[15:]} subscribers", "",
+              "Scenario `fanout_deflate`: the generator offers `permessage-deflate; client_max_window_bits` as "
+              "browsers do and inflates every compressed delivery before its sequence check (every subscriber "
+              "checked; a connection without the extension makes the sample unclean). Each server compresses "
+              "its own way: wse once per publication, shared by the subscribers (`server_no_context_takeover`, "
+              "its defaults: `WSEConfig(permessage_deflate=True)`); websockets with context takeover (one "
+              "compressor per connection, so once per delivery); socketify with uWS's `SHARED_COMPRESSOR`. "
+              "Wire bytes are whole frames as they came, per delivery. Beside them wse's plaintext fan-out of "
+              "the same size from this run.", "",
+              *rate_table({"meta": m, "records": recs}, sc, "deliveries", names, deflate_cols), ""]
     shapes = [("inbound_pipelined", f"pipelined: {sh['inbound_pipe_conns']} clients, 64 frames per write, as fast "
                "as the server takes them (at most 50,000 sent and not yet counted)")]
     shapes += [(f"inbound_seg_{c}", f"one message per segment: {c:,} clients, one frame per write (TCP_NODELAY), "

@@ -150,18 +150,22 @@ def steady_state(run_one: Any, shape: Shape, cost_key: str = "cost") -> tuple[di
 
 
 def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool = False,
-           frame_bytes: int = 0, encrypt: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
+           frame_bytes: int = 0, encrypt: bool = False, deflate: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
     """One generator run on one server start: a cold round, warm-up rounds until steady, then
     ``fanout_rounds`` measured rounds, each sized to about ``target_cpu_s`` of server CPU.
     ``per_user``: the many-topics shape (each subscriber also on its own topic, per-user sends).
     ``frame_bytes``: the same-bytes variant (every peer pads its frames to this size).
-    ``encrypt``: wse's E2E encryption (wse only; every subscriber then checks every delivery)."""
+    ``encrypt``: wse's E2E encryption (wse only; every subscriber then checks every delivery).
+    ``deflate``: the generator offers permessage-deflate as browsers do and inflates every
+    compressed delivery (every subscriber checked); a connection without it is not clean."""
     sources = 8 if subs > 2000 else 1
     extra = ["--topic-per-subscriber", "u."] if per_user else []
     if frame_bytes:
         extra += ["--frame-bytes", str(frame_bytes)]
     if encrypt:  # WSE E2E: every subscriber does the key exchange, the generator opens every delivery
         extra += ["--encrypt"]
+    elif deflate:
+        extra += ["--permessage-deflate"]
     elif shape.check_every > 1:
         extra += ["--check-every", str(shape.check_every)]
     args = ["fanout", *common(server, sources), *extra, "--subscribers", str(subs),
@@ -174,6 +178,9 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool 
     rep = lg.run(args, timeout=900)
     connected, want = rep.get("connected", 0), rep.get("subscribers", subs)
     setup_faults = [] if connected == want else [f"only {connected:,} of {want:,} connections opened"]
+    agreed = (rep.get("permessage_deflate") or {}).get("agreed", 0)
+    if deflate and agreed != connected:
+        setup_faults.append(f"permessage-deflate agreed on {agreed:,} of {connected:,} connections")
     steady = rep.get("steady")
     samples = []
     for r in rep.get("rounds", []):
@@ -192,7 +199,8 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool 
         s = _sample(r.get("deliveries_per_s", 0.0), r.get("per_server_cpu_s"), r, why,
                     messages=r.get("messages"), deliveries=r.get("deliveries"), cold=bool(r.get("cold")),
                     p99_us=(r.get("latency_from_publish") or {}).get("p99_us"),
-                    frame_bytes=r.get("avg_frame_payload_bytes"))
+                    frame_bytes=r.get("avg_frame_payload_bytes"), wire_bytes=r.get("wire_bytes_per_delivery"),
+                    compressed=(r.get("compressed_deliveries") or 0) / (r.get("deliveries") or 1))
         if s["cold"]:
             s["counted"] = False
             s["note"] = "cold"
@@ -206,7 +214,8 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool 
             s["note"] = "; ".join(notes)
         samples.append(s)
     brief = {k: rep.get(k) for k in ("ok", "connected", "connect_failures", "connect_errors", "setup_s",
-                                     "server_ready", "messages_measured", "steady", "warmup_rounds")}
+                                     "server_ready", "messages_measured", "steady", "warmup_rounds",
+                                     "permessage_deflate")}
     if not samples:
         raise RuntimeError(f"no measured round: {json.dumps(brief)[:300]}")
     return samples, [brief]

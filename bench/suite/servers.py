@@ -150,6 +150,7 @@ class Server:
     loadgen: list[str] | None = None  # the floor's command
     workers: int = 0  # wse only: ``wse run --workers N`` (0: a single process, no supervisor)
     soak: bool = False  # wse only: the soak's production-like settings (bench/peers/wse_app.py)
+    deflate: bool = False  # permessage-deflate on (wse, websockets, socketify: the fanout_deflate scenario)
     proc: subprocess.Popen[str] | None = None
     pid: int = 0
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
@@ -170,6 +171,7 @@ class Server:
             else:
                 env.pop("WSE_BENCH_JWT_SECRET", None)
             env["WSE_BENCH_SOAK"] = "1" if self.soak else ""
+            env["WSE_BENCH_DEFLATE"] = "1" if self.deflate else ""
             workers = ["--workers", str(self.workers)] if self.workers else []
             return [sys.executable, "-m", "wse_cli.main", "run", "wse_app:app", "--port", port, *workers,
                     "--log-level", "warning"], env
@@ -198,7 +200,8 @@ class Server:
             return [*self.loadgen, "floor", "--port", port], env
         if self.name in ("fastapi", "granian"):
             return [sys.executable, str(PEERS / "asgi_peer.py"), self.name, "--port", port, *jwt], env
-        return [sys.executable, str(PEERS / f"{self.name}_peer.py"), "--port", port, *jwt], env
+        z = ["--deflate"] if self.deflate else []
+        return [sys.executable, str(PEERS / f"{self.name}_peer.py"), "--port", port, *jwt, *z], env
 
     def start(self, timeout: float = 30.0) -> None:
         """Start and wait until it serves. The reference's chroot wrapper re-mounts the working
