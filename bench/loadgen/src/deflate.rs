@@ -2,7 +2,19 @@
 //! server's answer, and one inflater per connection. The generator sends its own frames
 //! uncompressed (allowed: compression is per message and optional).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use flate2::{Decompress, FlushDecompress, Status};
+
+thread_local! {
+    /// Without context takeover a message inflates the same whatever came before, and a server
+    /// that compresses a publication once sends the same bytes to every subscriber: what this
+    /// thread inflated lately, by compressed bytes (emptied past `CACHE_BYTES`), so that the
+    /// generator inflates each publication once, not once per subscriber.
+    static CACHE: RefCell<(HashMap<Vec<u8>, Vec<u8>>, usize)> = RefCell::new((HashMap::new(), 0));
+}
+const CACHE_BYTES: usize = 64 << 20;
 
 /// The offer, as browsers make it.
 pub const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -52,10 +64,35 @@ impl Inflate {
     /// Inflates one message's payload (its frames' bytes, without the `00 00 ff ff` tail the
     /// sender removed), refusing more than `max` bytes of output.
     pub fn message(&mut self, data: &[u8], max: usize) -> Result<&[u8], String> {
-        if self.no_context {
-            self.d.reset(false);
-        }
         self.out.clear();
+        if self.no_context {
+            let hit = CACHE.with(|c| {
+                c.borrow()
+                    .0
+                    .get(data)
+                    .map(|v| self.out.extend_from_slice(v))
+            });
+            if hit.is_some() {
+                return Ok(&self.out);
+            }
+            self.d.reset(false);
+            self.inflate(data, max)?;
+            CACHE.with(|c| {
+                let (map, size) = &mut *c.borrow_mut();
+                if *size > CACHE_BYTES {
+                    map.clear();
+                    *size = 0;
+                }
+                *size += data.len() + self.out.len();
+                map.insert(data.to_vec(), self.out.clone());
+            });
+            return Ok(&self.out);
+        }
+        self.inflate(data, max)?;
+        Ok(&self.out)
+    }
+
+    fn inflate(&mut self, data: &[u8], max: usize) -> Result<(), String> {
         for mut input in [data, &[0, 0, 0xff, 0xff][..]] {
             loop {
                 if self.out.len() == self.out.capacity() {
@@ -83,7 +120,7 @@ impl Inflate {
                 }
             }
         }
-        Ok(&self.out)
+        Ok(())
     }
 }
 

@@ -129,8 +129,9 @@ pub struct Args {
     pub encrypt: bool,
     /// Offer permessage-deflate (`client_max_window_bits`, as browsers do) and inflate every
     /// compressed delivery before its check; every subscriber is then checked (each one's
-    /// compressed bytes differ under context takeover). The report says whether it was agreed
-    /// and the wire bytes per delivery.
+    /// compressed bytes differ under context takeover). Without context takeover a thread
+    /// inflates each distinct compressed message once (the same bytes inflate the same). The
+    /// report says whether it was agreed and the wire bytes per delivery.
     #[arg(long)]
     pub permessage_deflate: bool,
     /// Subscribers listed individually in `errors` at most.
