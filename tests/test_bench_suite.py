@@ -27,7 +27,7 @@ def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:
     loadgen = shlex.join([sys.executable, "-m", "wse_cli.main", "bench"])
     p = subprocess.run(
         [sys.executable, "bench/run.py", "quick", "--smoke", "--servers", "wse,websockets,reference,floor",
-         "--scenarios", "fanout,fanout_same,inbound,handshake", "--ref-python", "false", "--loadgen", loadgen,
+         "--scenarios", "fanout,fanout_same,fanout_deflate,inbound,handshake", "--ref-python", "false", "--loadgen", loadgen,
          "--out", str(out), "--doc", str(doc)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -58,6 +58,14 @@ def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:
     assert {s["frame_bytes"] for s in same} <= {round(sum(wse_bytes) / len(wse_bytes))} | wse_bytes
     assert recs[("fanout_100", "websockets")]["samples"][0]["frame_bytes"] < min(wse_bytes)
     assert ("inbound_pipelined", "floor") not in recs  # the floor does fan-out only
+    # permessage-deflate: each server started with it on, every delivery inflated and checked.
+    for server in ("wse", "websockets"):
+        r = recs[("fanout_deflate_100", server)]
+        clean = [s for s in r["samples"] if s["ok"] and not s.get("cold")]
+        assert r["status"] == "ok" and len(clean) >= 3, r
+        assert all(s["compressed"] == 1.0 and 0 < s["wire_bytes"] for s in clean), r
+        assert r["raw"][0]["permessage_deflate"]["agreed"] == 100
+    assert ("fanout_deflate_100", "floor") not in recs
 
     text = doc.read_text()
     assert "<!-- bench:suite:begin -->" in text and "<!-- bench:suite:end -->" in text
@@ -67,6 +75,8 @@ def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:
     assert "| wse-server 2.5.1 | skipped: did not start" in text
     assert "### Targets (issue 20)" in text and "share of the floor" in text
     assert "one message per segment" in text
+    assert "### Fan-out with permessage-deflate: 100 subscribers" in text
+    assert "| wse, permessage-deflate off |" in text
     for img in ("bench-fanout.png", "bench-latency.png"):
         assert (tmp_path / "img" / img).stat().st_size > 1000
 
@@ -126,3 +136,27 @@ def test_report_targets_from_counted_medians_only() -> None:
     text = report.markdown(res)
     assert "| fanout_1000 | wse (this engine) | 4 | only 9,996 of 10,000 connections opened |" in text
     assert "3 of 5 (generator at 95% of its core; only 9,996 of 10,000 connections opened)" in text
+
+
+def test_report_deflate_table_beside_plaintext() -> None:
+    """The permessage-deflate table: wse with it, wse's plaintext of the same size from the run,
+    the peers with it (wire bytes, share compressed, wse's ratio), and a skipped one with why."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from suite import report
+
+    z = {"wire_bytes": 120, "compressed": 1.0}
+    res = _results([
+        _rec("fanout_1000", "wse", [_sample(12e6, wire_bytes=194, compressed=0.0)] * 3),
+        _rec("fanout_deflate_1000", "wse", [_sample(8e6, **z)] * 3),
+        _rec("fanout_deflate_1000", "websockets", [_sample(50e3, wire_bytes=9, compressed=1.0)] * 3),
+        {**_rec("fanout_deflate_1000", "centrifugo", []), "status": "skipped", "reason": "not installed"},
+    ])
+    text = report.markdown(res)
+    head = text.index("### Fan-out with permessage-deflate: 1000 subscribers")
+    rows = [x for x in text[head:].split("\n\n")[2].splitlines()[2:]]
+    assert rows[0].startswith("| wse (this engine) | 8.00M / 8.00M / 8.00M | 8.00M / **8.00M** / 8.00M | - |")
+    assert "| 120 / 120 / 120 | 100% / 100% / 100% |" in rows[0]
+    assert rows[1].startswith("| wse, permessage-deflate off |") and "| 0.67x |" in rows[1]
+    assert "| 194 / 194 / 194 | 0% / 0% / 0% |" in rows[1]
+    assert rows[2].startswith("| websockets + uvloop |") and "| 160.00x |" in rows[2]
+    assert rows[3].startswith("| Centrifugo | skipped: not installed |")
