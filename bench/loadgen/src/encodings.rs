@@ -23,8 +23,7 @@ pub struct Hello {
 
 pub fn client_hello() -> Hello {
     let secret = EphemeralSecret::random(&mut OsRng);
-    let public = base64::engine::general_purpose::STANDARD
-        .encode(secret.public_key().to_encoded_point(false).as_bytes());
+    let public = base64::engine::general_purpose::STANDARD.encode(secret.public_key().to_encoded_point(false).as_bytes());
     let message = json!({"c":"WSE","t":"client_hello","p":{
         "client_version":"wse-loadgen","protocol_version":2,
         "features":{"encryption":true,"compression":false},
@@ -36,21 +35,15 @@ pub fn client_hello() -> Hello {
 impl Hello {
     /// The session key from the server's `server_hello` payload.
     pub fn finish(self, server_hello_p: &Value) -> Result<LessSafeKey, String> {
-        let b64 = server_hello_p["encryption_public_key"]
-            .as_str()
-            .ok_or("server_hello without a public key")?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| e.to_string())?;
+        let b64 = server_hello_p["encryption_public_key"].as_str().ok_or("server_hello without a public key")?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?;
         let server = PublicKey::from_sec1_bytes(&raw).map_err(|e| e.to_string())?;
         let shared = self.secret.diffie_hellman(&server);
         let mut key = [0u8; 32];
         Hkdf::<Sha256>::new(None, shared.raw_secret_bytes())
             .expand(b"wse-encryption/aes-gcm-key", &mut key)
             .map_err(|e| e.to_string())?;
-        Ok(LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, &key).map_err(|e| e.to_string())?,
-        ))
+        Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|e| e.to_string())?))
     }
 }
 
@@ -64,10 +57,7 @@ pub fn open(key: &LessSafeKey, data: &[u8]) -> Option<Vec<u8>> {
     let (iv, sealed) = body.split_at(12);
     let iv: [u8; 12] = iv.try_into().ok()?;
     let mut buf = sealed.to_vec();
-    let n = key
-        .open_in_place(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut buf)
-        .ok()?
-        .len();
+    let n = key.open_in_place(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut buf).ok()?.len();
     buf.truncate(n);
     Some(buf)
 }
@@ -79,19 +69,12 @@ pub fn open(key: &LessSafeKey, data: &[u8]) -> Option<Vec<u8>> {
 pub fn inflate(data: &[u8]) -> Option<Vec<u8>> {
     let body = data.strip_prefix(b"C:")?;
     let mut out = Vec::new();
-    flate2::read::ZlibDecoder::new(body)
-        .take(16 << 20)
-        .read_to_end(&mut out)
-        .ok()?;
+    flate2::read::ZlibDecoder::new(body).take(16 << 20).read_to_end(&mut out).ok()?;
     Some(out)
 }
 
 /// A frame's plain content: decrypted or inflated when it is `E:` or `C:`, else itself.
-pub fn plain<'a>(
-    key: Option<&LessSafeKey>,
-    data: &'a [u8],
-    buf: &'a mut Vec<u8>,
-) -> Option<&'a [u8]> {
+pub fn plain<'a>(key: Option<&LessSafeKey>, data: &'a [u8], buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     if data.starts_with(b"E:") {
         *buf = open(key?, data)?;
         return Some(buf);

@@ -45,10 +45,7 @@ struct State {
 
 /// Runs until killed.
 pub fn run(a: Args) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("floor: {e}");
@@ -64,18 +61,11 @@ pub fn run(a: Args) -> i32 {
                 return 2;
             }
         };
-        println!(
-            "floor: serving ws://{}:{}/wse pid {}",
-            a.host,
-            a.port,
-            std::process::id()
-        );
+        println!("floor: serving ws://{}:{}/wse pid {}", a.host, a.port, std::process::id());
         let state = Rc::new(RefCell::new(State::default()));
         let mut next_id = 0u64;
         loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
+            let Ok((s, _)) = l.accept().await else { continue };
             let _ = s.set_nodelay(true);
             next_id += 1;
             let (state, wb) = (state.clone(), a.write_bytes);
@@ -138,12 +128,7 @@ pub fn build(p: &Value) -> (Vec<u8>, Vec<usize>) {
     (buf, ends)
 }
 
-async fn serve(
-    s: TcpStream,
-    id: u64,
-    state: Rc<RefCell<State>>,
-    write_bytes: usize,
-) -> std::io::Result<()> {
+async fn serve(s: TcpStream, id: u64, state: Rc<RefCell<State>>, write_bytes: usize) -> std::io::Result<()> {
     let (mut r, w) = s.into_split();
     let w: Writer = Rc::new(tokio::sync::Mutex::new(w));
     // The upgrade.
@@ -167,9 +152,7 @@ async fn serve(
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| v.trim().to_string())
+            k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
         })
         .unwrap_or_default();
     let resp = format!(
@@ -177,12 +160,7 @@ async fn serve(
         accept_key(&key)
     );
     w.lock().await.write_all(resp.as_bytes()).await?;
-    send(
-        &w,
-        codec::OP_TEXT,
-        br#"{"c":"WSE","t":"server_ready","p":{"user_id":""}}"#,
-    )
-    .await?;
+    send(&w, codec::OP_TEXT, br#"{"c":"WSE","t":"server_ready","p":{"user_id":""}}"#).await?;
     buf.drain(..head_end);
     let mut tmp = vec![0u8; 65536];
     loop {
@@ -229,27 +207,18 @@ async fn on_message(
     state: &Rc<RefCell<State>>,
     write_bytes: usize,
 ) -> std::io::Result<()> {
-    let Ok(m) = serde_json::from_slice::<Value>(data) else {
-        return Ok(());
-    };
+    let Ok(m) = serde_json::from_slice::<Value>(data) else { return Ok(()) };
     let p = &m["p"];
     match m["t"].as_str().unwrap_or("") {
         "subscription_update" => {
             let topics: Vec<String> = p["topics"]
                 .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(String::from))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
                 .unwrap_or_default();
             {
                 let mut st = state.borrow_mut();
                 for t in &topics {
-                    st.topics
-                        .entry(t.clone())
-                        .or_default()
-                        .push((id, w.clone()));
+                    st.topics.entry(t.clone()).or_default().push((id, w.clone()));
                 }
             }
             let ack = json!({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":true,

@@ -90,10 +90,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     }
     let open_s = t0.elapsed().as_secs_f64();
     let ready_by = Instant::now() + Duration::from_millis(a.first_frame_timeout_ms);
-    while a.first_frame_timeout_ms > 0
-        && (ready.load(Acquire) as usize) < conns.len()
-        && Instant::now() < ready_by
-    {
+    while a.first_frame_timeout_ms > 0 && (ready.load(Acquire) as usize) < conns.len() && Instant::now() < ready_by {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu_open = report::self_cpu() - cpu0;

@@ -193,11 +193,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
     // --min-server-cpu-s (up to --max-duration-s).
     let timer = {
         let (shared, pids) = (shared.clone(), a.common.server_pid.clone());
-        let (min_s, max_s, want) = (
-            a.duration_s,
-            a.max_duration_s.max(a.duration_s),
-            a.min_server_cpu_s,
-        );
+        let (min_s, max_s, want) = (a.duration_s, a.max_duration_s.max(a.duration_s), a.min_server_cpu_s);
         tokio::spawn(async move {
             let cpu0 = report::ThreadsCpu::read(&pids);
             tokio::time::sleep_until((start + Duration::from_secs_f64(min_s)).into()).await;
@@ -379,8 +375,7 @@ async fn write_loop(
             break;
         }
         let n = if per_conn_rate > 0.0 {
-            let due =
-                (now.saturating_duration_since(start).as_secs_f64() * per_conn_rate) as u64 + 1;
+            let due = (now.saturating_duration_since(start).as_secs_f64() * per_conn_rate) as u64 + 1;
             if now < start || due <= sent {
                 let next = start + Duration::from_secs_f64(sent as f64 / per_conn_rate);
                 tokio::time::sleep_until(next.into()).await;

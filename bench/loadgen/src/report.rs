@@ -41,11 +41,7 @@ pub fn proc_threads_ns(pid: u32) -> Option<Vec<(u32, u64)>> {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")) else {
             continue; // the thread exited between the listing and the read
         };
-        if let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-        {
+        if let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()) {
             out.push((tid, ns));
         }
     }
@@ -79,9 +75,7 @@ impl ThreadsCpu {
     pub fn read(pids: &[u32]) -> ThreadsCpu {
         let mut s = ThreadsCpu::default();
         for &p in pids {
-            let Some(before) = stat_ticks(&format!("/proc/{p}/stat")) else {
-                continue;
-            };
+            let Some(before) = stat_ticks(&format!("/proc/{p}/stat")) else { continue };
             if let Some(t) = proc_threads_ns(p) {
                 s.procs += 1;
                 for &(tid, _) in &t {
@@ -110,24 +104,16 @@ impl ThreadsCpu {
         for (tid, &now) in &self.ns {
             ns += now.saturating_sub(before.ns.get(tid).copied().unwrap_or(0));
         }
-        let gone = before
-            .ns
-            .keys()
-            .filter(|t| !self.ns.contains_key(t))
-            .count();
+        let gone = before.ns.keys().filter(|t| !self.ns.contains_key(t)).count();
         // Per process: its ticks over the window less its live threads' ticks = exited threads'.
         let mut exited_ticks = 0u64;
         for (&pid, &now) in &self.proc_ticks {
-            let Some(&was) = before.proc_ticks.get(&pid) else {
-                continue;
-            };
+            let Some(&was) = before.proc_ticks.get(&pid) else { continue };
             let live: u64 = self
                 .thread_ticks
                 .iter()
                 .filter(|(_, (p, _))| *p == pid)
-                .map(|(tid, (_, k))| {
-                    k.saturating_sub(before.thread_ticks.get(tid).map_or(0, |x| x.1))
-                })
+                .map(|(tid, (_, k))| k.saturating_sub(before.thread_ticks.get(tid).map_or(0, |x| x.1)))
                 .sum();
             let extra = now.saturating_sub(was).saturating_sub(live);
             // A tick or two is rounding between the per-thread and the process counters.
@@ -326,11 +312,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(self_cpu() >= a);
-        let me: u64 = proc_threads_ns(std::process::id())
-            .expect("own schedstat")
-            .iter()
-            .map(|t| t.1)
-            .sum();
+        let me: u64 = proc_threads_ns(std::process::id()).expect("own schedstat").iter().map(|t| t.1).sum();
         assert!(me > 0, "schedstat counts this busy thread: {me}");
         // A thread alive at the first reading and gone at the second: said so, and its CPU in
         // the window still counted, from the process's tick counter.
@@ -357,9 +339,6 @@ mod tests {
         h.join().unwrap();
         let (cpu, gone, exited) = ThreadsCpu::read(&[std::process::id()]).since_detail(&a);
         assert_eq!(gone, 1);
-        assert!(
-            exited >= 0.1 && cpu >= exited,
-            "exited thread's CPU: {exited} of {cpu}"
-        );
+        assert!(exited >= 0.1 && cpu >= exited, "exited thread's CPU: {exited} of {cpu}");
     }
 }
