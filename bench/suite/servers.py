@@ -119,18 +119,39 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+_CLAIMS: dict[int, int] = {}  # port -> the descriptor of its claim file, held until exit
+
+
 def free_port(start: int) -> int:
-    """The first port from ``start`` on that 127.0.0.1 can bind."""
+    """The first port from ``start`` on that 127.0.0.1 can bind and that no other run of the
+    suite on this machine has claimed. wse listens with SO_REUSEPORT, so a second wse started on
+    the same port would share it without an error and take half of the first one's clients: a
+    claim (an exclusive lock on a file named after the port, held while this process lives)
+    keeps two suites running at once apart."""
+    import fcntl
     import socket
+    import tempfile
 
     p = start
     while True:
-        with socket.socket() as s:
+        if p not in _CLAIMS:
+            fd = os.open(os.path.join(tempfile.gettempdir(), f"wse-bench-port-{p}.lock"), os.O_CREAT | os.O_RDWR)
             try:
-                s.bind(("127.0.0.1", p))
-                return p
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                os.close(fd)
                 p += 1
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    os.close(fd)
+                    p += 1
+                    continue
+            _CLAIMS[p] = fd
+            return p
+        p += 1
 
 
 class Skip(Exception):
