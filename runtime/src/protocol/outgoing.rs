@@ -189,7 +189,10 @@ impl OutMsg {
 fn id_ts_span(body: &[u8]) -> Option<(u32, u32)> {
     const ID: &[u8] = b",\"id\":\"";
     const TS: &[u8] = b"\",\"ts\":\"";
-    let a = memchr::memmem::find(body, ID)?;
+    // Built once: `memmem::find` would build its searcher on every call (once per publication).
+    static FIND_ID: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(ID));
+    let a = FIND_ID.find(body)?;
     let id_end = a + ID.len() + 36;
     if body.get(id_end..id_end + TS.len())? != TS {
         return None;
