@@ -98,14 +98,7 @@ pub async fn round(
                 bursts += 1;
                 continue;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let now = Instant::now();
-            let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
-            if now >= deadline {
-                timed_out = true;
-            } else if last > t0 && now.duration_since(last) > idle {
-                stalled = true;
-            }
+            (timed_out, stalled) = tick(shared, t0, deadline, idle).await;
         }
         (sent, bursts)
     };
@@ -150,14 +143,7 @@ pub async fn round(
         if (0..counted.len()).all(|k| got(k) >= round_bytes || closed_sub(counted[k])) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let now = Instant::now();
-        let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
-        if now >= deadline {
-            timed_out = true;
-        } else if last > t0 && now.duration_since(last) > idle {
-            stalled = true;
-        }
+        (timed_out, stalled) = tick(shared, t0, deadline, idle).await;
     }
     let w = window.end();
     tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
@@ -302,4 +288,14 @@ pub async fn round(
         if ok { "" } else { " (NOT ok)" }
     );
     v
+}
+
+/// Waits 2 ms, then says whether the round is past its deadline (first) or stalled: no delivery
+/// for `idle` since the round's first one.
+async fn tick(shared: &Shared, t0: Instant, deadline: Instant, idle: Duration) -> (bool, bool) {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let now = Instant::now();
+    let last = shared.base + Duration::from_nanos(shared.last_ns.load(Relaxed));
+    let timed_out = now >= deadline;
+    (timed_out, !timed_out && last > t0 && now.duration_since(last) > idle)
 }
