@@ -338,7 +338,8 @@ mod tests {
         tx.send(()).unwrap();
         h.join().unwrap();
         let (cpu, gone, exited) = ThreadsCpu::read(&[std::process::id()]).since_detail(&a);
-        assert_eq!(gone, 1);
+        // At least this one: the test harness's other threads may also end inside the window.
+        assert!(gone >= 1, "threads gone: {gone}");
         assert!(exited >= 0.1 && cpu >= exited, "exited thread's CPU: {exited} of {cpu}");
     }
 }
