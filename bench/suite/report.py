@@ -319,7 +319,10 @@ def markdown(results: dict[str, Any]) -> str:
               "checked; a connection without the extension makes the sample unclean). Each server compresses "
               "its own way: wse once per publication, shared by the subscribers (`server_no_context_takeover`, "
               "its defaults: `WSEConfig(permessage_deflate=True)`); websockets with context takeover (one "
-              "compressor per connection, so once per delivery); socketify with uWS's `SHARED_COMPRESSOR`. "
+              "compressor per connection, so once per delivery); socketify with uWS's `SHARED_COMPRESSOR`; "
+              "Centrifugo v6 with `websocket.compression` (no context takeover; its subscribers speak its client "
+              "protocol: `connect` and `subscribe` commands, publications as client `publish` commands, at most "
+              "400 to a frame, and its frames carry several pushes, one per line). "
               "Wire bytes are whole frames as they came, per delivery. Beside them wse's plaintext fan-out of "
               "the same size from this run.", "",
               *rate_table({"meta": m, "records": recs}, sc, "deliveries", names, deflate_cols), ""]

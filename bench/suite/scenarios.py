@@ -101,7 +101,8 @@ class Loadgen:
 
 
 def common(server: Server, url_sources: int = 1) -> list[str]:
-    args = ["--url", f"ws://127.0.0.1:{server.port}/wse", "--server-pid", ",".join(map(str, server.pids()))]
+    path = "/connection/websocket" if server.name == "centrifugo" else "/wse"
+    args = ["--url", f"ws://127.0.0.1:{server.port}{path}", "--server-pid", ",".join(map(str, server.pids()))]
     if url_sources > 1:
         args += ["--sources", str(url_sources)]
     if server.jwt:
@@ -168,6 +169,8 @@ def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool 
         extra += ["--permessage-deflate"]
     elif shape.check_every > 1:
         extra += ["--check-every", str(shape.check_every)]
+    if server.name == "centrifugo":  # its client protocol; publications as client publish commands
+        extra += ["--centrifugo"]
     args = ["fanout", *common(server, sources), *extra, "--subscribers", str(subs),
             "--messages", str(max(5, 20_000 // subs)), "--rounds", str(shape.fanout_rounds),
             "--max-warmup", str(shape.max_warmup), "--stable-within", str(shape.stable_within),

@@ -212,9 +212,8 @@ class Server:
             if not found:
                 raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} not installed (go install "
                            f"github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION})", permanent=True)
-            raise Skip(f"Centrifugo {CENTRIFUGO_VERSION} is installed, but wse-loadgen does not speak its client "
-                       "protocol yet (connect and subscribe commands, newline-separated pushes, publications "
-                       "through its HTTP API)", permanent=True)
+            z = ["--deflate"] if self.deflate else []
+            return [sys.executable, str(PEERS / "centrifugo_peer.py"), "--binary", found, "--port", port, *z], env
         if self.name == "floor":
             if not self.loadgen:
                 raise Skip("no load generator for the floor", permanent=True)

@@ -88,10 +88,12 @@ impl SeqFinder {
         if !v.is_object() {
             return Err("not an object".into());
         }
+        // The envelope's payload (`p`), the message itself, or a Centrifugo push's data.
         let s = v
             .get("p")
             .and_then(|p| p.get(&self.field))
             .or_else(|| v.get(&self.field))
+            .or_else(|| v.pointer("/push/pub/data").and_then(|d| d.get(&self.field)))
             .and_then(|x| x.as_i64());
         Ok((s, v))
     }

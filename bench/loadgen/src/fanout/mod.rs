@@ -127,6 +127,13 @@ pub struct Args {
     /// inflated: ask for them with `?compression=true` in the URL.
     #[arg(long)]
     pub encrypt: bool,
+    /// Centrifugo (v6, JSON): each subscriber sends `connect` and `subscribe` (channel --topic)
+    /// commands and waits for their replies; the publisher publishes with client `publish`
+    /// commands, one per message, several to a frame (at most 400, under its 64 KB message
+    /// limit), data `{"s":SEQ,"d":PADDING}`; frames are read line by line. Every subscriber is
+    /// checked (Centrifugo frames each client's queue on its own, so byte counts differ).
+    #[arg(long)]
+    pub centrifugo: bool,
     /// Offer permessage-deflate (`client_max_window_bits`, as browsers do) and inflate every
     /// compressed delivery before its check; every subscriber is then checked (each one's
     /// compressed bytes differ under context takeover). Without context takeover a thread
@@ -163,6 +170,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         check_every: if n >= 2 * a.check_every.max(1)
             && !a.encrypt
             && !a.permessage_deflate
+            && !a.centrifugo
             && a.topic_per_subscriber.is_none()
         {
             a.check_every.max(1)
@@ -172,9 +180,14 @@ pub async fn run(a: Args) -> Result<Value, String> {
         bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
         read_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         deflate_agreed: AtomicUsize::new(0),
+        split_lines: a.centrifugo,
     });
     let (topic, prefix) = (a.topic.clone(), a.topic_per_subscriber.clone());
+    let centrifugo = a.centrifugo;
     let subscribe = Box::new(move |i: usize| {
+        if centrifugo {
+            return json!({"id":2,"subscribe":{"channel":topic}}).to_string();
+        }
         let topics = match &prefix {
             Some(p) => json!([topic, format!("{p}{i}")]),
             None => json!([topic]),
@@ -192,6 +205,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         ack: !a.no_ack_wait,
         ack_timeout: Duration::from_secs_f64(a.ack_timeout_s),
         encrypt: a.encrypt,
+        centrifugo: a.centrifugo,
     });
 
     // The first connection alone: it tells whether the server sends a first frame.

@@ -26,10 +26,16 @@ pub async fn round(
     // only), each sent once every subscriber holds all the earlier ones, so that no server's
     // per-connection queue has to hold a whole round.
     let burst = match (&a.publish_msg, &a.topic_per_subscriber) {
+        _ if a.centrifugo => a.burst_messages.clamp(1, 400),
         (None, None) if a.burst_messages > 0 => a.burst_messages,
         _ => m,
     };
     let request = |start: u64, count: u64| -> String {
+        if a.centrifugo {
+            let d = "x".repeat(a.size.saturating_sub(r#"{"s":12345,"d":""}"#.len()));
+            let cmd = |s: u64| json!({"id": 100 + s, "publish": {"channel": a.topic, "data": {"s": s, "d": d}}}).to_string();
+            return (start..start + count).map(cmd).collect::<Vec<_>>().join("\n");
+        }
         let prefix = a.topic_per_subscriber.as_deref().unwrap_or("");
         match (&a.publish_msg, &a.topic_per_subscriber) {
             (Some(t), _) => t

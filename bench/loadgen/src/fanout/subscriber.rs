@@ -52,6 +52,8 @@ pub struct Shared {
     /// Every K-th subscriber (and the publisher) reads and checks every delivery; the others are
     /// counted by bytes (`byte_counter`). 1: every subscriber checked.
     pub check_every: usize,
+    /// Frames may hold several messages, one per line (Centrifugo).
+    pub split_lines: bool,
     /// Bytes each subscriber has read since it connected (upgrade and acks included).
     pub bytes: Vec<AtomicU64>,
     /// When each byte-counted subscriber last read, in ns since `base`.
@@ -104,6 +106,9 @@ pub struct SetupCfg {
     pub ack_timeout: Duration,
     /// Do the E2E key exchange before subscribing; deliveries then come as `E:` frames.
     pub encrypt: bool,
+    /// Centrifugo's client protocol: a `connect` command first, then the subscribe command,
+    /// each answered by a reply with its `id`.
+    pub centrifugo: bool,
 }
 
 /// A subscriber's session key, when it encrypts.
@@ -125,6 +130,17 @@ pub async fn setup(
         got_first = !msgs.is_empty();
     }
     let mut key: Key = None;
+    if cfg.centrifugo {
+        conn.send_text(r#"{"id":1,"connect":{}}"#)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        centrifugo_reply(&conn, &mut reader, 1, cfg.ack_timeout).await?;
+        conn.send_text(&(cfg.subscribe)(i))
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?;
+        centrifugo_reply(&conn, &mut reader, 2, cfg.ack_timeout).await?;
+        return Ok((conn, reader, got_first, key));
+    }
     if cfg.encrypt {
         let hello = encodings::client_hello();
         conn.send_text(&hello.message)
@@ -193,6 +209,29 @@ pub async fn setup(
 }
 
 /// A subscriber's read loop, for the rest of the run.
+/// Waits for Centrifugo's reply to command `id` (lines of a frame read one by one); its
+/// `error`, if any, is the failure.
+async fn centrifugo_reply(conn: &Conn, reader: &mut Reader, id: u64, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no reply to command {id}"));
+        }
+        for m in conn::read_messages(conn, reader, left).await? {
+            for line in m.split(|b| *b == b'\n') {
+                let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+                if v["id"] == json!(id) {
+                    return match v.get("error") {
+                        Some(e) => Err(format!("command {id} refused: {e}")),
+                        None => Ok(()),
+                    };
+                }
+            }
+        }
+    }
+}
+
 pub async fn subscriber(
     conn: Arc<Conn>,
     mut reader: Reader,
@@ -210,8 +249,8 @@ pub async fn subscriber(
     loop {
         let mut batch = 0u64;
         let mut completed = false;
-        let res = conn
-            .read_some(&mut reader, |op, raw, at| {
+        let res = {
+            let mut f = |op: u8, raw: &[u8], at: Instant| {
                 // E: and C: frames are opened first: their cost is part of what is measured.
                 let Some(data) = encodings::plain(key.as_ref(), raw, &mut plain_buf) else {
                     fail(&mut st, "undecodable E:/C: frame".into(), raw);
@@ -258,8 +297,20 @@ pub async fn subscriber(
                     st.done_at = Some(at);
                     completed = true;
                 }
-            })
-            .await;
+            };
+            // Centrifugo sends several replies and pushes in one frame, one per line.
+            let split = shared.split_lines;
+            let g = |op: u8, raw: &[u8], at: Instant| {
+                if split && raw.contains(&b'\n') {
+                    for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        f(op, line, at);
+                    }
+                } else {
+                    f(op, raw, at);
+                }
+            };
+            conn.read_some(&mut reader, g).await
+        };
         let (status, at) = match res {
             Ok(x) => x,
             Err(e) => (Status::Closed(0), {
