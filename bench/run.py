@@ -227,7 +227,9 @@ class Driver:
             self.flame("topics", fan(n, 0, per_user=True))
         if "e2e" in which and "wse" in servers:
             subs = 1000 if 1000 in sh.fanout_subs else sh.fanout_subs[-1]
-            self.record("wse", f"e2e_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, encrypt=True),
+            self.record("wse", f"e2e_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, encrypt="batch"),
+                        starts=sh.fanout_starts)
+            self.record("wse", f"e2econn_{subs}", lambda s: scenarios.fanout(lg, s, sh, subs, encrypt="conn"),
                         starts=sh.fanout_starts)
         if "fanout_deflate" in which:
             # permessage-deflate on (each server's own way), at one size, beside wse's plaintext

@@ -51,6 +51,9 @@ class E2EClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.key: bytes | None = None
+        # Batch keys by id (``batch_keys=True``), each with the last nonce counter opened.
+        self.batch: dict[bytes, list[Any]] = {}
+        self.key_frames: list[bytes] = []
         self.previous_key: bytes | None = None
         self.generation = 0
         self.frames: list[str | bytes] = []
@@ -58,14 +61,15 @@ class E2EClient:
         self._prefix = os.urandom(4)
 
     @classmethod
-    async def open(cls, url: str, *, rotation: bool = False, public_key: str | None = None, **kw: Any) -> tuple[E2EClient, dict[str, Any]]:
+    async def open(cls, url: str, *, rotation: bool = False, public_key: str | None = None, batch_keys: bool = False,
+                   **kw: Any) -> tuple[E2EClient, dict[str, Any]]:
         ws = await connect(url, max_size=None, **kw)
         c = cls(ws)
         ready = decode_frame(await asyncio.wait_for(ws.recv(), 5))
         assert ready["t"] == "server_ready", ready
         priv = ec.generate_private_key(ec.SECP256R1())
         pub = priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        features = {"compression": False, "encryption": True, "key_rotation": rotation}
+        features = {"compression": False, "encryption": True, "key_rotation": rotation, "batch_keys": batch_keys}
         hello = {"client_version": "test", "protocol_version": 2, "features": features,
                  "encryption_public_key": public_key or base64.b64encode(pub).decode()}
         await ws.send(envelope("client_hello", hello, c="WSE"))
@@ -96,13 +100,30 @@ class E2EClient:
         """The next envelope; `key_rotation` is applied (and returned) as it arrives."""
         data = await asyncio.wait_for(self.ws.recv(), timeout)
         self.frames.append(data)
+        if isinstance(data, bytes) and data[:2] == b"G:":
+            return self.open_shared(data)
         msg = decode_frame(data, self.key)
+        if msg["t"] == "batch_key":
+            assert isinstance(data, bytes) and data[:2] == b"E:", "a batch key must come sealed"
+            self.batch[bytes.fromhex(msg["p"]["id"])] = [base64.b64decode(msg["p"]["key"]), 0]
+            self.key_frames.append(data)
         if msg["t"] == "key_rotation":
             gen = msg["p"]["generation"]
             assert self.key is not None
             self.previous_key, self.key = self.key, hkdf(self.key, b"wse-encryption/rotate/" + str(gen).encode())
             self.generation = gen
         return msg
+
+    def open_shared(self, data: bytes) -> dict[str, Any]:
+        """A ``G:`` frame: key id (8 bytes, authenticated), nonce, ciphertext and tag, under a
+        batch key received earlier; its nonce counter must be past the last one opened."""
+        kid, nonce, sealed = data[2:10], data[10:22], data[22:]
+        assert kid in self.batch, "G: frame before its batch key"
+        key, last = self.batch[kid]
+        counter = int.from_bytes(nonce[4:], "big")
+        assert counter > last, f"nonce {counter} not past {last}"
+        self.batch[kid][1] = counter
+        return orjson.loads(AESGCM(key).decrypt(nonce, sealed, kid))  # type: ignore[no-any-return]
 
     async def recv_type(self, t: str, timeout: float = 5.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

@@ -65,6 +65,78 @@ def test_topic_publication_sealed_per_connection_plain_for_others(make_server: A
     run(main())
 
 
+def test_batch_keys_seal_each_publication_once_for_its_subscribers(make_server: Any) -> None:
+    """Subscribers that announce batch keys get the topic's key once, sealed for each of them,
+    then the same G: frames; when one leaves, the topic takes a new key that only those still
+    there receive. One that does not announce them gets every frame sealed for itself."""
+    srv = make_server({})
+
+    async def main() -> None:
+        shared = [(await E2EClient.open(srv.url, batch_keys=True))[0] for _ in range(3)]
+        own, _ = await E2EClient.open(srv.url)
+        plain, _ = await open_ready(srv.url)
+        for c in [*shared, own]:
+            await c.send("subscription_update", {"action": "subscribe", "topics": ["burst"]}, c="WSE")
+            await c.recv_type("subscription_update")
+        await plain.send(subscribe_msg(["burst"]))
+        await recv_type(plain, "subscription_update")
+
+        async def burst(n: int, readers: list[E2EClient]) -> None:
+            await plain.send(envelope("publish", {"topic": "burst", "count": n, "payload": {"secret": "s3cr3t"}}))
+            for c in readers:
+                assert [(await c.recv_type("pub"))["p"]["i"] for _ in range(n)] == list(range(n))
+            assert [(await recv_type(plain, "pub"))["p"]["i"] for _ in range(n)] == list(range(n))
+
+        await burst(300, [*shared, own])
+        for c in [*shared, own]:
+            assert not any(isinstance(f, str) for f in c.frames)
+            assert all(b"s3cr3t" not in f for f in c.frames if isinstance(f, bytes))
+        # One key for the topic, sent once to each, sealed for each (different bytes).
+        assert [len(c.batch) for c in shared] == [1, 1, 1]
+        assert len({c.key_frames[0] for c in shared}) == 3
+        first = next(iter(shared[0].batch))
+        # The publications are the same G: frames for every subscriber: sealed once.
+        g = [[f for f in c.frames if isinstance(f, bytes) and f[:2] == b"G:"] for c in shared]
+        assert g[0] and g[0] == g[1] == g[2]
+        assert all(f[2:10] == first for f in g[0])
+        assert not any(f[:2] == b"G:" for f in own.frames if isinstance(f, bytes))
+
+        # One leaves: what follows is sealed under a new key, sent to those still there only.
+        gone = shared.pop()
+        await gone.send("subscription_update", {"action": "unsubscribe", "topics": ["burst"]}, c="WSE")
+        await gone.recv_type("subscription_update")
+        before = [len(c.frames) for c in shared]
+        await burst(50, [*shared, own])
+        assert [len(c.batch) for c in shared] == [2, 2]
+        later = [[f for f in c.frames[n:] if isinstance(f, bytes) and f[:2] == b"G:"] for c, n in zip(shared, before)]
+        assert later[0] and later[0] == later[1]
+        assert all(f[2:10] != first and f[2:10] in shared[0].batch for f in later[0])
+        assert len(gone.batch) == 1
+        for c in [*shared, gone, own]:
+            await c.close()
+        await plain.close()
+
+    run(main())
+
+
+def test_batch_keys_off_seals_per_connection(make_server: Any) -> None:
+    srv = make_server({"batch_keys": False})
+
+    async def main() -> None:
+        clients = [(await E2EClient.open(srv.url, batch_keys=True)) for _ in range(2)]
+        assert clients[0][1]["p"]["features"]["batch_keys"] is False
+        for c, _ in clients:
+            await c.send("subscription_update", {"action": "subscribe", "topics": ["b"]}, c="WSE")
+            await c.recv_type("subscription_update")
+        await clients[0][0].send("publish", {"topic": "b", "count": 200})
+        for c, _ in clients:
+            assert [(await c.recv_type("pub"))["p"]["i"] for _ in range(200)] == list(range(200))
+            assert not c.batch and all(f[:2] == b"E:" for f in c.frames if isinstance(f, bytes))
+            await c.close()
+
+    run(main())
+
+
 def test_tampered_truncated_replayed_frames_are_refused_and_counted(make_server: Any) -> None:
     srv = make_server({})
 

@@ -137,6 +137,12 @@ class WSEConfig:
     key_rotation_ms: int = 3_600_000
     """Re-key encrypted connections this often (clients that announce ``key_rotation``); 0: never."""
     key_rotation_grace_ms: int = 30_000
+    batch_keys: bool = True
+    """Encrypted fan-out sealed once per publication: a topic's publications to several
+    encrypted subscribers are sealed under the topic's key (replaced whenever a subscriber
+    leaves), which each subscriber that announces ``batch_keys`` gets sealed under its own (then
+    the shared ``G:`` frames). Off: every frame is sealed per connection, as for clients that do
+    not announce it."""
     key_exchange_timeout_ms: int = 10_000
     """With ``encryption="required"``: close (4403) connections still without a key by then."""
     recovery: bool = False

@@ -60,6 +60,9 @@ class Shape:
     # Fan-out: every K-th subscriber (and the publisher) checks every delivery; the others count
     # bytes (recv with MSG_TRUNC: no copy), which keeps the generator well under its core.
     check_every: int = 10
+    # The same for E2E with batch keys: a checked subscriber opens (AES-GCM) every delivery, which
+    # costs the generator more than the server's one seal per publication; fewer are checked.
+    e2e_check_every: int = 50
     # Messages per publish request at most (about 4 MB of frames per subscriber): a round is asked
     # for in bursts, each once the subscribers hold the earlier ones, within every server's
     # per-connection queue (wse's default budget is 16 MiB).
@@ -151,20 +154,25 @@ def steady_state(run_one: Any, shape: Shape, cost_key: str = "cost") -> tuple[di
 
 
 def fanout(lg: Loadgen, server: Server, shape: Shape, subs: int, per_user: bool = False,
-           frame_bytes: int = 0, encrypt: bool = False, deflate: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
+           frame_bytes: int = 0, encrypt: str = "", deflate: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
     """One generator run on one server start: a cold round, warm-up rounds until steady, then
     ``fanout_rounds`` measured rounds, each sized to about ``target_cpu_s`` of server CPU.
     ``per_user``: the many-topics shape (each subscriber also on its own topic, per-user sends).
     ``frame_bytes``: the same-bytes variant (every peer pads its frames to this size).
-    ``encrypt``: wse's E2E encryption (wse only; every subscriber then checks every delivery).
+    ``encrypt``: wse's E2E encryption (wse only): ``"batch"`` announces batch keys (each
+    publication sealed once under the topic's key, the same bytes to every subscriber: every 10th subscriber opens every delivery,
+    the others count bytes), ``"conn"`` does not (every frame sealed per connection: every
+    subscriber opens every delivery).
     ``deflate``: the generator offers permessage-deflate as browsers do and inflates every
     compressed delivery (every subscriber checked); a connection without it is not clean."""
     sources = 8 if subs > 2000 else 1
     extra = ["--topic-per-subscriber", "u."] if per_user else []
     if frame_bytes:
         extra += ["--frame-bytes", str(frame_bytes)]
-    if encrypt:  # WSE E2E: every subscriber does the key exchange, the generator opens every delivery
-        extra += ["--encrypt"]
+    if encrypt == "conn":  # WSE E2E sealed per connection: every subscriber opens every delivery
+        extra += ["--encrypt", "--no-batch-keys"]
+    elif encrypt:  # WSE E2E with batch keys: every subscriber does the key exchange
+        extra += ["--encrypt", "--check-every", str(shape.e2e_check_every)]
     elif deflate:
         extra += ["--permessage-deflate"]
     elif shape.check_every > 1:

@@ -161,6 +161,9 @@ pub struct Config {
     pub key_rotation_ms: u64,
     /// How long the previous key still opens inbound frames after a rotation.
     pub key_rotation_grace_ms: u64,
+    /// Encrypted fan-out under topic keys and shared `G:` frames, for clients that announce
+    /// `batch_keys` (`crypto/batch.rs`); off: every frame sealed per connection.
+    pub batch_keys: bool,
     /// With `encryption: required`, close (4403) connections that have not exchanged keys by then.
     pub key_exchange_timeout_ms: u64,
     /// Per-topic rings of recent publications, replayed to subscribers that reconnect.
@@ -267,6 +270,7 @@ impl Default for Config {
             encryption: EncryptionPolicy::Optional,
             key_rotation_ms: 3_600_000,
             key_rotation_grace_ms: 30_000,
+            batch_keys: true,
             key_exchange_timeout_ms: 10_000,
             recovery: false,
             recovery_buffer: 256,

@@ -43,6 +43,9 @@ pub struct Conn {
     pub crypto: Mutex<CryptoState>,
     /// The client follows key rotations (it said so in `client_hello`).
     pub rotation: AtomicBool,
+    /// The client takes encrypted fan-out as batch keys and shared `G:` frames (`crypto/batch.rs`):
+    /// it said so in `client_hello`.
+    pub batch_keys: AtomicBool,
     /// The client accepts `C:` (zlib) frames: it said so in the URL or in `client_hello`.
     pub zip: AtomicBool,
     /// The client takes the compact envelope (no `id`, `ts`): URL, `client_hello` or the config.

@@ -2,6 +2,10 @@
 //! compressed), msgpack, or sealed with its session key. A batch builds each shared encoding
 //! once for all subscribers; sealing is per connection, under the connection's crypto lock.
 //!
+//! A batch to several encrypted connections that take batch keys is sealed once (`G:` frames
+//! under the topic's key, `crypto/batch.rs`); a connection that does not hold that key yet gets
+//! it sealed for it first.
+//!
 //! The switch to encryption (`seal`) queues the plaintext `server_hello` and flips the mode
 //! under the outbound lock while holding the crypto lock: a frame built for the old mode is
 //! then refused by the queue and re-sent sealed, so nothing reaches an encrypted connection in
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::connection::Conn;
+use crate::crypto::batch::BatchKey;
 use crate::crypto::session::Session;
 use crate::outbound::{PushMany, COALESCE_MAX};
 use crate::protocol::deflate::{self, Params};
@@ -25,9 +30,23 @@ use crate::protocol::outgoing::{Mode, OutMsg};
 pub struct CryptoState {
     /// Boxed: most connections never encrypt, and a session is over a kilobyte.
     pub session: Option<Box<Session>>,
+    /// The batch keys this connection was sent, oldest first (at most `KEYS_KNOWN`, fewer than
+    /// the 16 a client keeps, so it never counts on one the client has let go).
+    known: Vec<u64>,
     /// Messages waiting for the key exchange (encryption required), with their bytes.
     held: Vec<Arc<OutMsg>>,
     held_bytes: usize,
+}
+
+/// Batch keys remembered per connection.
+const KEYS_KNOWN: usize = 8;
+
+/// Remembers that a connection was sent batch key `serial` (forgetting the oldest past `KEYS_KNOWN`).
+fn learned(known: &mut Vec<u64>, serial: u64) {
+    if known.len() >= KEYS_KNOWN {
+        known.remove(0);
+    }
+    known.push(serial);
 }
 
 /// What goes on a connection's queue: bytes holding `n` whole frames.
@@ -58,16 +77,46 @@ pub struct Batch<'a> {
     /// for this batch, not yet counted.
     deflated: [OnceCell<(Vec<Piece>, usize)>; 3 * deflate::KEYS],
     deflations: Cell<usize>,
+    /// Goes to several connections: sealed once for those that take batch keys.
+    many: bool,
+    /// The topic's key to seal under, if it has one still good (`with_key`); else one is made.
+    key: Cell<Option<Arc<BatchKey>>>,
+    /// Sealed once for every connection that takes batch keys (made for the first of them).
+    sealed: OnceCell<Shared>,
+    /// Of the connections given the sealed frames: those that held the key already, and those
+    /// it was sent to now.
+    holders: Cell<(usize, usize)>,
+}
+
+/// A batch's key and its frames sealed under it, with the full and the compact envelope.
+struct Shared {
+    key: Arc<BatchKey>,
+    full: OnceCell<Vec<Piece>>,
+    compact: OnceCell<Vec<Piece>>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(msgs: &'a [Arc<OutMsg>]) -> Self {
-        Self { msgs, shared: false, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new(), deflated: Default::default(), deflations: Cell::new(0) }
+        Self { msgs, shared: false, json: OnceCell::new(), zipped: OnceCell::new(), zipped_compact: OnceCell::new(), msgpack: OnceCell::new(), compact: OnceCell::new(), deflated: Default::default(), deflations: Cell::new(0), many: false, key: Cell::new(None), sealed: OnceCell::new(), holders: Cell::new((0, 0)) }
     }
 
     /// A batch that goes to several connections: its frames are pieced (see `Batch`).
     pub fn shared(msgs: &'a [Arc<OutMsg>], connections: usize) -> Self {
-        Self { shared: msgs.len() > 1 && connections > 1, ..Self::new(msgs) }
+        Self { shared: msgs.len() > 1 && connections > 1, many: connections > 1, ..Self::new(msgs) }
+    }
+
+    /// Seal for batch-key connections under `key` (the topic's, from its last batch).
+    pub fn with_key(self, key: Option<Arc<BatchKey>>) -> Self {
+        self.key.set(key);
+        self
+    }
+
+    /// The key the batch was sealed under, if it was: with how many of its recipients held it
+    /// already and how many were sent it now.
+    pub fn key_outcome(&self) -> Option<(Arc<BatchKey>, usize, usize)> {
+        let s = self.sealed.get()?;
+        let (had, given) = self.holders.get();
+        Some((s.key.clone(), had, given))
     }
 
     pub fn msgs(&self) -> &[Arc<OutMsg>] {
@@ -98,6 +147,32 @@ impl<'a> Batch<'a> {
             self.deflations.set(self.deflations.get() + fresh);
             (pieces(f, self.shared), n)
         })
+    }
+
+    /// The batch key and the frames sealed under it, built on first use; only for batches that
+    /// go to several connections (one connection's are sealed for it alone).
+    fn sealed_once(&self, compact: bool) -> Option<(&BatchKey, &[Piece])> {
+        if !self.many {
+            return None;
+        }
+        let s = self.sealed.get_or_init(|| {
+            let key = self.key.take().unwrap_or_else(|| Arc::new(BatchKey::new()));
+            Shared { key, full: OnceCell::new(), compact: OnceCell::new() }
+        });
+        let cell = if compact { &s.compact } else { &s.full };
+        let frames = cell.get_or_init(|| {
+            let sealed = self.msgs.iter().map(|m| {
+                let body = if compact { m.compact_body() } else { m.body() };
+                frame_in_place(frame::OP_BINARY, s.key.seal(body, HEADER_ROOM))
+            });
+            pieces(sealed, self.shared)
+        });
+        Some((&s.key, frames))
+    }
+
+    fn note_holder(&self, had: bool, given: bool) {
+        let (h, g) = self.holders.get();
+        self.holders.set((h + usize::from(had), g + usize::from(given)));
     }
 
     fn frames(&self, mode: Mode, zip: bool, compact: bool) -> &[Piece] {
@@ -208,8 +283,29 @@ pub fn deliver_now(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                 mode = conn.out.mode();
                 match mode {
                     Mode::Sealed => {
+                        let cs = &mut *cs;
                         let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
-                        let frames: Vec<Bytes> = if conn.compact.load(Relaxed) {
+                        let compact = conn.compact.load(Relaxed);
+                        if conn.batch_keys.load(Relaxed) {
+                            if let Some((key, frames)) = batch.sealed_once(compact) {
+                                let serial = key.serial();
+                                let had = cs.known.contains(&serial);
+                                let mut r = if had {
+                                    conn.out.push_pieces(frames, Some(Mode::Sealed)).unwrap_or_default()
+                                } else {
+                                    let lead = seal(sess, key.announce());
+                                    conn.out.push_keyed(lead, frames, Some(Mode::Sealed)).unwrap_or_default()
+                                };
+                                let given = !had && r.queued > 0;
+                                if given {
+                                    learned(&mut cs.known, serial);
+                                }
+                                batch.note_holder(had, given);
+                                r.sealed = r.queued;
+                                return r;
+                            }
+                        }
+                        let frames: Vec<Bytes> = if compact {
                             batch.msgs.iter().map(|m| seal(sess, m.compact_body())).collect()
                         } else {
                             batch.msgs.iter().map(|m| seal(sess, m.body())).collect()

@@ -204,6 +204,7 @@ impl Engine {
             last_ping_ms: AtomicU64::new(now),
             crypto: Mutex::new(Default::default()),
             rotation: AtomicBool::new(false),
+            batch_keys: AtomicBool::new(false),
             zip: AtomicBool::new(enc.compression),
             compact: AtomicBool::new(enc.compact),
             created_ms: now,
@@ -538,6 +539,8 @@ impl Engine {
         };
         let rotation = p.pointer("/features/key_rotation").and_then(|v| v.as_bool()).unwrap_or(false);
         c.rotation.store(rotation && cfg.key_rotation_ms > 0, Relaxed);
+        let batch_keys = p.pointer("/features/batch_keys").and_then(|v| v.as_bool()).unwrap_or(false);
+        c.batch_keys.store(batch_keys && cfg.batch_keys, Relaxed);
         hello["encryption_public_key"] = Value::from(ex.server_public_b64);
         hello["key_rotation_ms"] = Value::from(if rotation { cfg.key_rotation_ms } else { 0 });
         let body = serde_json::to_vec(&hello).unwrap_or_default();
@@ -617,6 +620,7 @@ impl Engine {
             "encryption": cfg.encryption != EncryptionPolicy::Off,
             "encryption_required": cfg.encryption == EncryptionPolicy::Required,
             "key_rotation": cfg.encryption != EncryptionPolicy::Off && cfg.key_rotation_ms > 0,
+            "batch_keys": cfg.encryption != EncryptionPolicy::Off && cfg.batch_keys,
             "msgpack": cfg.msgpack,
             "batching": false,
             "compact_envelope": true,

@@ -222,11 +222,18 @@ impl Outbound {
     /// Queues pieces (bytes holding whole frames, `n` messages each) in order under one lock,
     /// waking the writer at most once; counts are in messages.
     pub fn push_pieces(&self, pieces: &[(Bytes, u32)], built_for: Option<Mode>) -> Result<PushMany, Mode> {
-        let mut r = PushMany::default();
         let mut s = self.state.lock();
         check_mode(&s, built_for)?;
+        let r = self.pieces_locked(&mut s, pieces);
+        self.wake_locked(&mut s);
+        Ok(r)
+    }
+
+    /// `push_pieces`'s loop; the caller holds the lock and wakes the writer.
+    fn pieces_locked(&self, s: &mut State, pieces: &[(Bytes, u32)]) -> PushMany {
+        let mut r = PushMany::default();
         for (bytes, n) in pieces {
-            match self.push_locked(&mut s, bytes.clone()) {
+            match self.push_locked(s, bytes.clone()) {
                 Push::Queued => r.queued += *n as usize,
                 Push::Dropped => r.dropped += *n as usize,
                 Push::Overflow => {
@@ -236,6 +243,29 @@ impl Outbound {
                 Push::Closed => break,
             }
         }
+        r
+    }
+
+    /// Queues `lead` (a batch key sealed for this connection), then the pieces sealed under
+    /// that key, under one lock. Without room for the key, the pieces would be unreadable:
+    /// they are refused with it (dropped, or the connection overflows, as the policy says).
+    pub fn push_keyed(&self, lead: Bytes, pieces: &[(Bytes, u32)], built_for: Option<Mode>) -> Result<PushMany, Mode> {
+        let mut r = PushMany::default();
+        let mut s = self.state.lock();
+        check_mode(&s, built_for)?;
+        match self.push_locked(&mut s, lead) {
+            Push::Queued => {}
+            Push::Dropped => {
+                r.dropped = pieces.iter().map(|(_, n)| *n as usize).sum();
+                return Ok(r);
+            }
+            Push::Overflow => {
+                r.overflowed = 1;
+                return Ok(r);
+            }
+            Push::Closed => return Ok(r),
+        }
+        let r = self.pieces_locked(&mut s, pieces);
         self.wake_locked(&mut s);
         Ok(r)
     }
@@ -572,4 +602,34 @@ async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, batch: &[Bytes], scratch
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(n: usize) -> (Bytes, u32) {
+        (Bytes::from(vec![b'x'; n]), 1)
+    }
+
+    /// A batch's frames are unreadable without its key: when the key does not fit, none of
+    /// them is queued, and they count as dropped (or the connection overflows).
+    #[test]
+    fn keyed_pieces_go_with_their_key_or_not_at_all() {
+        let out = Outbound::new(1000, SlowConsumerPolicy::Drop, 1008, Mode::Sealed);
+        let pieces = [piece(100), piece(100), piece(100)];
+        let r = out.push_keyed(Bytes::from(vec![b'k'; 100]), &pieces, Some(Mode::Sealed)).unwrap();
+        assert_eq!((r.queued, r.dropped), (3, 0));
+        assert_eq!(out.queued_bytes(), 400);
+        // 400 queued: a 700-byte key does not fit; nothing of its batch goes in.
+        let r = out.push_keyed(Bytes::from(vec![b'k'; 700]), &pieces, Some(Mode::Sealed)).unwrap();
+        assert_eq!((r.queued, r.dropped), (0, 3));
+        assert_eq!(out.queued_bytes(), 400);
+        // Built for another mode: handed back.
+        assert!(out.push_keyed(Bytes::from_static(b"k"), &pieces, Some(Mode::Json)).is_err());
+
+        let closing = Outbound::new(1000, SlowConsumerPolicy::Close, 1008, Mode::Sealed);
+        let r = closing.push_keyed(Bytes::from(vec![b'k'; 1001]), &pieces, Some(Mode::Sealed)).unwrap();
+        assert_eq!((r.queued, r.overflowed), (0, 1));
+    }
 }

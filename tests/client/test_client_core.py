@@ -250,3 +250,49 @@ def test_import_without_extras() -> None:
     assert out.returncode == 0, out.stderr
     assert "encryption -> encryption needs the 'cryptography' package" in out.stdout
     assert "msgpack -> msgpack needs the 'msgpack' package" in out.stdout
+
+
+def test_batch_keys_open_shared_frames_once_and_refuse_forgeries() -> None:
+    """A ``G:`` frame opens under the batch key with its id, once; a tampered frame, an unknown
+    id, a replay or a malformed key is refused (``EncryptionError``)."""
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from wse_client._crypto import Session
+    from wse_client.errors import EncryptionError
+
+    s = Session()
+    key, kid = os.urandom(32), os.urandom(8)
+    s.take_batch_key({"id": kid.hex(), "key": base64.b64encode(key).decode()})
+
+    def frame(n: int, plain: bytes, k: bytes = key, i: bytes = kid) -> bytes:
+        nonce = bytes(4) + n.to_bytes(8, "big")
+        return i + nonce + AESGCM(k).encrypt(nonce, plain, i)
+
+    assert s.open_shared(frame(1, b'{"a":1}')) == b'{"a":1}'
+    assert s.open_shared(frame(2, b'{"a":2}')) == b'{"a":2}'
+    with pytest.raises(EncryptionError, match="replayed"):
+        s.open_shared(frame(2, b'{"a":2}'))
+    tampered = bytearray(frame(3, b'{"a":3}'))
+    tampered[-1] ^= 1
+    with pytest.raises(EncryptionError, match="authentication"):
+        s.open_shared(bytes(tampered))
+    # The id is authenticated: the same ciphertext announced under another id fails.
+    other = os.urandom(8)
+    s.take_batch_key({"id": other.hex(), "key": base64.b64encode(key).decode()})
+    with pytest.raises(EncryptionError, match="authentication"):
+        s.open_shared(other + frame(4, b"x")[8:])
+    with pytest.raises(EncryptionError, match="never received"):
+        s.open_shared(frame(1, b"x", i=os.urandom(8)))
+    with pytest.raises(EncryptionError, match="too short"):
+        s.open_shared(b"short")
+    for bad in ({"id": "zz", "key": "AA=="}, {"id": kid.hex()}, {"id": kid.hex(), "key": base64.b64encode(b"short").decode()}):
+        with pytest.raises(EncryptionError, match="malformed"):
+            s.take_batch_key(bad)
+    # Only the latest keys are kept.
+    for _ in range(20):
+        s.take_batch_key({"id": os.urandom(8).hex(), "key": base64.b64encode(os.urandom(32)).decode()})
+    with pytest.raises(EncryptionError, match="never received"):
+        s.open_shared(frame(9, b"x"))

@@ -82,6 +82,29 @@ def test_encryption_round_trip(server: Any) -> None:
     asyncio.run(main())
 
 
+def test_encrypted_fan_out_to_several_subscribers(server: Any) -> None:
+    """Several encrypted subscribers of one topic: ours seals a burst once (batch keys and G:
+    frames), the reference seals each frame per connection; every client reads everything."""
+    need(server, "encryption")
+
+    async def main() -> None:
+        async with connect(server.url, token=token("a"), encryption=True) as a, \
+                connect(server.url, token=token("b"), encryption=True) as b:
+            await a.subscribe("fan")
+            await b.subscribe("fan")
+            await a.send("publish", {"topic": "fan", "count": 300})
+            assert await collect_pubs(a, 300) == list(range(300))
+            assert await collect_pubs(b, 300) == list(range(300))
+            for c in (a, b):
+                assert c.stats["bad_frames"] == 0
+                if server.kind == "ours":
+                    assert c.stats["batch_keys"] >= 1
+                else:
+                    assert c.stats["batch_keys"] == 0
+
+    asyncio.run(main())
+
+
 def test_msgpack(server: Any) -> None:
     need(server, "msgpack")
 

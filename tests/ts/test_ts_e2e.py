@@ -57,6 +57,7 @@ def test_chromium_against_our_engine(engine: OurServer, web: Any) -> None:
     assert r["cookie_token"]["user"] == "cookie-user"
     assert r["ordered_10k"]["received"] == 10_000
     assert r["encrypted"]["generation"] >= 2
+    assert r["encrypted"]["batchKeys"] >= 1
     assert r["drop_recover"]["received"] == 3000 and r["drop_recover"]["reconnects"] >= 1
     assert r["token_refresh"]["refreshes"] >= 2 and r["token_refresh"]["reconnects"] == 0
     assert r["offline_queue_indexeddb"]["replies"] == ["persisted-1", "persisted-2"]
@@ -68,6 +69,7 @@ def test_node_against_our_engine(engine: OurServer, web: Any) -> None:
     r = check(out, SCENARIOS)
     assert r["query_token"]["user"] == "query-user"
     assert r["ordered_10k"]["received"] == 10_000
+    assert r["encrypted"]["batchKeys"] >= 1
 
 
 def test_node_against_the_reference_server(ts_bundles: Any, ref_server: Any, web: Any) -> None:
@@ -76,4 +78,4 @@ def test_node_against_the_reference_server(ts_bundles: Any, ref_server: Any, web
     w = web(srv.url)
     names = ["cookie_token", "ordered_10k", "encrypted"]
     out = run_node(["e2e/run-node.mjs", "--reference", "--engine", srv.url, "--tokens", f"{w.url}/token", *names])
-    check(out, names)
+    assert check(out, names)["encrypted"]["batchKeys"] == 0

@@ -4,6 +4,12 @@ Frames are ``E:`` + 12-byte nonce + ciphertext + 16-byte tag; the plaintext is t
 one envelope. Nonces are 4 random bytes followed by a 64-bit counter, so they never repeat under
 one key (the counter restarts, with a new random prefix, whenever the key changes).
 
+Batch keys: a topic's publications to several encrypted subscribers come sealed once under the
+topic's key (new whenever a subscriber left). Its key arrives first, as a ``batch_key`` system message inside an ``E:`` frame
+(``{"id": 16 hex digits, "key": base64 of 32 bytes}``), then ``G:`` frames: ``G:`` + the 8-byte
+key id + 12-byte nonce + ciphertext + tag, the id being the additional authenticated data. A
+``G:`` frame whose nonce is not past the last one opened under its key is a replay.
+
 Needs the ``cryptography`` package (the ``crypto`` extra); importing this module without it
 works, creating a :class:`Session` raises :class:`~wse_client.errors.MissingDependency`.
 """
@@ -13,12 +19,15 @@ from __future__ import annotations
 import base64
 import os
 import struct
+from typing import Any
 from .errors import EncryptionError, MissingDependency
 
 SESSION_INFO = b"wse-encryption/aes-gcm-key"
 ROTATE_INFO = b"wse-encryption/rotate/"
 NONCE_LEN = 12
 TAG_LEN = 16
+BATCH_ID_LEN = 8
+BATCH_KEYS_KEPT = 16
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -80,6 +89,8 @@ class Session:
         self._recv: _Sealer | None = None
         self._previous: _Sealer | None = None
         self.generation = 0
+        # Batch keys by id, oldest first: each with its cipher and the last nonce opened.
+        self._batch: dict[bytes, list[Any]] = {}
 
     @property
     def public_key_b64(self) -> str:
@@ -131,3 +142,35 @@ class Session:
                     pass
             raise EncryptionError("encrypted frame failed authentication") from None
 
+    def take_batch_key(self, p: Any) -> None:
+        """Keeps a batch key from a ``batch_key`` message (one that arrived inside an ``E:`` frame)."""
+        try:
+            kid = bytes.fromhex(p["id"])
+            key = base64.b64decode(p["key"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EncryptionError(f"malformed batch_key: {exc!r}") from None
+        if len(kid) != BATCH_ID_LEN or len(key) != 32:
+            raise EncryptionError("malformed batch_key: wrong id or key length")
+        self._batch.pop(kid, None)
+        self._batch[kid] = [AESGCM(key), -1]
+        while len(self._batch) > BATCH_KEYS_KEPT:
+            del self._batch[next(iter(self._batch))]
+
+    def open_shared(self, frame: bytes) -> bytes:
+        """The plaintext of a ``G:`` frame (``frame`` without the prefix)."""
+        if len(frame) < BATCH_ID_LEN + NONCE_LEN + TAG_LEN:
+            raise EncryptionError("shared encrypted frame too short")
+        kid = bytes(frame[:BATCH_ID_LEN])
+        entry = self._batch.get(kid)
+        if entry is None:
+            raise EncryptionError("shared encrypted frame under a batch key never received")
+        nonce = bytes(frame[BATCH_ID_LEN : BATCH_ID_LEN + NONCE_LEN])
+        counter = int.from_bytes(nonce[4:], "big")
+        if counter <= entry[1]:
+            raise EncryptionError("shared encrypted frame replayed")
+        try:
+            plain = entry[0].decrypt(nonce, bytes(frame[BATCH_ID_LEN + NONCE_LEN :]), kid)
+        except InvalidTag:
+            raise EncryptionError("shared encrypted frame failed authentication") from None
+        entry[1] = counter
+        return plain

@@ -27,7 +27,8 @@ Handler = Callable[[Event], Any]
 
 # System messages the client handles itself (category WSE); everything else reaches the user.
 _SYSTEM = frozenset(
-    {"server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh"}
+    {"server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh",
+     "batch_key"}
 )
 
 
@@ -81,7 +82,7 @@ class ReceiveMixin:
         session = self._session
         decrypt = session.decrypt if session is not None else None
         stats = self.stats
-        kinds = {b"E:": "frames_encrypted", b"C:": "frames_zlib", b"M:": "frames_msgpack"}
+        kinds = {b"E:": "frames_encrypted", b"G:": "frames_encrypted", b"C:": "frames_zlib", b"M:": "frames_msgpack"}
         loads = _codec.loads
         try:
             async for frame in ws:
@@ -92,13 +93,25 @@ class ReceiveMixin:
                         msg = decode(frame, decrypt)
                     else:
                         stats["frames_binary"] += 1
+                        head = frame[:2]
                         if frame[:1] == b"{":  # plain JSON, the common case
                             msg = loads(frame)
+                        elif head == b"G:":  # sealed once for several subscribers (batch key)
+                            stats["frames_encrypted"] += 1
+                            if session is None:
+                                raise EncryptionError("shared encrypted frame but encryption is not set up")
+                            msg = loads(session.open_shared(frame[2:]))
                         else:
-                            kind = kinds.get(frame[:2]) or ("frames_zlib" if frame[:1] == b"\x78" else None)
+                            kind = kinds.get(head) or ("frames_zlib" if frame[:1] == b"\x78" else None)
                             if kind is not None:
                                 stats[kind] += 1
                             msg = decode(frame, decrypt)
+                            if head == b"E:" and type(msg) is dict and msg.get("t") == "batch_key" and msg.get("c") == "WSE":
+                                # Only from inside an authenticated E: frame (a plaintext one is ignored).
+                                if session is not None:
+                                    session.take_batch_key(msg.get("p"))
+                                    stats["batch_keys"] += 1
+                                continue
                 except (WSEError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
                     stats["bad_frames"] += 1
                     log.warning("dropped a frame that could not be decoded: %s", exc)
@@ -187,6 +200,10 @@ class ReceiveMixin:
         elif t == "ping":
             reply = {"c": "WSE", "t": "PONG", "p": {"server_time": p.get("server_time"), "client_timestamp": int(time.time() * 1000)}}
             self._spawn(self._send_quiet(ws, reply))
+        elif t == "batch_key":
+            # Batch keys are taken only from E: frames (in _read); this one came in plaintext.
+            self.stats["bad_frames"] += 1
+            log.warning("ignored a batch_key that did not arrive encrypted")
         elif t == "key_rotation":
             if self._session is not None and self._session.ready:
                 try:

@@ -120,11 +120,13 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
             "frames_encrypted": 0,
             "frames_zlib": 0,
             "frames_msgpack": 0,
+            "batch_keys": 0,
             "token_refreshes": 0,
         }
         """Counters: events received and delivered, duplicates dropped, events dropped by the queue
-        policy, gaps reported, reconnects, frames that could not be decoded, and frames received by
-        kind (``frames_*``: text, binary, and among binary ones ``E:``, ``C:``/raw zlib, ``M:``)."""
+        policy, gaps reported, reconnects, frames that could not be decoded, frames received by
+        kind (``frames_*``: text, binary, and among binary ones ``E:`` and ``G:``, ``C:``/raw zlib,
+        ``M:``), and batch keys received (encrypted fan-out sealed once per batch)."""
 
         self._ws: ClientConnection | None = None
         self._session: Session | None = None
@@ -479,6 +481,7 @@ class WSEClient(ReconnectMixin, ReceiveMixin):
                 "msgpack": self.msgpack,
                 "recovery": True,
                 "key_rotation": self.encryption and self.key_rotation,
+                "batch_keys": self.encryption,
             },
         }
         if self._session is not None:

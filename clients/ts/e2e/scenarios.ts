@@ -116,10 +116,23 @@ export const scenarios: Record<string, (env: Env) => Promise<Result>> = {
       check(r.payload.echo.text === text, "the sealed echo came back intact");
       const topic = `sealed-${uniq()}`;
       await c.subscribe(topic);
-      const got = collect(c, 200);
-      c.send("publish", { topic, count: 200 });
-      inOrder(await got, 200);
-      check(c.stats.framesEncrypted > 200, `frames were sealed (${c.stats.framesEncrypted})`);
+      // A second encrypted subscriber: a burst to both is sealed once (batch keys, G: frames) by ours.
+      const c2 = await connect(env.engine, { ...base(env), token: await token(env), encryption: true });
+      let batchKeys = 0;
+      try {
+        await c2.subscribe(topic);
+        const got = collect(c, 200);
+        const got2 = collect(c2, 200);
+        c.send("publish", { topic, count: 200 });
+        inOrder(await got, 200);
+        inOrder(await got2, 200);
+        check(c.stats.framesEncrypted > 200, `frames were sealed (${c.stats.framesEncrypted})`);
+        check(c.stats.badFrames === 0 && c2.stats.badFrames === 0, "no frame failed to open");
+        batchKeys = Math.min(c.stats.batchKeys, c2.stats.batchKeys);
+        if (!env.reference) check(batchKeys >= 1, `the burst came under batch keys (${c.stats.batchKeys}, ${c2.stats.batchKeys})`);
+      } finally {
+        c2.close();
+      }
       let rotated = 0;
       if (!env.reference) {
         // The server rotates the key every second here: go on across two rotations.
@@ -131,7 +144,7 @@ export const scenarios: Record<string, (env: Env) => Promise<Result>> = {
         c.send("publish", { topic, count: 50 });
         inOrder(await more, 50);
       }
-      return { framesEncrypted: c.stats.framesEncrypted, generation: rotated };
+      return { framesEncrypted: c.stats.framesEncrypted, generation: rotated, batchKeys };
     } finally {
       c.close();
     }

@@ -13,18 +13,19 @@ export const MAX_INFLATE = 16 * 1024 * 1024;
 
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
-const C = 0x43, M = 0x4d, E = 0x45, COLON = 0x3a, BRACE = 0x7b, ZLIB = 0x78;
+const C = 0x43, M = 0x4d, E = 0x45, G = 0x47, COLON = 0x3a, BRACE = 0x7b, ZLIB = 0x78;
 
 export function utf8(s: string): Uint8Array {
   return enc.encode(s);
 }
 
 /** The kind of a binary frame, by its prefix. */
-export type FrameKind = "json" | "zlib" | "msgpack" | "encrypted";
+export type FrameKind = "json" | "zlib" | "msgpack" | "encrypted" | "shared";
 
 export function kindOf(b: Uint8Array): FrameKind {
   if (b.length >= 2 && b[1] === COLON) {
     if (b[0] === E) return "encrypted";
+    if (b[0] === G) return "shared";
     if (b[0] === C) return "zlib";
     if (b[0] === M) return "msgpack";
   }
@@ -184,14 +185,15 @@ export function parseMsgpack(data: Uint8Array): unknown {
 }
 
 /**
- * One frame to an object. `decrypt` opens the body of `E:` frames (undefined: no key yet, and
- * such a frame is an error). Synchronous frames (JSON, msgpack; zlib once `loadZlib()` has
+ * One frame to an object. `decrypt` opens the body of `E:` frames and `openShared` that of `G:`
+ * frames (undefined: no key yet, and such a frame is an error). Synchronous frames (JSON, msgpack; zlib once `loadZlib()` has
  * resolved true) return without a promise; their errors are thrown, the others' rejected.
  */
 export function decodeFrame(
   data: string | Uint8Array,
   decrypt?: (body: Uint8Array) => Promise<Uint8Array>,
   maxInflate = MAX_INFLATE,
+  openShared?: (body: Uint8Array) => Promise<Uint8Array>,
 ): unknown | Promise<unknown> {
   if (typeof data === "string") return parseJson(data);
   switch (kindOf(data)) {
@@ -208,6 +210,9 @@ export function decodeFrame(
     case "encrypted":
       if (!decrypt) throw new FrameError("encrypted frame but encryption is not set up");
       return decrypt(data.subarray(2)).then((plain) => decodeFrame(plain, undefined, maxInflate));
+    case "shared":
+      if (!openShared) throw new FrameError("shared encrypted frame but encryption is not set up");
+      return openShared(data.subarray(2)).then(parseJson);
   }
 }
 

@@ -3,6 +3,12 @@
  * Frames are `E:` + 12-byte nonce + ciphertext + 16-byte tag; the nonce is 4 random bytes and a
  * 64-bit big-endian counter, so it never repeats under one key. Byte-compatible with the engine
  * and the Python client (`clients/python/wse_client/_crypto.py`), key rotation included.
+ *
+ * Batch keys: a topic's publications to several encrypted subscribers come sealed once, under the
+ * topic's key (new whenever a subscriber left). Its key arrives first as a `batch_key` message inside an `E:` frame (taken here, when that frame is
+ * opened, so it is in place before the next frame is decoded), then `G:` frames: 8-byte key id +
+ * 12-byte nonce + ciphertext + tag, the id authenticated. A nonce not past the last one opened
+ * under its key is a replay.
  */
 import { EncryptionError } from "./errors.js";
 
@@ -10,6 +16,8 @@ export const SESSION_INFO = "wse-encryption/aes-gcm-key";
 export const ROTATE_INFO = "wse-encryption/rotate/";
 export const NONCE_LEN = 12;
 export const TAG_LEN = 16;
+export const BATCH_ID_LEN = 8;
+const BATCH_KEYS_KEPT = 16;
 
 const te = new TextEncoder();
 
@@ -96,6 +104,10 @@ export class Session {
   private send: Sealer | null = null;
   private recv: Sealer | null = null;
   private previous: Sealer | null = null;
+  /** Batch keys by id (hex), oldest first, each with the last nonce counter opened under it. */
+  private batch = new Map<string, { aead: CryptoKey; last: bigint }>();
+  /** Ids of the keys taken from `E:` frames and not yet seen as messages (see `tookBatchKey`). */
+  private announced = new Set<string>();
   generation = 0;
 
   private constructor(private readonly keys: CryptoKeyPair, readonly publicRaw: Uint8Array) {}
@@ -161,8 +173,70 @@ export class Session {
     return this.send.seal(plaintext);
   }
 
-  /** The plaintext of an `E:` frame's body. */
+  /** The plaintext of an `E:` frame's body; a `batch_key` in it is taken before it resolves. */
   async open(body: Uint8Array): Promise<Uint8Array> {
+    const plain = await this.openSealed(body);
+    if (plain.length < 200 && plain.length > 30) {
+      const head = new TextDecoder().decode(plain.subarray(0, 40));
+      if (head.includes('"batch_key"')) await this.takeBatchKey(plain);
+    }
+    return plain;
+  }
+
+  /** Keeps the key of a `batch_key` message (JSON) opened from an `E:` frame. */
+  private async takeBatchKey(plain: Uint8Array): Promise<void> {
+    let id: unknown, key: Uint8Array;
+    try {
+      const m = JSON.parse(new TextDecoder().decode(plain)) as { c?: unknown; t?: unknown; p?: { id?: unknown; key?: unknown } };
+      if (m.c !== "WSE" || m.t !== "batch_key") return;
+      id = m.p?.id;
+      key = fromBase64(String(m.p?.key));
+    } catch {
+      throw new EncryptionError("malformed batch_key");
+    }
+    if (typeof id !== "string" || !/^[0-9a-f]{16}$/.test(id) || key.length !== 32) {
+      throw new EncryptionError("malformed batch_key: wrong id or key length");
+    }
+    const aead = await subtle().importKey("raw", key as BufferSource, "AES-GCM", false, ["decrypt"]);
+    this.batch.delete(id);
+    this.batch.set(id, { aead, last: 0n });
+    this.announced.add(id);
+    while (this.batch.size > BATCH_KEYS_KEPT) this.batch.delete(this.batch.keys().next().value!);
+    while (this.announced.size > BATCH_KEYS_KEPT) this.announced.delete(this.announced.values().next().value!);
+  }
+
+  /** True once for the payload of a `batch_key` message whose key came inside an `E:` frame. */
+  tookBatchKey(p: Record<string, unknown>): boolean {
+    return typeof p["id"] === "string" && this.announced.delete(p["id"]);
+  }
+
+  /** The plaintext of a `G:` frame's body (without the prefix), under its batch key. */
+  async openShared(body: Uint8Array): Promise<Uint8Array> {
+    if (body.length < BATCH_ID_LEN + NONCE_LEN + TAG_LEN) throw new EncryptionError("shared encrypted frame too short");
+    const idBytes = body.subarray(0, BATCH_ID_LEN);
+    let id = "";
+    for (const b of idBytes) id += b.toString(16).padStart(2, "0");
+    const entry = this.batch.get(id);
+    if (!entry) throw new EncryptionError("shared encrypted frame under a batch key never received");
+    const nonce = body.subarray(BATCH_ID_LEN, BATCH_ID_LEN + NONCE_LEN);
+    const counter = new DataView(nonce.buffer, nonce.byteOffset, NONCE_LEN).getBigUint64(4);
+    if (counter <= entry.last) throw new EncryptionError("shared encrypted frame replayed");
+    let pt: ArrayBuffer;
+    try {
+      pt = await subtle().decrypt(
+        { name: "AES-GCM", iv: nonce as BufferSource, additionalData: idBytes as BufferSource, tagLength: 128 },
+        entry.aead,
+        body.subarray(BATCH_ID_LEN + NONCE_LEN) as BufferSource,
+      );
+    } catch {
+      throw new EncryptionError("shared encrypted frame failed authentication");
+    }
+    // Frames are opened one at a time, in order (wire.ts): no other open of this key ran meanwhile.
+    entry.last = counter;
+    return new Uint8Array(pt);
+  }
+
+  private async openSealed(body: Uint8Array): Promise<Uint8Array> {
     const recv = this.recv;
     if (!recv) throw new EncryptionError("an encrypted frame arrived before the key exchange");
     if (body.length < NONCE_LEN + TAG_LEN) throw new EncryptionError("encrypted frame too short");

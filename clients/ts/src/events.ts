@@ -95,6 +95,8 @@ export interface ClientStats {
   framesEncrypted: number;
   framesZlib: number;
   framesMsgpack: number;
+  /** Batch keys received (encrypted fan-out sealed once per batch, opened from `G:` frames). */
+  batchKeys: number;
   tokenRefreshes: number;
   queuedSends: number;
   droppedSends: number;
@@ -104,6 +106,6 @@ export function newStats(): ClientStats {
   return {
     received: 0, duplicates: 0, dropped: 0, gaps: 0, reconnects: 0, badFrames: 0,
     framesText: 0, framesBinary: 0, framesEncrypted: 0, framesZlib: 0, framesMsgpack: 0,
-    tokenRefreshes: 0, queuedSends: 0, droppedSends: 0,
+    batchKeys: 0, tokenRefreshes: 0, queuedSends: 0, droppedSends: 0,
   };
 }

@@ -122,6 +122,7 @@ function clientHello(link: Link, o: Resolved): Envelope {
       msgpack: o.msgpack,
       recovery: true,
       key_rotation: o.encryption && o.keyRotation,
+      batch_keys: o.encryption,
       token_refresh: !!o.getToken,
     },
   };

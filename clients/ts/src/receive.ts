@@ -13,7 +13,7 @@ import { localEvent, type EventStream } from "./stream.js";
 import type { Subscriptions } from "./subscriptions.js";
 import { asRecord } from "./util.js";
 
-const SYSTEM = new Set(["server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh"]);
+const SYSTEM = new Set(["server_ready", "server_hello", "ping", "PONG", "pong", "key_rotation", "subscription_update", "auth_refresh", "batch_key"]);
 
 /** Where the receiver records what the server said about itself and the round trip. */
 export interface ServerFacts {
@@ -99,6 +99,12 @@ export class Receiver {
         // Awaited before the next frame is read: it comes under the new key.
         return s.rotate(gen).catch((e) => console.error("wse-client: key rotation failed", e));
       }
+      case "batch_key":
+        // Taken by the session when it opened the E: frame that carried it (crypto.ts); one that
+        // came in clear is no key and is ignored.
+        if (link.session?.tookBatchKey(p)) x.stats.batchKeys++;
+        else x.stats.badFrames++;
+        return undefined;
       case "subscription_update":
         x.subs.onAck(p, msg);
         return undefined;

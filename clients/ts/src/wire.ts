@@ -118,12 +118,14 @@ export class Wire {
       } else {
         s.framesBinary++;
         const k = kindOf(frame);
-        if (k === "encrypted") s.framesEncrypted++;
+        if (k === "encrypted" || k === "shared") s.framesEncrypted++;
         else if (k === "zlib") s.framesZlib++;
         else if (k === "msgpack") s.framesMsgpack++;
       }
       const session = link.session;
-      return { ok: true, value: decodeFrame(frame, session ? (b) => session.open(b) : undefined, this.owner.options.maxMessageBytes) };
+      const open = session ? (b: Uint8Array) => session.open(b) : undefined;
+      const openShared = session ? (b: Uint8Array) => session.openShared(b) : undefined;
+      return { ok: true, value: decodeFrame(frame, open, this.owner.options.maxMessageBytes, openShared) };
     } catch (error) {
       return { ok: false, error };
     }

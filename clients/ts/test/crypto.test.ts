@@ -81,4 +81,44 @@ describe("E2E crypto against the Python client's vectors", () => {
     expect(seen.size).toBe(100);
     expect(toBase64(fromBase64(V.client_public_b64))).toBe(V.client_public_b64);
   });
+
+  it("takes batch keys only from E: frames and opens G: frames under them once", async () => {
+    const server = await Session.create();
+    const client = await Session.create();
+    await server.complete(client.publicKeyB64);
+    await client.complete(server.publicKeyB64);
+    const key = globalThis.crypto.getRandomValues(new Uint8Array(32));
+    const id = globalThis.crypto.getRandomValues(new Uint8Array(8));
+    const announce = JSON.stringify({ c: "WSE", t: "batch_key", p: { id: hex(id), key: toBase64(key) } });
+    const aead = await globalThis.crypto.subtle.importKey("raw", key, "AES-GCM", false, ["encrypt"]);
+    const shared = async (n: number, text: string, kid = id) => {
+      const nonce = new Uint8Array(12);
+      new DataView(nonce.buffer).setBigUint64(4, BigInt(n));
+      const ct = new Uint8Array(await globalThis.crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: kid }, aead, te.encode(text)));
+      return new Uint8Array([...kid, ...nonce, ...ct]);
+    };
+    // Before its key: refused.
+    await expect(client.openShared(await shared(1, "early"))).rejects.toThrow(/never received/);
+    // A batch_key message in clear is no key.
+    expect(client.tookBatchKey({ id: hex(id), key: toBase64(key) })).toBe(false);
+    expect(td.decode(await client.open(await server.seal(te.encode(announce))))).toBe(announce);
+    expect(client.tookBatchKey({ id: hex(id) })).toBe(true);
+    expect(client.tookBatchKey({ id: hex(id) })).toBe(false);
+    const first = await shared(1, '{"n":1}');
+    expect(td.decode(await client.openShared(first))).toBe('{"n":1}');
+    expect(td.decode(await client.openShared(await shared(2, '{"n":2}')))).toBe('{"n":2}');
+    await expect(client.openShared(first)).rejects.toThrow(/replayed/);
+    const bad = (await shared(3, '{"n":3}')).slice();
+    bad[bad.length - 1] = bad[bad.length - 1]! ^ 1;
+    await expect(client.openShared(bad)).rejects.toThrow(/authentication/);
+    // The id is authenticated: the same key under another id does not open it.
+    const other = globalThis.crypto.getRandomValues(new Uint8Array(8));
+    await client.open(await server.seal(te.encode(JSON.stringify({ c: "WSE", t: "batch_key", p: { id: hex(other), key: toBase64(key) } }))));
+    const moved = await shared(4, "x");
+    moved.set(other, 0);
+    await expect(client.openShared(moved)).rejects.toThrow(/authentication/);
+    await expect(client.openShared(new Uint8Array(10))).rejects.toThrow(/too short/);
+    const malformed = JSON.stringify({ c: "WSE", t: "batch_key", p: { id: "zz", key: toBase64(key) } });
+    await expect(client.open(await server.seal(te.encode(malformed)))).rejects.toThrow(/malformed/);
+  });
 });

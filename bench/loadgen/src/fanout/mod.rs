@@ -64,7 +64,9 @@ pub struct Args {
     /// others read with `recv(MSG_TRUNC)` (the kernel discards the bytes without copying them)
     /// and are complete when they have read exactly the bytes of a checked one in that round.
     /// Makes the generator's cost per delivery a fraction of a full check's. 1: all checked.
-    /// Not with --encrypt or --topic-per-subscriber (every subscriber is then checked).
+    /// With --encrypt the unchecked ones still do the key exchange (their frames are the same
+    /// bytes: batch keys of one length and shared `G:` frames, or per-connection `E:` frames of
+    /// the same plaintext). Not with --topic-per-subscriber (every subscriber is then checked).
     #[arg(long, default_value_t = 1)]
     pub check_every: usize,
     /// Ask for publication frames of exactly this many bytes (`frame_bytes` in the default
@@ -123,10 +125,15 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub verify_every: u64,
     /// WSE E2E encryption: each subscriber does the key exchange (ECDH P-256) before it
-    /// subscribes and opens every `E:` delivery (AES-GCM-256). `C:` (zlib) deliveries are always
+    /// subscribes, announcing `batch_keys`, and opens every `E:` and `G:` delivery it checks
+    /// (AES-GCM-256; see --check-every). `C:` (zlib) deliveries are always
     /// inflated: ask for them with `?compression=true` in the URL.
     #[arg(long)]
     pub encrypt: bool,
+    /// With --encrypt: do not announce `batch_keys`, so that the server seals every frame for
+    /// each connection (what clients that predate batch keys get).
+    #[arg(long)]
+    pub no_batch_keys: bool,
     /// Centrifugo (v6, JSON): each subscriber sends `connect` and `subscribe` (channel --topic)
     /// commands and waits for their replies; the publisher publishes with client `publish`
     /// commands, one per message, several to a frame (at most 400, under its 64 KB message
@@ -168,7 +175,6 @@ pub async fn run(a: Args) -> Result<Value, String> {
         publisher: 0,
         // Too few subscribers for a checked one besides the publisher: check them all.
         check_every: if n >= 2 * a.check_every.max(1)
-            && !a.encrypt
             && !a.permessage_deflate
             && !a.centrifugo
             && a.topic_per_subscriber.is_none()
@@ -205,6 +211,7 @@ pub async fn run(a: Args) -> Result<Value, String> {
         ack: !a.no_ack_wait,
         ack_timeout: Duration::from_secs_f64(a.ack_timeout_s),
         encrypt: a.encrypt,
+        batch_keys: !a.no_batch_keys,
         centrifugo: a.centrifugo,
     });
 

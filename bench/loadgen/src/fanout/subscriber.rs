@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ring::aead::LessSafeKey;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -106,13 +105,15 @@ pub struct SetupCfg {
     pub ack_timeout: Duration,
     /// Do the E2E key exchange before subscribing; deliveries then come as `E:` frames.
     pub encrypt: bool,
+    /// With `encrypt`: announce `batch_keys`.
+    pub batch_keys: bool,
     /// Centrifugo's client protocol: a `connect` command first, then the subscribe command,
     /// each answered by a reply with its `id`.
     pub centrifugo: bool,
 }
 
-/// A subscriber's session key, when it encrypts.
-pub type Key = Option<LessSafeKey>;
+/// A subscriber's keys, when it encrypts.
+pub type Key = Option<encodings::Keys>;
 
 /// Open, wait for the first frame (if asked), subscribe, wait for the ack (if asked).
 /// Returns whether a first frame came before the subscription.
@@ -142,7 +143,7 @@ pub async fn setup(
         return Ok((conn, reader, got_first, key));
     }
     if cfg.encrypt {
-        let hello = encodings::client_hello();
+        let hello = encodings::client_hello(cfg.batch_keys);
         conn.send_text(&hello.message)
             .await
             .map_err(|e| format!("client_hello: {e}"))?;
@@ -160,7 +161,7 @@ pub async fn setup(
                 }
             }
         };
-        key = Some(hello.finish(&p)?);
+        key = Some(encodings::Keys::new(hello.finish(&p)?));
     }
     conn.send_text(&(cfg.subscribe)(i))
         .await
@@ -176,7 +177,7 @@ pub async fn setup(
             let mut acked = false;
             for m in &msgs {
                 let mut buf = Vec::new();
-                let Some(m) = encodings::plain(key.as_ref(), m, &mut buf) else {
+                let Some(m) = encodings::plain(key.as_mut(), m, &mut buf) else {
                     continue;
                 };
                 let Some(v) = serde_json::from_slice::<Value>(m).ok().or_else(|| {
@@ -237,7 +238,7 @@ pub async fn subscriber(
     mut reader: Reader,
     shared: Arc<Shared>,
     idx: usize,
-    key: Key,
+    mut key: Key,
 ) {
     shared.bytes[idx].store(reader.bytes_in, Release);
     let mut plain_buf: Vec<u8> = Vec::new();
@@ -252,10 +253,13 @@ pub async fn subscriber(
         let res = {
             let mut f = |op: u8, raw: &[u8], at: Instant| {
                 // E: and C: frames are opened first: their cost is part of what is measured.
-                let Some(data) = encodings::plain(key.as_ref(), raw, &mut plain_buf) else {
-                    fail(&mut st, "undecodable E:/C: frame".into(), raw);
+                let Some(data) = encodings::plain(key.as_mut(), raw, &mut plain_buf) else {
+                    fail(&mut st, "undecodable E:/G:/C: frame".into(), raw);
                     return;
                 };
+                if data.is_empty() {
+                    return; // a batch key, taken
+                }
                 let r = shared.round.load(Acquire);
                 if r != st.round {
                     let (m, t) = *shared.info.lock().expect("info");

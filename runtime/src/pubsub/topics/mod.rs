@@ -16,6 +16,7 @@ use rand_core::{OsRng, RngCore};
 use super::patterns::{is_pattern, Patterns};
 use crate::auth::acl::TopicAcl;
 use crate::connection::Conn;
+use crate::crypto::batch::BatchKey;
 use crate::deliver::{deliver, Batch};
 use crate::gate::{Admit, Decision};
 use crate::outbound::PushMany;
@@ -59,6 +60,9 @@ struct TopicState {
     owner: Owner,
     /// Mirrored publications waiting for a gap before them to fill (see `next_mirrored`).
     held: Vec<(u64, Arc<str>, Arc<OutMsg>)>,
+    /// The key its publications are sealed under for batch-key subscribers (`crypto/batch.rs`),
+    /// with how many connections hold it; dropped when one leaves, so the next batch has a new one.
+    seal_key: Option<(Arc<BatchKey>, usize)>,
 }
 
 /// Who stamped a topic's last publication.
@@ -88,6 +92,7 @@ impl TopicState {
             last_active_ms: now_ms(),
             owner: Owner::Unknown,
             held: Vec::new(),
+            seal_key: None,
         }
     }
 
@@ -220,7 +225,7 @@ impl Topic {
     ) -> PushMany {
         let mut s = self.state.lock();
         let mut f = PushMany::default();
-        let batch = Batch::shared(msgs, s.subs.len() + also.len());
+        let batch = Batch::shared(msgs, s.subs.len() + also.len()).with_key(s.seal_key.as_ref().map(|(k, _)| k.clone()));
         for c in &s.subs {
             f.add(deliver(c, &batch));
         }
@@ -244,6 +249,15 @@ impl Topic {
         }
         if !s.groups.is_empty() {
             s.push_groups(msgs, &mut f);
+        }
+        if let Some((key, had, given)) = batch.key_outcome() {
+            let before = match &s.seal_key {
+                Some((k, n)) if Arc::ptr_eq(k, &key) => *n,
+                _ => 0,
+            };
+            // A connection that held the key and was not among this batch's recipients (it
+            // left, or is held back): the next batch gets a new key.
+            s.seal_key = if had < before || key.worn() { None } else { Some((key, had + given)) };
         }
         record(&mut s, msgs, ring);
         f
@@ -481,6 +495,8 @@ impl Topics {
                 }
             }
             s.last_active_ms = now_ms();
+            // Whoever left may hold the topic's batch key: later publications get a new one.
+            s.seal_key = None;
             let empty = s.count() == 0;
             if empty {
                 self.interest(topic, false);

@@ -135,3 +135,41 @@ fn after_a_cut_link_the_owners_ring_fills_the_gap_before_what_came_live() {
     // From a synced link, a gap is not waited for.
     assert_eq!(t.next_mirrored(on(22, true), &total, || msg(22, 22), &mut |m| out.push(m.offset)), Took::Taken);
 }
+
+/// Batch keys: the topic keeps its key while its recipients stay, and takes a new one after a
+/// subscriber leaves, or when one that held the key (here a pattern subscriber) is not among a
+/// batch's recipients.
+#[test]
+fn the_batch_key_changes_when_a_holder_is_gone() {
+    use crate::crypto::session::Session;
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine = crate::engine::Engine::new(crate::config::Config::default()).unwrap();
+    let sealed = |n: u8| {
+        let c = engine.register(None, None, format!("127.0.0.1:{n}"), Default::default());
+        assert!(crate::deliver::start_encryption(&c, Session::from_key([n; 32]), bytes::Bytes::from_static(b"hello")));
+        c.batch_keys.store(true, Relaxed);
+        c
+    };
+    let (a, b, p) = (sealed(1), sealed(2), sealed(3));
+    let t = Topic::new(Arc::from("t"));
+    t.add(&a, None, None, || {});
+    t.add(&b, None, None, || {});
+    let key = |t: &Topic| t.state.lock().seal_key.as_ref().map(|(k, n)| (k.serial(), *n));
+    let allow = |_: &Conn, _: &str| crate::gate::Decision::Allow;
+    let push = |also: &[(Arc<Conn>, bool)]| t.push(&[msg(0, 0), msg(0, 0)], None, also, &allow, &mut Vec::new());
+    let with_p = [(p.clone(), false)];
+    assert_eq!(push(&with_p).sealed, 6);
+    let (first, holders) = key(&t).unwrap();
+    assert_eq!(holders, 3);
+    assert_eq!(push(&with_p).sealed, 6);
+    assert_eq!(key(&t), Some((first, 3)), "the same key while the same connections receive");
+    // The pattern subscriber is not among the recipients: this batch still went under the old
+    // key (to a and b only), the next one gets a new key.
+    assert_eq!(push(&[]).sealed, 4);
+    assert_eq!(key(&t), None);
+    push(&[]);
+    let (second, holders) = key(&t).unwrap();
+    assert!(second != first && holders == 2);
+    // (A subscriber that unsubscribes drops the key at once: tests/test_encryption.py.)
+}
+
