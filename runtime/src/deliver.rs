@@ -30,24 +30,11 @@ use crate::protocol::outgoing::{Mode, OutMsg};
 pub struct CryptoState {
     /// Boxed: most connections never encrypt, and a session is over a kilobyte.
     pub session: Option<Box<Session>>,
-    /// The batch keys this connection was sent, oldest first (at most `KEYS_KNOWN`, fewer than
-    /// the 16 a client keeps, so it never counts on one the client has let go).
-    known: Vec<u64>,
     /// Messages waiting for the key exchange (encryption required), with their bytes.
     held: Vec<Arc<OutMsg>>,
     held_bytes: usize,
 }
 
-/// Batch keys remembered per connection.
-const KEYS_KNOWN: usize = 8;
-
-/// Remembers that a connection was sent batch key `serial` (forgetting the oldest past `KEYS_KNOWN`).
-fn learned(known: &mut Vec<u64>, serial: u64) {
-    if known.len() >= KEYS_KNOWN {
-        known.remove(0);
-    }
-    known.push(serial);
-}
 
 /// What goes on a connection's queue: bytes holding `n` whole frames.
 pub type Piece = (Bytes, u32);
@@ -283,13 +270,12 @@ pub fn deliver_now(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                 mode = conn.out.mode();
                 match mode {
                     Mode::Sealed => {
-                        let cs = &mut *cs;
                         let Some(sess) = cs.session.as_mut() else { return PushMany::default() };
                         let compact = conn.compact.load(Relaxed);
                         if conn.batch_keys.load(Relaxed) {
                             if let Some((key, frames)) = batch.sealed_once(compact) {
                                 let serial = key.serial();
-                                let had = cs.known.contains(&serial);
+                                let had = sess.holds_batch_key(serial);
                                 let mut r = if had {
                                     conn.out.push_pieces(frames, Some(Mode::Sealed)).unwrap_or_default()
                                 } else {
@@ -298,7 +284,7 @@ pub fn deliver_now(conn: &Conn, batch: &Batch<'_>) -> PushMany {
                                 };
                                 let given = !had && r.queued > 0;
                                 if given {
-                                    learned(&mut cs.known, serial);
+                                    sess.sent_batch_key(serial);
                                 }
                                 batch.note_holder(had, given);
                                 r.sealed = r.queued;

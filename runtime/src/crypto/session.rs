@@ -24,6 +24,9 @@ pub const TAG_LEN: usize = 16;
 const HKDF_INFO: &[u8] = b"wse-encryption/aes-gcm-key";
 const ROTATE_INFO: &str = "wse-encryption/rotate/";
 const REPLAY_WINDOW: usize = 4096;
+/// Batch keys a session remembers sending: fewer than the 16 a client keeps, so the server never
+/// counts on one the client has let go.
+const BATCH_KEYS_KNOWN: usize = 8;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum CryptoError {
@@ -157,11 +160,26 @@ pub struct Session {
     generation: u64,
     /// When the current key was made (ms), for the rotation interval.
     pub keyed_at_ms: u64,
+    /// The batch keys (`crypto/batch.rs`, by serial) sent under this session, oldest first.
+    batch_keys: Vec<u64>,
 }
 
 impl Session {
     pub fn from_key(raw: [u8; 32]) -> Self {
-        Self { current: Key::new(raw), previous: None, generation: 0, keyed_at_ms: crate::protocol::time::now_ms() }
+        Self { current: Key::new(raw), previous: None, generation: 0, keyed_at_ms: crate::protocol::time::now_ms(), batch_keys: Vec::new() }
+    }
+
+    /// Whether batch key `serial` was sent to this client (and it still keeps it).
+    pub fn holds_batch_key(&self, serial: u64) -> bool {
+        self.batch_keys.contains(&serial)
+    }
+
+    /// Notes that batch key `serial` was sent (forgetting the oldest past `BATCH_KEYS_KNOWN`).
+    pub fn sent_batch_key(&mut self, serial: u64) {
+        if self.batch_keys.len() >= BATCH_KEYS_KNOWN {
+            self.batch_keys.remove(0);
+        }
+        self.batch_keys.push(serial);
     }
 
     pub fn generation(&self) -> u64 {
@@ -286,6 +304,18 @@ mod tests {
         assert_eq!(ex.session.open(&old2[2..], 2_000), Err(CryptoError::Rejected));
         let c = client2.seal(b"fresh", 0);
         assert_eq!(ex.session.open(&c[2..], 2_000).unwrap(), b"fresh");
+    }
+
+    #[test]
+    fn a_session_remembers_its_last_batch_keys_only() {
+        let mut s = Session::from_key([3; 32]);
+        for k in 1..=BATCH_KEYS_KNOWN as u64 {
+            s.sent_batch_key(k);
+        }
+        assert!(s.holds_batch_key(1) && s.holds_batch_key(BATCH_KEYS_KNOWN as u64));
+        // One more: the oldest is forgotten (it will be sent again if it is used again).
+        s.sent_batch_key(100);
+        assert!(!s.holds_batch_key(1) && s.holds_batch_key(2) && s.holds_batch_key(100));
     }
 
     #[test]
