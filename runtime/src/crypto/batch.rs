@@ -36,13 +36,22 @@ pub struct BatchKey {
     announce: Vec<u8>,
 }
 
+impl Default for BatchKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BatchKey {
     /// A fresh key and id from the operating system's generator.
     pub fn new() -> Self {
         let mut raw = [0u8; 32 + ID_LEN];
         OsRng.fill_bytes(&mut raw);
         let (key, id) = raw.split_at(32);
-        Self::from_parts(key.try_into().expect("32 bytes"), id.try_into().expect("ID_LEN bytes"))
+        Self::from_parts(
+            key.try_into().expect("32 bytes"),
+            id.try_into().expect("ID_LEN bytes"),
+        )
     }
 
     fn from_parts(key: [u8; 32], id: [u8; ID_LEN]) -> Self {
@@ -52,11 +61,17 @@ impl BatchKey {
             announce.extend_from_slice(format!("{b:02x}").as_bytes());
         }
         announce.extend_from_slice(br#"","key":""#);
-        announce.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(key).as_bytes());
+        announce.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(key)
+                .as_bytes(),
+        );
         announce.extend_from_slice(br#""}}"#);
         Self {
             id,
-            aead: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte AES-256 key")),
+            aead: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte AES-256 key"),
+            ),
             counter: AtomicU64::new(0),
             announce,
         }
@@ -92,7 +107,11 @@ impl BatchKey {
         out.extend_from_slice(plain);
         let tag = self
             .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&self.id), &mut out[start..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(&self.id),
+                &mut out[start..],
+            )
             .expect("AES-GCM encryption of an in-memory buffer");
         out.extend_from_slice(tag.as_ref());
         out
@@ -114,9 +133,16 @@ mod tests {
         let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
         let mut buf = sealed.to_vec();
         let iv: [u8; IV_LEN] = iv.try_into().ok()?;
-        let n = aead.open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(id), &mut buf).ok()?.len();
+        let n = aead
+            .open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(id), &mut buf)
+            .ok()?
+            .len();
         buf.truncate(n);
-        Some((buf, id.try_into().ok()?, u64::from_be_bytes(iv[4..].try_into().ok()?)))
+        Some((
+            buf,
+            id.try_into().ok()?,
+            u64::from_be_bytes(iv[4..].try_into().ok()?),
+        ))
     }
 
     #[test]
@@ -135,8 +161,14 @@ mod tests {
         assert_eq!(&b[..3], &[0, 0, 0]);
         let (pa, ida, na) = open(&raw, &a).unwrap();
         let (pb, _, nb) = open(&raw, &b[3..]).unwrap();
-        assert_eq!((pa.as_slice(), pb.as_slice()), (&b"{\"n\":1}"[..], &b"{\"n\":2}"[..]));
-        assert_eq!(ida.iter().map(|b| format!("{b:02x}")).collect::<String>(), id);
+        assert_eq!(
+            (pa.as_slice(), pb.as_slice()),
+            (&b"{\"n\":1}"[..], &b"{\"n\":2}"[..])
+        );
+        assert_eq!(
+            ida.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            id
+        );
         assert!(nb > na, "nonces count up: {na} then {nb}");
     }
 
