@@ -169,7 +169,7 @@ class Session:
         if counter <= entry[1]:
             raise EncryptionError("shared encrypted frame replayed")
         try:
-            plain = entry[0].decrypt(nonce, bytes(frame[BATCH_ID_LEN + NONCE_LEN :]), kid)
+            plain: bytes = entry[0].decrypt(nonce, bytes(frame[BATCH_ID_LEN + NONCE_LEN :]), kid)
         except InvalidTag:
             raise EncryptionError("shared encrypted frame failed authentication") from None
         entry[1] = counter
