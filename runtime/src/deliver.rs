@@ -35,7 +35,6 @@ pub struct CryptoState {
     held_bytes: usize,
 }
 
-
 /// What goes on a connection's queue: bytes holding `n` whole frames.
 pub type Piece = (Bytes, u32);
 

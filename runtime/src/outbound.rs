@@ -430,7 +430,7 @@ impl Outbound {
             Metrics::add(&metrics.frames_out, frames as u64);
             Metrics::add(&metrics.bytes_out, bytes as u64);
             batch.clear();
-            {
+            let more = {
                 let mut s = self.state.lock();
                 s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
                 if !ok {
@@ -440,13 +440,14 @@ impl Outbound {
                     s.queued_bytes = 0;
                     break;
                 }
-            }
+                !s.frames.is_empty()
+            };
             if batch.capacity() > 4 * max_batch {
                 batch = Vec::new();
             }
             // More queued: let the other connections' writers take their turn first, so that
             // a fan-out's shared frames go to every subscriber while they are in cache.
-            if !self.state.lock().frames.is_empty() {
+            if more {
                 tokio::task::yield_now().await;
             }
         }

@@ -5,10 +5,11 @@ one envelope. Nonces are 4 random bytes followed by a 64-bit counter, so they ne
 one key (the counter restarts, with a new random prefix, whenever the key changes).
 
 Batch keys: a topic's publications to several encrypted subscribers come sealed once under the
-topic's key (new whenever a subscriber left). Its key arrives first, as a ``batch_key`` system message inside an ``E:`` frame
-(``{"id": 16 hex digits, "key": base64 of 32 bytes}``), then ``G:`` frames: ``G:`` + the 8-byte
-key id + 12-byte nonce + ciphertext + tag, the id being the additional authenticated data. A
-``G:`` frame whose nonce is not past the last one opened under its key is a replay.
+topic's key (new whenever a subscriber left). Its key arrives first, as a ``batch_key`` system
+message inside an ``E:`` frame (``{"id": 16 hex digits, "key": base64 of 32 bytes}``), then
+``G:`` frames: ``G:`` + the 8-byte key id + 12-byte nonce + ciphertext + tag, the id being the
+additional authenticated data. A ``G:`` frame whose nonce is not past the last one opened under
+its key is a replay.
 
 Needs the ``cryptography`` package (the ``crypto`` extra); importing this module without it
 works, creating a :class:`Session` raises :class:`~wse_client.errors.MissingDependency`.

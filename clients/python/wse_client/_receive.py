@@ -82,7 +82,7 @@ class ReceiveMixin:
         session = self._session
         decrypt = session.decrypt if session is not None else None
         stats = self.stats
-        kinds = {b"E:": "frames_encrypted", b"G:": "frames_encrypted", b"C:": "frames_zlib", b"M:": "frames_msgpack"}
+        kinds = {b"E:": "frames_encrypted", b"C:": "frames_zlib", b"M:": "frames_msgpack"}
         loads = _codec.loads
         try:
             async for frame in ws:
